@@ -1,0 +1,93 @@
+"""Image decoding: the one code path from an image file to the model's uint8 grayscale input."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+# Far larger than any radiograph (NIH originals are about 3000 px): refuse decompression bombs.
+MAX_SIDE = 8192
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; ``reason`` is a short machine-readable cause."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def check_image_file(path: str | Path) -> tuple[int, int]:
+    """Cheap structural check of a PNG or JPEG file without decoding it.
+
+    Reads the header and the last bytes only: a missing file, a non-image named ``.png``, a
+    truncated PNG (no ``IEND`` chunk) and oversized images are rejected with an ``ImageError``.
+    Returns ``(width, height)`` where the header gives them (PNG), else ``(0, 0)``.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(24)
+            fh.seek(max(0, size - 12))
+            tail = fh.read(12)
+    except FileNotFoundError:
+        raise ImageError("missing", str(path)) from None
+    except OSError as exc:
+        raise ImageError("unreadable", f"{path}: {exc}") from None
+    if head.startswith(PNG_SIGNATURE):
+        if head[12:16] != b"IHDR":
+            raise ImageError("corrupt", f"{path}: no IHDR chunk")
+        width, height = struct.unpack(">II", head[16:24])
+        if tail[-8:] != PNG_END:
+            raise ImageError("truncated", f"{path}: PNG has no IEND chunk")
+        if max(width, height) > MAX_SIDE:
+            raise ImageError("too_large", f"{path}: {width}x{height} exceeds {MAX_SIDE} px")
+        return width, height
+    if head.startswith(JPEG_SIGNATURE):
+        return 0, 0
+    raise ImageError("not_an_image", f"{path}: neither PNG nor JPEG")
+
+
+def to_gray8(image: np.ndarray) -> np.ndarray:
+    """Convert a decoded image (8/16-bit, gray, BGR or BGRA) to 8-bit grayscale."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError("unsupported", f"pixel type {image.dtype}")
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        image = cv2.cvtColor(image, code)
+    return image
+
+
+def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize a grayscale image to ``size`` x ``size`` (area interpolation when shrinking)."""
+    if image.shape == (size, size):
+        return image
+    shrink = image.shape[0] > size or image.shape[1] > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def decode_bytes(data: bytes, size: int) -> np.ndarray:
+    """Decode encoded PNG/JPEG bytes to a ``size`` x ``size`` uint8 grayscale array."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError("corrupt", "the image data could not be decoded")
+    return resize_gray(to_gray8(image), size)
+
+
+def load_gray(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Check, decode and resize one image file; returns the pixels and the source ``(height, width)``."""
+    check_image_file(path)
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError("corrupt", f"{path}: could not be decoded")
+    gray = to_gray8(image)
+    return resize_gray(gray, size), gray.shape[:2]

@@ -1,0 +1,234 @@
+"""Synthetic chest radiographs ("phantoms") in the NIH ChestX-ray14 layout.
+
+Each phantom is drawn in a patient coordinate frame (unit square, rotated and shifted per image):
+body outline, dark lung fields, spine and mediastinum, heart silhouette, diaphragm domes, ribs and
+clavicles, then exposure, gamma and noise. The label follows the clinical definition: Cardiomegaly
+when the cardiothoracic ratio (widest heart / widest inner thorax) exceeds 0.5. AP films magnify the
+heart (the film is farther from the heart) without changing the true ratio, as in real AP films.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+NIH_FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Effusion",
+    "Emphysema",
+    "Fibrosis",
+    "Hernia",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pleural_Thickening",
+    "Pneumonia",
+    "Pneumothorax",
+)
+
+# Share of NIH ChestX-ray14 images carrying each finding (Data_Entry_2017, 112,120 images).
+NIH_MARGINAL_RATES: dict[str, float] = {
+    "Atelectasis": 0.1031,
+    "Consolidation": 0.0416,
+    "Edema": 0.0205,
+    "Effusion": 0.1188,
+    "Emphysema": 0.0224,
+    "Fibrosis": 0.0150,
+    "Hernia": 0.0020,
+    "Infiltration": 0.1774,
+    "Mass": 0.0516,
+    "Nodule": 0.0565,
+    "Pleural_Thickening": 0.0302,
+    "Pneumonia": 0.0128,
+    "Pneumothorax": 0.0473,
+}
+
+CTR_THRESHOLD = 0.5
+AP_MAGNIFICATION = 1.12
+
+
+def sample_cohort(
+    n_patients: int,
+    prevalence: float,
+    mean_follow_ups: float,
+    seed: int,
+    ap_fraction: float = 0.4,
+) -> pd.DataFrame:
+    """Draw the per-image metadata of a phantom cohort (no pixels).
+
+    Returns one row per image with the NIH columns plus the drawn anatomy (``ctr``, ``thorax``,
+    ``rotation`` ...) that ``render_phantom`` needs. Patients keep their anatomy across follow-ups
+    with a small drift, so a follow-up can cross the threshold.
+    """
+    if not 0 < prevalence < 1:
+        raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
+    rng = np.random.default_rng(seed)
+    n_images = 1 + rng.poisson(mean_follow_ups, size=n_patients)
+    patient = np.repeat(np.arange(1, n_patients + 1), n_images)
+    follow_up = np.concatenate([np.arange(k) for k in n_images])
+    n = patient.size
+
+    positive_patient = rng.random(n_patients) < prevalence
+    # Margin from the threshold: never zero, mostly small, so some cases are hard.
+    margin = 0.012 + np.abs(rng.normal(0.0, 0.05, n_patients))
+    base_ctr = np.where(positive_patient, CTR_THRESHOLD + margin, CTR_THRESHOLD - margin)
+    ctr = base_ctr[patient - 1] + rng.normal(0.0, 0.006, n) * (follow_up > 0)
+    ctr = np.clip(ctr, 0.34, 0.70)
+
+    sex = np.where(rng.random(n_patients) < 0.56, "M", "F")[patient - 1]
+    age0 = rng.integers(18, 88, n_patients)
+    age = age0[patient - 1] + follow_up // 3
+    view = np.where(rng.random(n) < ap_fraction, "AP", "PA")
+
+    labels = []
+    others = np.array(list(NIH_MARGINAL_RATES))
+    rates = np.array(list(NIH_MARGINAL_RATES.values()))
+    has_other = rng.random((n, rates.size)) < rates
+    for i in range(n):
+        found = list(others[has_other[i]])
+        if ctr[i] > CTR_THRESHOLD:
+            found.append("Cardiomegaly")
+        labels.append("|".join(sorted(found)) if found else "No Finding")
+
+    thorax = rng.uniform(0.60, 0.74, n_patients)[patient - 1] + rng.normal(0, 0.005, n)
+    return pd.DataFrame(
+        {
+            "Image Index": [f"{p:08d}_{f:03d}.png" for p, f in zip(patient, follow_up)],
+            "Finding Labels": labels,
+            "Follow-up #": follow_up,
+            "Patient ID": patient,
+            "Patient Age": age,
+            "Patient Gender": sex,
+            "View Position": view,
+            "ctr": ctr,
+            "thorax": thorax,
+            "heart_height": rng.uniform(0.70, 0.85, n),
+            "heart_offset": rng.uniform(0.10, 0.22, n),
+            "apex": rng.uniform(0.10, 0.16, n),
+            "diaphragm": rng.uniform(0.70, 0.78, n),
+            "body": rng.uniform(0.86, 0.98, n),
+            "rotation": rng.normal(0.0, 3.0, n),
+            "shift_x": rng.normal(0.0, 0.02, n),
+            "shift_y": rng.normal(0.0, 0.02, n),
+            "exposure": rng.normal(1.0, 0.12, n),
+            "gamma": rng.uniform(0.75, 1.35, n),
+            "noise": rng.uniform(0.01, 0.04, n),
+            "rib_phase": rng.uniform(0.0, 1.0, n),
+            "seed": rng.integers(0, 2**31 - 1, n),
+        }
+    )
+
+
+def _soft(x: np.ndarray, width: float) -> np.ndarray:
+    """Smooth step from 0 (x << 0) to 1 (x >> 0) over about ``width``."""
+    return 0.5 * (1.0 + np.tanh(x / width))
+
+
+def heart_box(row: pd.Series | dict, size: int) -> tuple[float, float, float, float]:
+    """The heart's axis-aligned bounding box ``(x, y, w, h)`` in pixels of a ``size`` image."""
+    cx, cy, half_w, half_h = _heart_geometry(row)
+    corners = np.array([[dx, dy] for dx in (-half_w, half_w) for dy in (-half_h, half_h)])
+    corners = corners + [cx, cy]
+    pts = np.array([_to_image(u, v, row) for u, v in corners])
+    x0, y0 = pts.min(axis=0) * size
+    x1, y1 = pts.max(axis=0) * size
+    return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
+
+
+def _heart_geometry(row) -> tuple[float, float, float, float]:
+    """Heart centre and half-axes in patient coordinates (unit square)."""
+    magnify = AP_MAGNIFICATION if row["View Position"] == "AP" else 1.0
+    half_w = 0.5 * row["ctr"] * row["thorax"] * magnify
+    half_h = half_w * row["heart_height"]
+    cx = 0.5 + row["heart_offset"] * half_w
+    cy = row["diaphragm"] - 0.55 * half_h
+    return cx, cy, half_w, half_h
+
+
+def _to_image(u: float, v: float, row) -> tuple[float, float]:
+    """Map a patient-frame point to image coordinates (inverse of the render transform)."""
+    a = np.deg2rad(row["rotation"])
+    du, dv = u - 0.5, v - 0.5
+    x = np.cos(a) * du + np.sin(a) * dv + 0.5 + row["shift_x"]
+    y = -np.sin(a) * du + np.cos(a) * dv + 0.5 + row["shift_y"]
+    return x, y
+
+
+def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
+    """Render one phantom radiograph as a ``size`` x ``size`` uint8 image (bright = dense)."""
+    row = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in dict(row).items()}
+    rng = np.random.default_rng(int(row["seed"]))
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
+    x, y = np.meshgrid(grid, grid)
+    a = np.deg2rad(row["rotation"])
+    dx, dy = x - 0.5 - row["shift_x"], y - 0.5 - row["shift_y"]
+    u = (np.cos(a) * dx - np.sin(a) * dy + 0.5).astype(np.float32)
+    v = (np.sin(a) * dx + np.cos(a) * dy + 0.5).astype(np.float32)
+    edge = 1.5 / size + 0.004
+    is_ap = row["View Position"] == "AP"
+
+    half_t = 0.5 * row["thorax"]
+    apex, dia = row["apex"], row["diaphragm"]
+    # Body outline: soft tissue inside a wide rounded trunk, air outside.
+    body = _soft(0.5 * row["body"] - np.abs(u - 0.5) * (1 + 0.25 * (v - 0.55) ** 2), edge * 3)
+    img = 0.06 + 0.46 * body
+    # Shoulders and neck (above the lungs).
+    img += 0.08 * body * _soft(apex + 0.02 - v, 0.02)
+
+    # Diaphragm domes: one per side, the right (image left) higher, as in real films.
+    side = np.where(u < 0.5, -1.0, 1.0)
+    dome_c = 0.5 + side * 0.55 * half_t
+    dome_top = dia - 0.015 * (side < 0)
+    dome = dome_top + 0.9 * (u - dome_c) ** 2 / max(half_t, 1e-3)
+    # Lung fields: rounded, from the apex to the domes, outside the mediastinum.
+    d_lat = np.abs(u - 0.5)
+    lung_w = half_t * np.sqrt(np.clip((v - apex) / (dia - apex + 0.02), 0.0, 1.0)) ** 0.5
+    lung = (
+        _soft(lung_w - d_lat, edge)
+        * _soft(d_lat - 0.055, edge)
+        * _soft(dome - v, edge)
+        * _soft(v - apex, edge * 2)
+    )
+    img -= 0.30 * lung * (1.0 + 0.15 * (v - 0.5))
+
+    # Ribs: posterior arcs across each lung, brighter where they cross the lung field.
+    ribs = np.zeros_like(u)
+    n_ribs = 9
+    spacing = (dia - apex) / n_ribs
+    for k in range(n_ribs):
+        centre = apex + (k + 0.3 + 0.2 * row["rib_phase"]) * spacing
+        arc = centre + 0.25 * (d_lat - 0.05) ** 2 / max(half_t, 1e-3) - 0.02 * d_lat
+        ribs += np.exp(-(((v - arc) / (0.18 * spacing)) ** 2))
+    img += 0.07 * ribs * lung + 0.03 * ribs * _soft(half_t + 0.03 - d_lat, edge) * (1 - lung)
+    # Thoracic wall: a bright rim at the lateral lung borders.
+    img += 0.06 * np.exp(-(((d_lat - half_t - 0.012) / 0.012) ** 2)) * _soft(dome - v, edge)
+
+    # Clavicles: bright bands sloping from the neck to the shoulders (higher on AP films).
+    clav_y = apex + (0.005 if not is_ap else -0.02) + 0.18 * (d_lat - 0.04)
+    clav = np.exp(-(((v - clav_y) / 0.011) ** 2)) * _soft(0.30 - d_lat, 0.01) * _soft(d_lat - 0.03, 0.01)
+    img += 0.16 * clav
+    if is_ap:  # scapulae project over the lung apices on AP films
+        scap = _soft(0.05 - np.abs(d_lat - half_t + 0.02) - 0.4 * np.abs(v - apex - 0.13), 0.01)
+        img += 0.05 * scap * lung
+
+    # Mediastinum and spine (central, dense), vertebrae as a periodic texture.
+    img += 0.22 * _soft(0.06 + 0.015 * (v < 0.3) - d_lat, edge) * _soft(dia + 0.15 - v, 0.02)
+    vert = 0.5 + 0.5 * np.cos(2 * np.pi * (v - row["rib_phase"] * 0.04) / 0.042)
+    img += (0.03 + 0.03 * vert) * _soft(0.028 - d_lat, edge)
+
+    # Heart silhouette: soft-tissue ellipse sitting on the left dome (image right).
+    hcx, hcy, half_w, half_h = _heart_geometry(row)
+    r = ((u - hcx) / half_w) ** 2 + ((v - hcy) / half_h) ** 2
+    heart = _soft(1.0 - r, 0.03) * _soft(dome + 0.04 - v, edge)
+    img += 0.30 * heart * (lung + 0.3 * (1 - lung))
+
+    # Abdomen below the domes.
+    img += 0.14 * _soft(v - dome, edge * 2) * body
+
+    # Exposure, detector response and noise.
+    img = np.clip(img, 0.0, 1.0) ** row["gamma"] * row["exposure"]
+    img += 0.03 * (y - 0.5) + rng.standard_normal((size, size), dtype=np.float32) * row["noise"]
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -1,0 +1,62 @@
+"""data_processing: cohort -> clean metadata -> checked files -> pixel cache -> patient-wise splits."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    build_quality_report,
+    clean_metadata,
+    keep_decoded,
+    rebalance,
+    request_pixel_cache,
+    resolve_image_files,
+    split_by_patient,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                clean_metadata,
+                inputs=["cohort", "params:target_finding", "params:data_processing"],
+                outputs=["clean_metadata", "label_report"],
+                name="clean_metadata",
+            ),
+            Node(
+                resolve_image_files,
+                inputs=["clean_metadata", "cohort", "params:data_processing"],
+                outputs=["resolved_images", "file_problems"],
+                name="resolve_image_files",
+            ),
+            Node(
+                request_pixel_cache,
+                inputs=["resolved_images", "params:image_size", "params:data_processing"],
+                outputs="pixel_cache",
+                name="cache_pixels",
+            ),
+            Node(
+                keep_decoded,
+                inputs=["resolved_images", "pixel_cache", "params:image_size", "file_problems"],
+                outputs=["model_input_table", "dropped_rows"],
+                name="keep_decoded",
+            ),
+            Node(
+                build_quality_report,
+                inputs=["label_report", "dropped_rows", "model_input_table"],
+                outputs="data_quality_report",
+                name="build_quality_report",
+            ),
+            Node(
+                split_by_patient,
+                inputs=["model_input_table", "cohort", "params:target_finding", "params:data_processing.split"],
+                outputs=["train_split", "validation_split", "test_split"],
+                name="split_by_patient",
+            ),
+            Node(
+                rebalance,
+                inputs=["train_split", "validation_split", "params:data_processing.rebalance"],
+                outputs=["train_balanced", "validation_balanced", "class_weights"],
+                name="rebalance",
+            ),
+        ]
+    )

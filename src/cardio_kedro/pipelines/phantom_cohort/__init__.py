@@ -1,0 +1,5 @@
+"""Offline phantom cohort pipeline."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

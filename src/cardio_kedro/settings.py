@@ -1,0 +1,13 @@
+"""Project settings."""
+
+from kedro.config import OmegaConfigLoader
+
+from cardio_kedro.hooks import DemoCohortHooks
+
+HOOKS = (DemoCohortHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+}
