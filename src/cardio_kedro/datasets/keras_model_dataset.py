@@ -1,0 +1,59 @@
+"""Versioned ``.keras`` model dataset that needs only Keras (any backend), not TensorFlow."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kedro.io import AbstractVersionedDataset, Version
+
+
+class KerasModelDataset(AbstractVersionedDataset[Any, Any]):
+    """Saves with ``model.save`` and loads with ``keras.saving.load_model(safe_mode=True)``.
+
+    Custom layers must be registered with ``keras.saving.register_keras_serializable``. The file
+    is written to a temporary name and renamed, so a failed save leaves no partial version.
+    """
+
+    def __init__(
+        self,
+        filepath: str,
+        version: Version | None = None,
+        load_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        super().__init__(filepath=PurePosixPath(filepath), version=version, exists_function=self._path_exists)
+        self._load_args = {"safe_mode": True, **(load_args or {})}
+        self.metadata = metadata
+
+    @staticmethod
+    def _path_exists(path: str) -> bool:
+        return Path(path).exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "version": self._version}
+
+    def _load(self):
+        import keras
+
+        return keras.saving.load_model(str(self._get_load_path()), **self._load_args)
+
+    def _save(self, model) -> None:
+        path = Path(self._get_save_path())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path.parent)
+        os.close(fd)
+        try:
+            model.save(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def _exists(self) -> bool:
+        try:
+            return Path(self._get_load_path()).exists()
+        except Exception:  # noqa: BLE001 - no version saved yet
+            return False
