@@ -186,12 +186,7 @@ def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
     # Lung fields: rounded, from the apex to the domes, outside the mediastinum.
     d_lat = np.abs(u - 0.5)
     lung_w = half_t * np.sqrt(np.clip((v - apex) / (dia - apex + 0.02), 0.0, 1.0)) ** 0.5
-    lung = (
-        _soft(lung_w - d_lat, edge)
-        * _soft(d_lat - 0.055, edge)
-        * _soft(dome - v, edge)
-        * _soft(v - apex, edge * 2)
-    )
+    lung = _soft(lung_w - d_lat, edge) * _soft(d_lat - 0.055, edge) * _soft(dome - v, edge) * _soft(v - apex, edge * 2)
     img -= 0.30 * lung * (1.0 + 0.15 * (v - 0.5))
 
     # Ribs: posterior arcs across each lung, brighter where they cross the lung field.

@@ -2,9 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from cardio_kedro.hooks import DemoCohortHooks
+from cardio_kedro.hooks import DemoCohortHooks, MlflowRecordHooks
 
-HOOKS = (DemoCohortHooks(),)
+HOOKS = (DemoCohortHooks(), MlflowRecordHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

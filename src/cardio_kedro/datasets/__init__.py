@@ -1,7 +1,8 @@
 """Custom Kedro datasets of the project."""
 
 from .cohort_dataset import CohortDataset
+from .figure_dataset import FigureDataset
 from .keras_model_dataset import KerasModelDataset
 from .pixel_cache_dataset import CacheRequest, PixelCache, PixelCacheDataset
 
-__all__ = ["CacheRequest", "CohortDataset", "KerasModelDataset", "PixelCache", "PixelCacheDataset"]
+__all__ = ["CacheRequest", "CohortDataset", "FigureDataset", "KerasModelDataset", "PixelCache", "PixelCacheDataset"]

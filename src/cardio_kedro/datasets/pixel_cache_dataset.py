@@ -164,9 +164,7 @@ class PixelCacheDataset(AbstractDataset[CacheRequest, dict]):
         merged = pd.concat([kept, new_index], ignore_index=True) if len(kept) else new_index
         merged = merged.astype({"row": "int64", "src_height": "int64", "src_width": "int64"})
         _atomic_parquet(merged, folder / "index.parquet")
-        _atomic_parquet(
-            pd.DataFrame(failures, columns=["source", "reason", "detail"]), folder / "failures.parquet"
-        )
+        _atomic_parquet(pd.DataFrame(failures, columns=["source", "reason", "detail"]), folder / "failures.parquet")
 
 
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:

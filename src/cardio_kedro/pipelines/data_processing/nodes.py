@@ -295,7 +295,10 @@ def rebalance(
         raise ValueError(f"rebalance.strategy must be 'undersample' or 'class_weight', got '{strategy}'")
     for name, frame in zip(("train", "validation"), out):
         logger.info(
-            "Rebalanced %s: %d images, %d positive (%.1f%%)", name, len(frame), int(frame["target"].sum()),
+            "Rebalanced %s: %d images, %d positive (%.1f%%)",
+            name,
+            len(frame),
+            int(frame["target"].sum()),
             100 * frame["target"].mean(),
         )
     return out[0], out[1], {"strategy": strategy, "class_weight": weights}

@@ -235,13 +235,17 @@ def build_model(image_size: int, params: dict[str, Any]) -> keras.Model:
     if augmentation:
         x = XrayAugment(**augmentation, seed=params.get("seed"), name="augment")(x)
     x = XrayPreprocess(BACKBONE_PREPROCESSING[name], name="preprocess")(x)
-    backbone = build_backbone(name, image_size, params.get("backbone_weights"), float(params.get("backbone_width", 1.0)))
+    backbone = build_backbone(
+        name, image_size, params.get("backbone_weights"), float(params.get("backbone_width", 1.0))
+    )
     backbone.name = "backbone"
     features = backbone(x)
     features = layers.BatchNormalization(name="feature_norm")(features)
     a = features
     for i, n in enumerate(units[:-1]):
-        a = layers.Conv2D(n, 1, padding="same", activation=params.get("attention_activation", "elu"), name=f"attention_conv{i + 1}")(a)
+        a = layers.Conv2D(
+            n, 1, padding="same", activation=params.get("attention_activation", "elu"), name=f"attention_conv{i + 1}"
+        )(a)
     mask = layers.Conv2D(1, 1, padding="same", activation="sigmoid", name=ATTENTION_LAYER)(a)
     pooled = AttentionPooling(name="attention_pooling")([features, mask])
     dropout = float(params.get("dropout", 0.5))

@@ -235,8 +235,14 @@ def _train(
         _compile(model, float(head.get("learning_rate", 1e-3)), params)
         verbose = int(params.get("verbose", 2))
         if epochs_head > 0:
-            model.fit(train_data, validation_data=val_data, epochs=epochs_head, callbacks=callbacks,
-                      class_weight=class_weight, verbose=verbose)
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=epochs_head,
+                callbacks=callbacks,
+                class_weight=class_weight,
+                verbose=verbose,
+            )
         unfreeze = fine.get("unfreeze_layers", 0)
         if unfreeze and int(fine.get("epochs", 0)) > 0 and not monitor.diverged:
             monitor.phase = "fine_tune"
@@ -244,8 +250,15 @@ def _train(
             logger.info("Fine-tuning the top %d backbone layer(s)", n)
             _compile(model, float(fine.get("learning_rate", 1e-4)), params)
             done = len(monitor.records)
-            model.fit(train_data, validation_data=val_data, initial_epoch=done, epochs=done + int(fine["epochs"]),
-                      callbacks=callbacks, class_weight=class_weight, verbose=verbose)
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                initial_epoch=done,
+                epochs=done + int(fine["epochs"]),
+                callbacks=callbacks,
+                class_weight=class_weight,
+                verbose=verbose,
+            )
     if monitor.diverged:
         raise TrainingDiverged(
             f"Training stopped: the {monitor.diverged}. Lower the learning rate or check the inputs."

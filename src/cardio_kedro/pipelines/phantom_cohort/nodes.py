@@ -24,9 +24,7 @@ def _render_png(row: dict, size: int) -> bytes:
 
 def _image_stream(drawn: pd.DataFrame, size: int, per_folder: int, workers: int | None) -> Iterator:
     rows = drawn.to_dict("records")
-    pngs = imap_progress(
-        partial(_render_png, size=size), rows, len(rows), "Rendering phantoms", workers=workers
-    )
+    pngs = imap_progress(partial(_render_png, size=size), rows, len(rows), "Rendering phantoms", workers=workers)
     for i, (row, png) in enumerate(zip(rows, pngs)):
         yield f"images_{i // per_folder + 1:03d}/images/{row['Image Index']}", png
 
@@ -47,8 +45,7 @@ def generate_phantom_cohort(params: dict[str, Any]) -> dict:
         ap_fraction=float(params.get("ap_fraction", 0.4)),
     )
     metadata = drawn[
-        ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
-         "View Position"]
+        ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position"]
     ].copy()
     metadata["OriginalImage[Width"] = size
     metadata["Height]"] = size

@@ -1,0 +1,237 @@
+"""Matplotlib figures of the reporting pipeline (pure: data in, figure out)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+POS, NEG, ACCENT = "#d62728", "#1f77b4", "#2ca02c"
+SPLIT_ORDER = ("train", "validation", "test")
+
+
+def _bar_labels(ax, bars) -> None:
+    for bar in bars:
+        ax.annotate(
+            f"{int(bar.get_height()):,}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+
+
+def class_distribution(metadata: pd.DataFrame, target: str) -> plt.Figure:
+    """Raw label distribution: the target's classes and every finding's image count."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 3]})
+    counts = metadata["target"].value_counts().reindex([0, 1], fill_value=0)
+    _bar_labels(ax1, ax1.bar([f"no {target}", target], counts.to_numpy(), color=[NEG, POS]))
+    ax1.set(title=f"{target}: {counts[1] / max(counts.sum(), 1):.1%} of {counts.sum():,} images", ylabel="images")
+    findings = metadata["labels"].str.split("|").explode().value_counts()
+    colors = [POS if f == target else "#7f7f7f" for f in findings.index]
+    ax2.bar(findings.index, findings.to_numpy(), color=colors)
+    ax2.set(title="All findings (an image can have several)", ylabel="images")
+    ax2.tick_params(axis="x", rotation=60)
+    fig.suptitle("Raw class distribution")
+    return fig
+
+
+def rebalanced_distribution(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame) -> plt.Figure:
+    """Class counts after rebalancing (train, validation) next to the untouched test split."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(3)
+    frames = (train, validation, test)
+    neg = [int((f["target"] == 0).sum()) for f in frames]
+    pos = [int(f["target"].sum()) for f in frames]
+    _bar_labels(ax, ax.bar(x - 0.2, neg, 0.4, color=NEG, label="negative"))
+    _bar_labels(ax, ax.bar(x + 0.2, pos, 0.4, color=POS, label="positive"))
+    ax.set_xticks(
+        x,
+        [
+            f"{s}\n({p / max(p + n, 1):.0%} positive)"
+            for s, p, n in zip(("train (rebalanced)", "validation (rebalanced)", "test (natural)"), pos, neg)
+        ],
+    )
+    ax.set(ylabel="images", title="Rebalanced class distribution")
+    ax.legend()
+    return fig
+
+
+def split_sizes(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame) -> plt.Figure:
+    """Images, patients and positive images per patient-wise split."""
+    frames = dict(zip(SPLIT_ORDER, (train, validation, test)))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (title, fn, color) in zip(
+        axes,
+        (
+            ("images", len, NEG),
+            ("patients", lambda f: f["patient_id"].nunique(), ACCENT),
+            ("positive images", lambda f: int(f["target"].sum()), POS),
+        ),
+    ):
+        _bar_labels(ax, ax.bar(list(frames), [fn(f) for f in frames.values()], color=color))
+        ax.set(title=title)
+    fig.suptitle("Patient-wise splits (no patient in two splits)")
+    return fig
+
+
+def image_grid(
+    images: list[np.ndarray],
+    titles: list[str],
+    title: str,
+    ncols: int = 4,
+    overlays: list[np.ndarray] | None = None,
+    title_colors: list[str] | None = None,
+) -> plt.Figure:
+    """A grid of grayscale images with optional heat-map overlays (same size as the image)."""
+    nrows = max(1, int(np.ceil(len(images) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(images):
+            continue
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        if overlays is not None:
+            ax.imshow(overlays[i], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        ax.set_title(titles[i], fontsize=8, color=(title_colors or ["black"] * len(images))[i])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: pd.DataFrame) -> plt.Figure:
+    """Loss and AUC per epoch for train and validation, phases shaded, best epoch marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    best = history.loc[history["best"].astype(bool), "epoch"]
+    for ax, metric in zip(axes, ("loss", "auc")):
+        ax.plot(history["epoch"], history[metric], "o-", color=NEG, label=f"train {metric}")
+        ax.plot(history["epoch"], history[f"val_{metric}"], "o-", color=POS, label=f"validation {metric}")
+        fine = history.loc[history["phase"] == "fine_tune", "epoch"]
+        if len(fine):
+            ax.axvspan(fine.min() - 0.5, fine.max() + 0.5, color="#eeeeee", zorder=0, label="fine-tune phase")
+        if len(best):
+            ax.axvline(best.iloc[0], color=ACCENT, ls="--", label=f"best epoch ({best.iloc[0]})")
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric.upper() if metric == 'auc' else metric} per epoch")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def confusion(cm: dict, threshold: float) -> plt.Figure:
+    """Test confusion matrix at the validation-chosen threshold."""
+    mat = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(mat, cmap="Blues")
+    for (i, j), v in np.ndenumerate(mat):
+        ax.text(j, i, f"{v:,}", ha="center", va="center", color="white" if v > mat.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["negative", "positive"])
+    ax.set_yticks([0, 1], ["negative", "positive"])
+    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (threshold {threshold:.3f})")
+    return fig
+
+
+def report_table(report: dict) -> plt.Figure:
+    """scikit-learn's classification report rendered as a table."""
+    rows = [k for k in report if isinstance(report[k], dict)]
+    cols = ["precision", "recall", "f1-score", "support"]
+    cells = [[f"{report[r][c]:.3f}" if c != "support" else f"{int(report[r][c]):,}" for c in cols] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(rows)))
+    ax.axis("off")
+    table = ax.table(cellText=cells, rowLabels=rows, colLabels=cols, loc="center")
+    table.scale(1, 1.4)
+    ax.set_title(f"Classification report (test, accuracy {report.get('accuracy', float('nan')):.3f})")
+    return fig
+
+
+def roc(y: np.ndarray, p: np.ndarray, auc: dict, operating: dict, band: np.ndarray | None) -> plt.Figure:
+    """ROC curve with its bootstrap band and the validation-chosen operating point."""
+    fpr, tpr, _ = roc_curve(y, p)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if band is not None:
+        grid = np.linspace(0, 1, band.shape[1])
+        ax.fill_between(grid, band[0], band[1], color=POS, alpha=0.15, label="95% bootstrap band")
+    ci = f" (95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})" if auc.get("ci_low") is not None else ""
+    ax.plot(fpr, tpr, color=POS, lw=2, label=f"AUC {auc['auc']:.3f}{ci}")
+    ax.plot([0, 1], [0, 1], ls=":", color="gray", label="chance")
+    if operating.get("specificity") is not None:
+        ax.plot(
+            1 - operating["specificity"],
+            operating["sensitivity"],
+            "o",
+            color="black",
+            ms=8,
+            label=f"operating point (t={operating['threshold']:.3f})",
+        )
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC curve (test)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def precision_recall(y: np.ndarray, p: np.ndarray, pr_auc: float | None) -> plt.Figure:
+    """Precision-recall curve with the prevalence baseline."""
+    precision, recall, _ = precision_recall_curve(y, p)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(recall, precision, color=POS, lw=2, label=f"PR AUC {pr_auc:.3f}" if pr_auc is not None else "PR")
+    ax.axhline(np.mean(y), ls=":", color="gray", label=f"prevalence {np.mean(y):.3f}")
+    ax.set(
+        xlabel="recall (sensitivity)",
+        ylabel="precision (PPV)",
+        title="Precision-recall (test)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
+    ax.legend(fontsize=8)
+    return fig
+
+
+def calibration(y: np.ndarray, p: np.ndarray, brier: float | None, bins: int = 10) -> plt.Figure:
+    """Reliability curve: observed positive rate per predicted-probability bin."""
+    frac, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="quantile")
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], ls=":", color="gray", label="perfectly calibrated")
+    ax.plot(mean_pred, frac, "o-", color=POS, label=f"model (Brier {brier:.3f})" if brier is not None else "model")
+    ax.set(ylabel="observed positive rate", title="Calibration (test)")
+    ax.legend(fontsize=8)
+    hist.hist(p, bins=20, range=(0, 1), color=NEG)
+    hist.set(xlabel="predicted probability", ylabel="images")
+    return fig
+
+
+def subgroup_auc(subgroups: dict) -> plt.Figure:
+    """AUC with 95% CI per subgroup; groups with too few cases are listed as such."""
+    names, aucs, lows, highs = [], [], [], []
+    for family, groups in subgroups.items():
+        for group, res in groups.items():
+            names.append(f"{family}: {group} (n={res['n_images']})")
+            auc = res.get("auc")
+            aucs.append(np.nan if auc is None else auc)
+            lows.append(np.nan if res.get("ci_low") is None else res["ci_low"])
+            highs.append(np.nan if res.get("ci_high") is None else res["ci_high"])
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * max(len(names), 1)))
+    y = np.arange(len(names))
+    aucs, lows, highs = map(np.array, (aucs, lows, highs))
+    ok = ~np.isnan(lows)
+    ax.errorbar(aucs[ok], y[ok], xerr=[aucs[ok] - lows[ok], highs[ok] - aucs[ok]], fmt="o", color=POS, capsize=3)
+    ax.plot(aucs[~ok & ~np.isnan(aucs)], y[~ok & ~np.isnan(aucs)], "o", color="gray")
+    for yi in y[np.isnan(aucs)]:
+        ax.text(0.52, yi, "n too small", va="center", fontsize=8, color="gray")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.axvline(0.5, ls=":", color="gray")
+    ax.set(xlim=(0.5, 1.0), xlabel="ROC AUC (95% CI)", title="Subgroup AUC (test)")
+    ax.invert_yaxis()
+    return fig
+
+
+def text_figure(text: str, title: str) -> plt.Figure:
+    """Monospaced text as a figure (the model summary when graphviz is absent)."""
+    lines = text.splitlines() or [""]
+    fig, ax = plt.subplots(figsize=(10, 0.3 + 0.16 * len(lines)))
+    ax.axis("off")
+    ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=7, va="top")
+    ax.set_title(title)
+    return fig
