@@ -113,7 +113,9 @@ def sample_cohort(
             "rotation": rng.normal(0.0, 3.0, n),
             "shift_x": rng.normal(0.0, 0.02, n),
             "shift_y": rng.normal(0.0, 0.02, n),
-            "exposure": rng.normal(1.0, 0.12, n),
+            "exposure": rng.normal(1.0, 0.15, n),
+            "heart_density": rng.uniform(0.18, 0.34, n),
+            "lung_density": rng.uniform(0.24, 0.36, n),
             "gamma": rng.uniform(0.75, 1.35, n),
             "noise": rng.uniform(0.01, 0.04, n),
             "rib_phase": rng.uniform(0.0, 1.0, n),
@@ -187,7 +189,7 @@ def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
     d_lat = np.abs(u - 0.5)
     lung_w = half_t * np.sqrt(np.clip((v - apex) / (dia - apex + 0.02), 0.0, 1.0)) ** 0.5
     lung = _soft(lung_w - d_lat, edge) * _soft(d_lat - 0.055, edge) * _soft(dome - v, edge) * _soft(v - apex, edge * 2)
-    img -= 0.30 * lung * (1.0 + 0.15 * (v - 0.5))
+    img -= row.get("lung_density", 0.30) * lung * (1.0 + 0.15 * (v - 0.5))
 
     # Ribs: posterior arcs across each lung, brighter where they cross the lung field.
     ribs = np.zeros_like(u)
@@ -218,7 +220,7 @@ def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
     hcx, hcy, half_w, half_h = _heart_geometry(row)
     r = ((u - hcx) / half_w) ** 2 + ((v - hcy) / half_h) ** 2
     heart = _soft(1.0 - r, 0.03) * _soft(dome + 0.04 - v, edge)
-    img += 0.30 * heart * (lung + 0.3 * (1 - lung))
+    img += row.get("heart_density", 0.30) * heart * (lung + 0.3 * (1 - lung))
 
     # Abdomen below the domes.
     img += 0.14 * _soft(v - dome, edge * 2) * body

@@ -10,4 +10,6 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # an environment (nih, local) overrides single keys, not whole parameter groups
+    "merge_strategy": {"parameters": "soft", "catalog": "soft"},
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import shutil
@@ -42,7 +43,8 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
     and the values are read positionally.
     """
     path = Path(path)
-    with path.open(encoding="utf-8-sig") as fh:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8-sig") as fh:
         header = fh.readline().strip()
     names = [n.strip() for n in header.split(",")]
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
@@ -63,8 +65,12 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
 
 def read_bboxes(path: str | Path) -> pd.DataFrame:
     """Read NIH's ``BBox_List_2017.csv`` into ``image_index, finding, x, y, w, h``."""
-    raw = pd.read_csv(path, header=None, skiprows=1, usecols=range(6))
-    raw.columns = ["image_index", "finding", "x", "y", "w", "h"]
+    names = ["image_index", "finding", "x", "y", "w", "h"]
+    try:
+        raw = pd.read_csv(path, header=None, skiprows=1, usecols=range(6))
+    except pd.errors.EmptyDataError:  # header only: no boxes
+        return pd.DataFrame(columns=names)
+    raw.columns = names
     return raw
 
 

@@ -134,6 +134,8 @@ class PixelCacheDataset(AbstractDataset[CacheRequest, dict]):
             len(request.sources),
             len(todo),
         )
+        if not todo:
+            return
         n_rows = int(index["row"].max()) + 1 if len(index) else 0
         row_bytes = request.size * request.size
         new_rows, failures = [], []

@@ -179,7 +179,7 @@ def build_quality_report(label_report: dict, dropped: pd.DataFrame, decoded: pd.
 
 
 def _allocate(ids: np.ndarray, fractions: list[float], rng: np.random.Generator) -> list[np.ndarray]:
-    ids = rng.permutation(ids)
+    ids = rng.permutation(np.array(ids))  # a copy: numpy refuses to shuffle read-only views
     edges = np.round(np.cumsum(fractions)[:-1] * len(ids)).astype(int)
     return np.split(ids, edges)
 
@@ -200,6 +200,12 @@ def split_by_patient(
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
     rng = np.random.default_rng(int(params.get("seed", 42)))
     patient_pos = decoded.groupby("patient_id")["target"].max()
+    needed = int((frac > 0).sum())
+    if int(patient_pos.sum()) < needed:
+        raise ValueError(
+            f"The cohort has only {int(patient_pos.sum())} patient(s) with {target_finding}; a patient-wise "
+            f"split into {needed} non-empty splits needs at least {needed}. Use a larger cohort."
+        )
     assign = pd.Series("", index=patient_pos.index)
     if method == "official":
         official = cohort.get("official_split")

@@ -1,0 +1,65 @@
+"""The phantom generator: labels follow the CTR, determinism, realism bar (no global-statistics shortcut)."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_predict
+from sklearn.metrics import roc_auc_score
+
+from cardio_kedro.phantoms import CTR_THRESHOLD, heart_box, render_phantom, sample_cohort
+
+
+def test_labels_follow_the_cardiothoracic_ratio():
+    cohort = sample_cohort(400, prevalence=0.3, mean_follow_ups=0.6, seed=1)
+    positive = cohort["Finding Labels"].str.contains("Cardiomegaly")
+    assert (positive == (cohort["ctr"] > CTR_THRESHOLD)).all()
+    # CTRs straddle the threshold closely, so some cases are hard
+    assert (np.abs(cohort["ctr"] - CTR_THRESHOLD) < 0.02).mean() > 0.1
+    assert 0.2 < cohort.groupby("Patient ID")["ctr"].max().gt(CTR_THRESHOLD).mean() < 0.4
+
+
+def test_follow_ups_other_findings_and_no_finding_present():
+    cohort = sample_cohort(400, prevalence=0.3, mean_follow_ups=0.6, seed=2)
+    assert cohort["Follow-up #"].max() >= 2
+    assert (cohort.groupby("Patient ID").size() > 1).sum() > 50
+    labels = set(cohort["Finding Labels"].str.split("|").explode())
+    assert "No Finding" in labels and "Infiltration" in labels and "Effusion" in labels
+    assert set(cohort["View Position"]) == {"AP", "PA"}
+
+
+def test_generation_is_deterministic_per_seed():
+    a, b = sample_cohort(30, 0.3, 0.5, seed=5), sample_cohort(30, 0.3, 0.5, seed=5)
+    assert a.equals(b)
+    assert np.array_equal(render_phantom(a.iloc[0], 64), render_phantom(b.iloc[0], 64))
+    assert not sample_cohort(30, 0.3, 0.5, seed=6).equals(a)
+
+
+def test_ap_views_magnify_the_heart():
+    row = sample_cohort(1, 0.5, 0.0, seed=0).iloc[0].to_dict()
+    pa = heart_box({**row, "View Position": "PA"}, 1024)
+    ap = heart_box({**row, "View Position": "AP"}, 1024)
+    assert ap[2] == pytest.approx(pa[2] * 1.12, rel=0.05)
+
+
+def test_heart_box_covers_the_bright_heart():
+    row = sample_cohort(1, 0.5, 0.0, seed=4).iloc[0].to_dict()
+    row.update({"rotation": 0.0, "noise": 0.0, "exposure": 1.0, "gamma": 1.0})
+    img = render_phantom(row, 256).astype(float)
+    x, y, w, h = heart_box(row, 256)
+    inside = img[int(y + h * 0.3) : int(y + h * 0.6), int(x + w * 0.6) : int(x + w * 0.8)].mean()
+    lung = img[int(y - h * 0.6) : int(y - h * 0.3), int(x + w * 0.6) : int(x + w * 0.8)].mean()
+    assert inside > lung + 10  # soft-tissue heart is denser (brighter) than the lung above it
+
+
+def test_label_is_not_readable_from_global_image_statistics():
+    cohort = sample_cohort(500, prevalence=0.5, mean_follow_ups=0.0, seed=11)
+    feats = []
+    for row in cohort.to_dict("records"):
+        img = render_phantom(row, 96).astype(np.float32)
+        feats.append([img.mean(), img.std(), *np.percentile(img, [5, 25, 50, 75, 95])])
+    y = cohort["Finding Labels"].str.contains("Cardiomegaly").to_numpy()
+    x = np.array(feats)
+    x = (x - x.mean(0)) / x.std(0)
+    p = cross_val_predict(LogisticRegression(max_iter=1000), x, y, cv=5, method="predict_proba")[:, 1]
+    auc = roc_auc_score(y, p)
+    assert auc < 0.65, f"global image statistics predict the label (AUC {auc:.3f}): phantoms have a shortcut"
