@@ -118,7 +118,8 @@ def distribution_scope(kind: str):
     if backend == "tensorflow":
         import tensorflow as tf  # the one backend-specific spot: TF's own strategy
 
-        strategy = tf.distribute.MirroredStrategy()
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
         logger.info("data_parallel: MirroredStrategy over %d replica(s)", strategy.num_replicas_in_sync)
         return strategy.scope()
     if backend == "jax":
