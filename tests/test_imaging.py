@@ -38,7 +38,9 @@ def test_missing_truncated_non_image_and_oversized(tmp_path):
     truncated.write_bytes(png.read_bytes()[:-20])
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
+    header = (
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
+    )
     huge = tmp_path / "bomb.png"
     huge.write_bytes(header + struct.pack(">I", zlib.crc32(header[12:])) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
     for path, reason in (

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import cross_val_predict
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import cross_val_predict
 
 from cardio_kedro.phantoms import CTR_THRESHOLD, heart_box, render_phantom, sample_cohort
 

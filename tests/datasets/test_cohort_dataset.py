@@ -11,8 +11,10 @@ HEADER_2020 = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
-ROWS = ["00000001_000.png,Cardiomegaly|Emphysema,0,1,57,M,PA,2682,2749,0.143,0.143",
-        "00000002_000.png,No Finding,0,2,081Y,F,AP,2500,2048,0.171,0.171"]
+ROWS = [
+    "00000001_000.png,Cardiomegaly|Emphysema,0,1,57,M,PA,2682,2749,0.143,0.143",
+    "00000002_000.png,No Finding,0,2,081Y,F,AP,2500,2048,0.171,0.171",
+]
 
 
 def test_reads_the_2020_revision_and_the_kaggle_file(tmp_path):
@@ -76,4 +78,6 @@ def test_phantom_cohort_round_trip(phantom_cohort_dir):
     assert (phantom_cohort_dir / "images_001" / "images").is_dir()
     boxes = cohort["bboxes"]
     assert set(boxes["finding"]) == {"Cardiomegaly"}
-    assert set(boxes["image_index"]) == set(meta.loc[meta["Finding Labels"].str.contains("Cardiomegaly"), "Image Index"])
+    assert set(boxes["image_index"]) == set(
+        meta.loc[meta["Finding Labels"].str.contains("Cardiomegaly"), "Image Index"]
+    )

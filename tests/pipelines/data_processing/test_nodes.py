@@ -26,8 +26,15 @@ def _table(n_patients=200, pos_share=0.2, images_per_patient=2, seed=0):
         pos = rng.random() < pos_share
         sex = "M" if rng.random() < 0.5 else "F"
         for k in range(images_per_patient):
-            rows.append({"image_index": f"{pid:08d}_{k:03d}.png", "patient_id": pid, "target": int(pos and k == 0),
-                         "sex": sex, "path": f"/x/{pid}_{k}.png"})
+            rows.append(
+                {
+                    "image_index": f"{pid:08d}_{k:03d}.png",
+                    "patient_id": pid,
+                    "target": int(pos and k == 0),
+                    "sex": sex,
+                    "path": f"/x/{pid}_{k}.png",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -103,7 +110,9 @@ def test_too_few_positive_patients_is_a_clear_error():
 def test_official_split_uses_nih_lists():
     table = _table(40)
     test_ids = table.loc[table["patient_id"] <= 10, "image_index"].tolist()
-    cohort = {"official_split": {"test": test_ids, "train_val": table.loc[table["patient_id"] > 10, "image_index"].tolist()}}
+    cohort = {
+        "official_split": {"test": test_ids, "train_val": table.loc[table["patient_id"] > 10, "image_index"].tolist()}
+    }
     table.loc[table["patient_id"].isin([1, 11, 12, 13]), "target"] = 1
     train, val, test = split_by_patient(table, cohort, "Cardiomegaly", {"method": "official", "seed": 0})
     assert sorted(test["image_index"]) == sorted(test_ids)

@@ -8,7 +8,12 @@ import pandas as pd
 import pytest
 
 from cardio_kedro.datasets.cohort_dataset import read_metadata
-from cardio_kedro.pipelines.data_processing.nodes import check_disjoint_patients, clean_metadata, rebalance, split_by_patient
+from cardio_kedro.pipelines.data_processing.nodes import (
+    check_disjoint_patients,
+    clean_metadata,
+    rebalance,
+    split_by_patient,
+)
 from tests.conftest import make_phantom_cohort, run_pipeline
 
 
@@ -46,7 +51,10 @@ def test_real_nih_images_run_through_data_processing(shared_nih, tiny_project):
     assert table["src_width"].eq(1024).all()
     report = json.loads(latest(tiny_project, "08_reporting/data_quality_report.json").read_text())
     assert report["dropped_rows"] == 0
-    splits = [pd.read_parquet(latest(tiny_project, f"05_model_input/{s}_split.parquet")) for s in ("train", "validation", "test")]
+    splits = [
+        pd.read_parquet(latest(tiny_project, f"05_model_input/{s}_split.parquet"))
+        for s in ("train", "validation", "test")
+    ]
     check_disjoint_patients(*splits)
     assert sum(len(s) for s in splits) == 200
     assert not (sample / "Data_Entry_2017.csv").with_name("pixels.u8").exists()  # nothing written into shared/
@@ -94,7 +102,10 @@ def test_other_split_parameters_do_not_decode_again(tiny_project, phantom_cohort
     run_pipeline(tiny_project, "data_processing", runtime_params=params)
     pixels = tiny_project / "data/04_feature/pixel_cache/32px/pixels.u8"
     stamp = (pixels.stat().st_mtime_ns, pixels.stat().st_size)
-    run_pipeline(tiny_project, "data_processing", runtime_params={**params, "data_processing.split.seed": 7})
+    first_test = pd.read_parquet(latest(tiny_project, "05_model_input/test_split.parquet"))
+    run_pipeline(tiny_project, "data_processing", runtime_params={**params, "data_processing": {"split": {"seed": 7}}})
     assert (pixels.stat().st_mtime_ns, pixels.stat().st_size) == stamp
+    second_test = pd.read_parquet(latest(tiny_project, "05_model_input/test_split.parquet"))
+    assert set(first_test["image_index"]) != set(second_test["image_index"])  # the split did change
     run_pipeline(tiny_project, "data_processing", runtime_params={**params, "image_size": 48})
     assert (tiny_project / "data/04_feature/pixel_cache/48px/pixels.u8").stat().st_size > 0

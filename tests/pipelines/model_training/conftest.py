@@ -46,9 +46,22 @@ def toy_cache(tmp_path_factory):
             img[8:24, 2:14] = 220
         path = root / f"{i}.png"
         cv2.imwrite(str(path), img)
-        rows.append({"image_index": path.name, "patient_id": i, "path": str(path), "target": target,
-                     "sex": "MF"[i % 2], "view": "PA", "age": 50.0})
+        rows.append(
+            {
+                "image_index": path.name,
+                "patient_id": i,
+                "path": str(path),
+                "target": target,
+                "sex": "MF"[i % 2],
+                "view": "PA",
+                "age": 50.0,
+            }
+        )
     table = pd.DataFrame(rows)
     ds = PixelCacheDataset(str(root / "cache"))
     ds.save(CacheRequest(table["path"].tolist(), 32, workers=1))
-    return {"dataset": ds, "train": table.iloc[:64].reset_index(drop=True), "validation": table.iloc[64:].reset_index(drop=True)}
+    return {
+        "dataset": ds,
+        "train": table.iloc[:64].reset_index(drop=True),
+        "validation": table.iloc[64:].reset_index(drop=True),
+    }

@@ -28,8 +28,9 @@ PACKAGE = Path(__file__).resolve().parents[3] / "src" / "cardio_kedro"
     [("vgg16", 64, 2), ("densenet121", 64, 2), ("efficientnetb0", 64, 2), ("mobilenetv3small", 64, 2)],
 )
 def test_each_backbone_builds_with_an_attention_map(backbone, size, grid):
-    model = build_model(size, {"backbone": backbone, "backbone_weights": None, "attention_units": [8, 1],
-                               "dense_units": 8})
+    model = build_model(
+        size, {"backbone": backbone, "backbone_weights": None, "attention_units": [8, 1], "dense_units": 8}
+    )
     x = np.random.default_rng(0).integers(0, 255, (2, size, size, 1)).astype(np.uint8)
     prob, attention = attention_model(model).predict(x, verbose=0)
     assert prob.shape == (2, 1) and np.all((prob >= 0) & (prob <= 1))
@@ -113,8 +114,10 @@ def _module_level_imports(path: Path) -> set[str]:
 
 
 def test_model_and_training_code_never_import_tensorflow_at_module_level():
-    files = [*sorted((PACKAGE / "pipelines" / "model_training").glob("*.py")),
-             PACKAGE / "datasets" / "keras_model_dataset.py"]
+    files = [
+        *sorted((PACKAGE / "pipelines" / "model_training").glob("*.py")),
+        PACKAGE / "datasets" / "keras_model_dataset.py",
+    ]
     assert len(files) >= 4
     for path in files:
         assert "tensorflow" not in _module_level_imports(path), path

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 import pytest
 
 from cardio_kedro.pipelines.model_training.data import CachedImages
@@ -22,8 +21,9 @@ NO_WEIGHTS = {"strategy": "undersample", "class_weight": {"0": 1.0, "1": 1.0}}
 
 def test_training_on_a_learnable_set_lowers_the_loss(toy_cache):
     params = tiny_params(fine_tune={"epochs": 5, "learning_rate": 2e-3, "unfreeze_layers": "all"})
-    model, history = train_model(toy_cache["train"], toy_cache["validation"], toy_cache["dataset"].load(),
-                                 NO_WEIGHTS, 32, params)
+    model, history = train_model(
+        toy_cache["train"], toy_cache["validation"], toy_cache["dataset"].load(), NO_WEIGHTS, 32, params
+    )
     assert list(history["phase"]) == ["head"] + ["fine_tune"] * 5
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     assert history["best"].sum() == 1
@@ -32,8 +32,10 @@ def test_training_on_a_learnable_set_lowers_the_loss(toy_cache):
 
 def test_same_seed_gives_the_same_first_epoch_loss(toy_cache):
     params = tiny_params(fine_tune={"epochs": 0})
-    runs = [train_model(toy_cache["train"], toy_cache["validation"], toy_cache["dataset"].load(), NO_WEIGHTS, 32,
-                        params)[1] for _ in range(2)]
+    runs = [
+        train_model(toy_cache["train"], toy_cache["validation"], toy_cache["dataset"].load(), NO_WEIGHTS, 32, params)[1]
+        for _ in range(2)
+    ]
     assert runs[0]["loss"].iloc[0] == pytest.approx(runs[1]["loss"].iloc[0], rel=1e-6)
 
 
@@ -105,13 +107,14 @@ def test_data_parallel_trains_on_two_logical_cpu_devices(toy_cache, tmp_path):
         params = tiny_params(distribution="data_parallel", fine_tune={{"epochs": 1, "unfreeze_layers": "all"}})
         model, history = train_model(pd.read_parquet("{table_dir}/train.parquet"),
                                      pd.read_parquet("{table_dir}/validation.parquet"),
-                                     PixelCacheDataset("{toy_cache['dataset']._root}").load(),
+                                     PixelCacheDataset("{toy_cache["dataset"]._root}").load(),
                                      {{"class_weight": {{"0": 1.0, "1": 1.0}}}}, 32, params)
         print("EPOCHS", len(history))
     """)
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MirroredStrategy over 2 replica(s)" in out.stderr
     assert "EPOCHS 2" in out.stdout

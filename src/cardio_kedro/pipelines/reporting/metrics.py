@@ -57,7 +57,7 @@ def bootstrap_auc(
 def choose_threshold(y: np.ndarray, p: np.ndarray, method: str = "youden", target_sensitivity: float = 0.9) -> float:
     """Operating threshold from *validation* scores: Youden's J, or the highest threshold that
     reaches ``target_sensitivity``."""
-    fpr, tpr, thresholds = roc_curve(y, p)
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     thresholds = np.minimum(thresholds, 1.0)
     if method == "youden":
         return float(thresholds[int(np.argmax(tpr - fpr))])

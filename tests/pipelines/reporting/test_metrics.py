@@ -1,0 +1,119 @@
+"""Metric functions on hand-computable cases; threshold from validation only; attention localization."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from cardio_kedro.pipelines.reporting.metrics import bootstrap_auc, choose_threshold, rates_at
+from cardio_kedro.pipelines.reporting.nodes import _attention_maps, evaluation_metrics, localization_scores
+
+
+def test_auc_perfect_inverted_and_constant():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    groups = np.arange(6)
+    assert bootstrap_auc(y, y * 0.8 + 0.1, groups, n_boot=0)["auc"] == 1.0
+    assert bootstrap_auc(y, 1 - y, groups, n_boot=0)["auc"] == 0.0
+    assert bootstrap_auc(y, np.full(6, 0.3), groups, n_boot=0)["auc"] == 0.5
+    assert bootstrap_auc(np.ones(6), np.arange(6), groups, n_boot=0)["auc"] is None
+
+
+def test_rates_at_a_threshold_by_hand():
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.2, 0.7, 0.1, 0.1, 0.3, 0.2])
+    r = rates_at(y, p, 0.5)
+    assert r["confusion_matrix"] == {"tn": 4, "fp": 1, "fn": 1, "tp": 2}
+    assert r["sensitivity"] == pytest.approx(2 / 3) and r["specificity"] == pytest.approx(4 / 5)
+    assert r["ppv"] == pytest.approx(2 / 3) and r["npv"] == pytest.approx(4 / 5)
+    assert r["f1"] == pytest.approx(4 / 6)
+    assert r["classification_report"]["positive"]["support"] == 3
+
+
+def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        y = rng.random(n) < 0.3
+        p = np.clip(y * 0.3 + rng.normal(0.35, 0.2, n), 0, 1)
+        return y.astype(int), p, np.arange(n) // 2  # two images per patient
+
+    widths = []
+    for n in (100, 2000):
+        res = bootstrap_auc(*sample(n), n_boot=300, seed=1)
+        assert res["ci_low"] <= res["auc"] <= res["ci_high"]
+        widths.append(res["ci_high"] - res["ci_low"])
+    assert widths[1] < widths[0] / 2
+
+
+def test_threshold_methods():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.85, 0.5, 0.8, 0.9])
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.5)  # J = 1 - 1/3
+    assert choose_threshold(y, p, "sensitivity", 0.6) == pytest.approx(0.8)  # highest t with TPR >= 0.6
+    with pytest.raises(ValueError, match="youden"):
+        choose_threshold(y, p, "best")
+
+
+def _predictions(seed, n=400):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.15).astype(int)
+    return pd.DataFrame(
+        {
+            "target": y,
+            "probability": np.clip(0.25 * y + rng.normal(0.4, 0.15, n), 0, 1),
+            "patient_id": np.arange(n),
+            "sex": rng.choice(["M", "F"], n),
+            "view": rng.choice(["PA", "AP"], n),
+            "age": rng.uniform(20, 90, n),
+        }
+    )
+
+
+def test_threshold_comes_from_validation_not_test():
+    val, test = _predictions(1), _predictions(2)
+    params = {"n_bootstrap": 20, "threshold": {"method": "youden"}}
+    a = evaluation_metrics(val, test, params)
+    flipped = test.assign(target=1 - test["target"])  # test labels must not move the threshold
+    b = evaluation_metrics(val, flipped, params)
+    assert a["threshold"]["value"] == b["threshold"]["value"]
+    assert a["threshold"]["value"] == choose_threshold(val["target"], val["probability"])
+    assert a["test"]["roc_auc"]["auc"] == pytest.approx(1 - b["test"]["roc_auc"]["auc"])
+    assert a["test_rebalanced_3to1"]["n_images"] == 4 * a["test"]["n_positive"]
+    assert set(a["subgroups"]) == {"sex", "view", "age"}
+
+
+def test_small_subgroups_are_not_scored():
+    val, test = _predictions(1), _predictions(2)
+    test.loc[test.index[:3], "view"] = "LL"
+    out = evaluation_metrics(val, test, {"n_bootstrap": 10})
+    assert out["subgroups"]["view"]["LL"]["auc"] is None
+    assert out["subgroups"]["view"]["LL"]["note"] == "n too small"
+
+
+def test_pointing_game_on_a_hand_made_box():
+    maps = np.zeros((2, 10, 10))
+    maps[0, 2, 3] = 1.0  # peak inside the box
+    maps[1, 8, 8] = 1.0  # peak outside
+    maps[:, 2:4, 2:5] += 0.1
+    res = localization_scores(maps, np.array([[2, 1, 3, 3], [2, 1, 3, 3]], float))
+    assert res["n_images"] == 2 and res["pointing_game_hit_rate"] == 0.5
+    assert res["attention_mass_in_box"] == pytest.approx(((1.6 / 1.6) + (0.6 / 1.6)) / 2)
+
+
+def test_heat_maps_align_with_the_image():
+    """A model whose attention is the downsampled image: the heat-map peak lands on the bright block."""
+    inputs = keras.Input((32, 32, 1), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    attention = keras.layers.AveragePooling2D(4, name="attention_map")(x)
+    out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(attention))
+    model = keras.Model(inputs, out)
+    images = np.zeros((2, 32, 32), np.uint8)
+    images[0, 4:8, 24:28] = 255  # top right
+    images[1, 24:28, 4:8] = 255  # bottom left
+    maps = _attention_maps(model, images, 32)
+    assert maps.shape == (2, 32, 32)
+    for img, m in zip(images, maps, strict=True):
+        py, px = np.unravel_index(np.argmax(m), m.shape)
+        assert img[py, px] == 255 or np.hypot(*(np.array([py, px]) - np.argwhere(img == 255).mean(0))) < 4
+    boxes = np.array([[24, 4, 4, 4], [4, 24, 4, 4]], float)
+    assert localization_scores(maps, boxes)["pointing_game_hit_rate"] == 1.0
