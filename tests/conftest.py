@@ -85,6 +85,11 @@ def tiny_project(tmp_path, monkeypatch) -> Path:
     (tmp_path / "conf" / "local").mkdir()
     (tmp_path / "src").mkdir()  # the package itself is installed; Kedro only checks the folder
     (tmp_path / "conf" / "local" / "parameters.yml").write_text(TINY_PARAMETERS)
+    # an absolute store: MLflow caches stores by URI, and the relative one would follow the first project
+    mlflow_yml = (PROJECT_ROOT / "conf" / "base" / "mlflow.yml").read_text()
+    absolute = mlflow_yml.replace("sqlite:///mlflow.db", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert absolute != mlflow_yml
+    (tmp_path / "conf" / "local" / "mlflow.yml").write_text(absolute)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

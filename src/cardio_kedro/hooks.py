@@ -50,8 +50,10 @@ def _git_commit() -> str | None:
 
 
 def _active_run():
-    import mlflow
-
+    try:
+        import mlflow
+    except ImportError:  # a machine with Kedro and Keras but no MLflow: nothing to record
+        return None
     return mlflow.active_run()
 
 

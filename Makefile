@@ -1,0 +1,36 @@
+# Two commands do everything: `make run` (set up + train the demo) and `make test` (set up + lint + tests).
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+export KEDRO_DISABLE_TELEMETRY := true
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+
+.PHONY: install run test lint viz mlflow-ui clean-data
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/kedro run --pipeline=training
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+viz: install
+	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean-data:
+	find data -mindepth 2 ! -name .gitkeep -delete 2>/dev/null || true
+	rm -f mlflow.db
