@@ -38,8 +38,12 @@ def scratch_project(args) -> Path:
     (project / "conf" / "local").mkdir()
     params = {
         "image_size": args.size,
-        "phantoms": {"n_patients": args.patients, "native_size": args.native, "prevalence": 0.25,
-                     "images_per_folder": 5000},
+        "phantoms": {
+            "n_patients": args.patients,
+            "native_size": args.native,
+            "prevalence": 0.25,
+            "images_per_folder": 5000,
+        },
         "data_processing": {"rebalance": {"neg_per_pos": 3}},
         "model_training": {
             "model": {"backbone": args.backbone, "backbone_width": args.width, "backbone_weights": None},
@@ -123,7 +127,9 @@ def main() -> int:
         steady = rows.iloc[1:] if len(rows) > 1 else rows
         e2e[phase] = n_train * len(steady) / steady["train_seconds"].sum()
     bare = bare_throughput(args, n_train)
-    print(f"\ntraining images {n_train}, {args.size}px, batch {args.batch}, {keras.mixed_precision.dtype_policy().name}")
+    print(
+        f"\ntraining images {n_train}, {args.size}px, batch {args.batch}, {keras.mixed_precision.dtype_policy().name}"
+    )
     print(f"data_processing {timings['data_processing']:.1f}s, model_training {timings['model_training']:.1f}s")
     print(f"{'phase':<10} {'kedro run img/s':>16} {'bare img/s':>12} {'ratio':>7}")
     for phase in ("head", "fine_tune"):
