@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from cardio_kedro.pipelines.model_training.data import CachedImages
+from cardio_kedro.pipelines.model_training.data import CachedImages, feed, gather
 from cardio_kedro.pipelines.model_training.nodes import EpochMonitor, train_model
 
 from .conftest import tiny_params
@@ -20,7 +20,7 @@ NO_WEIGHTS = {"strategy": "undersample", "class_weight": {"0": 1.0, "1": 1.0}}
 
 
 def test_training_on_a_learnable_set_lowers_the_loss(toy_cache):
-    params = tiny_params(fine_tune={"epochs": 5, "learning_rate": 2e-3, "unfreeze_layers": "all"})
+    params = tiny_params(fine_tune={"epochs": 5, "learning_rate": 2e-3, "unfreeze_layers": "all"}, loader="stream")
     model, history = train_model(
         toy_cache["train"], toy_cache["validation"], toy_cache["dataset"].load(), NO_WEIGHTS, 32, params
     )
@@ -31,7 +31,7 @@ def test_training_on_a_learnable_set_lowers_the_loss(toy_cache):
 
 
 def test_same_seed_gives_the_same_first_epoch_loss(toy_cache):
-    params = tiny_params(fine_tune={"epochs": 0})
+    params = tiny_params(fine_tune={"epochs": 0}, loader="memory")
     runs = [
         train_model(toy_cache["train"], toy_cache["validation"], toy_cache["dataset"].load(), NO_WEIGHTS, 32, params)[1]
         for _ in range(2)
@@ -118,3 +118,16 @@ def test_data_parallel_trains_on_two_logical_cpu_devices(toy_cache, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MirroredStrategy over 2 replica(s)" in out.stderr
     assert "EPOCHS 2" in out.stdout
+
+
+def test_memory_loader_gathers_rows_in_order_and_auto_falls_back_to_streaming():
+    pixels = np.arange(10, dtype=np.uint8)[:, None, None].repeat(4, 1).repeat(4, 2)
+    rows = np.array([7, 2, 9, 2])
+    assert gather(pixels, rows)[:, 0, 0, 0].tolist() == [7, 2, 9, 2]
+    labels = np.array([1, 0, 1, 0])
+    in_ram = feed(pixels, rows, labels, 2, {"loader": "auto"}, shuffle=True)
+    assert in_ram["x"].shape == (4, 4, 4, 1) and in_ram["shuffle"] and in_ram["batch_size"] == 2
+    streamed = feed(pixels, rows, labels, 2, {"loader": "auto", "max_loader_memory_gb": 1e-9})
+    assert isinstance(streamed["x"], CachedImages) and "y" not in streamed
+    with pytest.raises(ValueError, match="loader must be"):
+        feed(pixels, rows, labels, 2, {"loader": "disk"})

@@ -50,3 +50,43 @@ class CachedImages(keras.utils.PyDataset):
 def split_arrays(cache, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Cache rows and labels of a split table (``path`` and ``target`` columns)."""
     return cache.rows(table["path"]), table["target"].to_numpy(np.float32)
+
+
+def gather(pixels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows of the cache as one in-RAM ``(n, s, s, 1)`` uint8 array, read in ascending cache order."""
+    rows = np.asarray(rows, np.int64)
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows), *pixels.shape[1:]), np.uint8)
+    out[order] = pixels[rows[order]]
+    return out[..., None]
+
+
+def feed(
+    pixels: np.ndarray,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    params: dict,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> dict:
+    """``model.fit``-style inputs for one split, from the pixel cache.
+
+    ``loader: memory`` gathers the split's rows from the memory map into RAM once (one forward
+    pass over the cache) and lets Keras batch and shuffle the arrays, which keeps a GPU fed;
+    ``stream`` reads each batch from the memory map (``CachedImages``), for splits larger than
+    RAM; ``auto`` (default) picks memory when the split fits in ``max_loader_memory_gb``.
+    """
+    loader = params.get("loader", "auto")
+    if loader not in ("auto", "memory", "stream"):
+        raise ValueError(f"loader must be 'auto', 'memory' or 'stream', got '{loader}'")
+    nbytes = len(rows) * int(np.prod(pixels.shape[1:]))
+    if loader == "memory" or (loader == "auto" and nbytes <= float(params.get("max_loader_memory_gb", 8)) * 2**30):
+        return {
+            "x": gather(pixels, rows),
+            "y": np.asarray(labels, np.float32),
+            "batch_size": batch_size,
+            "shuffle": shuffle,
+        }
+    workers = int(params.get("loader_workers", 1))
+    return {"x": CachedImages(pixels, rows, labels, batch_size, shuffle=shuffle, seed=seed, workers=workers)}

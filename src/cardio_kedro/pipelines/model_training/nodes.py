@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from .data import CachedImages, split_arrays
+from .data import feed, split_arrays
 from .model import build_model
 
 logger = logging.getLogger(__name__)
@@ -202,11 +202,12 @@ def _train(
     cache = pixel_cache["open"](int(image_size))
     pixels = cache.pixels()
     batch = int(params.get("batch_size", 32))
-    loader_kwargs = {"workers": int(params.get("loader_workers", 1))}
     train_rows, train_y = split_arrays(cache, train)
     val_rows, val_y = split_arrays(cache, validation)
-    train_data = CachedImages(pixels, train_rows, train_y, batch, shuffle=True, seed=seed, **loader_kwargs)
-    val_data = CachedImages(pixels, val_rows, val_y, batch, **loader_kwargs)
+    train_data = feed(pixels, train_rows, train_y, batch, params, shuffle=True, seed=seed)
+    val_feed = feed(pixels, val_rows, val_y, batch, params)
+    val_data = (val_feed["x"], val_feed["y"]) if "y" in val_feed else val_feed["x"]
+    fit_kwargs = {"validation_data": val_data, "validation_batch_size": batch if "y" in val_feed else None}
     weights = class_weights.get("class_weight") or {}
     class_weight = {int(k): float(v) for k, v in weights.items()} if weights.get("1", 1.0) != 1.0 else None
     logger.info(
@@ -237,8 +238,8 @@ def _train(
         verbose = int(params.get("verbose", 2))
         if epochs_head > 0:
             model.fit(
-                train_data,
-                validation_data=val_data,
+                **train_data,
+                **fit_kwargs,
                 epochs=epochs_head,
                 callbacks=callbacks,
                 class_weight=class_weight,
@@ -252,8 +253,8 @@ def _train(
             _compile(model, float(fine.get("learning_rate", 1e-4)), params)
             done = len(monitor.records)
             model.fit(
-                train_data,
-                validation_data=val_data,
+                **train_data,
+                **fit_kwargs,
                 initial_epoch=done,
                 epochs=done + int(fine["epochs"]),
                 callbacks=callbacks,
