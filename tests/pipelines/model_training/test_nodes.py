@@ -72,8 +72,8 @@ def test_nan_loss_stops_training_with_a_reason():
     monitor = EpochMonitor(n_train=10)
     monitor.set_model(model)
     monitor.on_epoch_begin(0)
-    monitor.on_train_batch_end(3, {"loss": math.nan})
-    assert model.stop_training and "batch 4" in monitor.diverged
+    monitor.on_epoch_end(0, {"loss": math.nan, "val_auc": 0.5})
+    assert model.stop_training and "nan in epoch 1" in monitor.diverged
 
 
 def test_batches_come_from_the_cache_and_reshuffle_per_epoch():

@@ -37,20 +37,15 @@ class EpochMonitor(keras.callbacks.Callback):
         self.phase = "head"
         self.diverged: str | None = None
 
+    # No per-batch hook on purpose: one would make Keras fetch the loss every step and stall the
+    # accelerator's asynchronous dispatch. NaN is caught at the end of the epoch.
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = self._last_batch = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._last_batch = time.perf_counter()
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.diverged = f"loss became {loss} at epoch {len(self.records) + 1}, batch {batch + 1}"
-            self.model.stop_training = True
+        self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        train_s = max(self._last_batch - self._start, 1e-9)
+        seconds = max(time.perf_counter() - self._start, 1e-9)
         record = {
             "epoch": epoch + 1,
             "phase": self.phase,
@@ -59,10 +54,12 @@ class EpochMonitor(keras.callbacks.Callback):
             "val_loss": float(logs.get("val_loss", np.nan)),
             "val_auc": float(logs.get("val_auc", np.nan)),
             "lr": lr,
-            "train_seconds": train_s,
-            "epoch_seconds": time.perf_counter() - self._start,
-            "images_per_second": self.n_train / train_s,
+            "epoch_seconds": seconds,
+            "images_per_second": self.n_train / seconds,
         }
+        if not math.isfinite(record["loss"]):
+            self.diverged = f"loss became {record['loss']} in epoch {epoch + 1}"
+            self.model.stop_training = True
         self.records.append(record)
         val_auc = record["val_auc"]
         improved = math.isfinite(val_auc) and val_auc > self.best_auc
