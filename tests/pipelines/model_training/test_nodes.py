@@ -69,6 +69,7 @@ def test_the_best_epochs_weights_are_restored():
 
 def test_nan_loss_stops_training_with_a_reason():
     model = _toy_model()
+    model.compile(optimizer="adam", loss="mse")
     monitor = EpochMonitor(n_train=10)
     monitor.set_model(model)
     monitor.on_epoch_begin(0)
