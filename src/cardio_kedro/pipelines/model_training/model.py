@@ -161,23 +161,35 @@ class AttentionPooling(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-def _vgg16(inputs, width: float):
-    """VGG16's convolutional blocks with ``width`` x the channels (1.0 = the original layout)."""
+def _vgg16(inputs, width: float, batchnorm: bool = False):
+    """VGG16's convolutional blocks with ``width`` x the channels (1.0 = the original layout).
+
+    ``batchnorm`` adds BatchNorm after each convolution (the VGG16-BN variant), which trains far
+    more reliably from random initialisation.
+    """
     x = inputs
     for b, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
         for c in range(1, convs + 1):
+            name = f"block{b}_conv{c}"
             x = layers.Conv2D(
                 max(4, int(round(filters * width))),
                 3,
                 padding="same",
-                activation="relu",
-                name=f"block{b}_conv{c}",
+                activation=None if batchnorm else "relu",
+                use_bias=not batchnorm,
+                name=name,
             )(x)
+            if batchnorm:
+                x = layers.BatchNormalization(name=f"{name}_bn")(x)
+                x = layers.Activation("relu", name=f"{name}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
-    return keras.Model(inputs, x, name=f"vgg16_w{width:g}" if width != 1 else "vgg16")
+    suffix = ("_bn" if batchnorm else "") + (f"_w{width:g}" if width != 1 else "")
+    return keras.Model(inputs, x, name=f"vgg16{suffix}")
 
 
-def build_backbone(name: str, image_size: int, weights: str | None, width: float = 1.0) -> keras.Model:
+def build_backbone(
+    name: str, image_size: int, weights: str | None, width: float = 1.0, batchnorm: bool = False
+) -> keras.Model:
     """A headless backbone on ``image_size`` x ``image_size`` x 3 input.
 
     ``weights``: ``"imagenet"`` (downloaded by Keras), ``None`` (random init) or a path to a local
@@ -186,13 +198,13 @@ def build_backbone(name: str, image_size: int, weights: str | None, width: float
     shape = (image_size, image_size, 3)
     if name not in BACKBONE_PREPROCESSING:
         raise ValueError(f"backbone '{name}' is not supported; use one of {sorted(BACKBONE_PREPROCESSING)}")
-    if width != 1.0 and (name != "vgg16" or weights == "imagenet"):
-        raise ValueError("backbone_width other than 1 is only for vgg16 without imagenet weights")
+    if (width != 1.0 or batchnorm) and (name != "vgg16" or weights == "imagenet"):
+        raise ValueError("backbone_width other than 1 and backbone_batchnorm are for vgg16 without imagenet weights")
     local = weights if weights not in (None, "imagenet") else None
     if local is not None and not Path(local).is_file():
         raise FileNotFoundError(f"backbone_weights file '{local}' does not exist")
-    if name == "vgg16" and width != 1.0:
-        model = _vgg16(keras.Input(shape), width)
+    if name == "vgg16" and (width != 1.0 or batchnorm):
+        model = _vgg16(keras.Input(shape), width, batchnorm)
     else:
         builders = {
             "vgg16": keras.applications.VGG16,
@@ -221,7 +233,8 @@ def build_backbone(name: str, image_size: int, weights: str | None, width: float
 def build_model(image_size: int, params: dict[str, Any]) -> keras.Model:
     """Build the attention classifier from the ``model`` parameters.
 
-    Keys: ``backbone``, ``backbone_weights``, ``backbone_width``, ``attention_units`` (1x1 conv
+    Keys: ``backbone``, ``backbone_weights``, ``backbone_width``, ``backbone_batchnorm`` (VGG16-BN for
+    training from scratch), ``attention_units`` (1x1 conv
     widths, the last is the 1-channel map), ``attention_activation``, ``dense_units``, ``dropout``,
     ``augmentation`` (a dict for ``XrayAugment`` or null), ``seed``.
     """
@@ -236,7 +249,11 @@ def build_model(image_size: int, params: dict[str, Any]) -> keras.Model:
         x = XrayAugment(**augmentation, seed=params.get("seed"), name="augment")(x)
     x = XrayPreprocess(BACKBONE_PREPROCESSING[name], name="preprocess")(x)
     backbone = build_backbone(
-        name, image_size, params.get("backbone_weights"), float(params.get("backbone_width", 1.0))
+        name,
+        image_size,
+        params.get("backbone_weights"),
+        float(params.get("backbone_width", 1.0)),
+        bool(params.get("backbone_batchnorm", False)),
     )
     backbone.name = "backbone"
     features = backbone(x)

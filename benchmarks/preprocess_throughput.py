@@ -1,0 +1,118 @@
+"""Preprocessing throughput and memory: the project's pixel cache against a plain OpenCV loop.
+
+Uses real-format 1024x1024 NIH PNGs (the shared sample, repeated through symbolic links so every
+path is a distinct cache entry). In the same run it times:
+
+* baseline: one process, ``cv2.imread`` + gray + ``cv2.resize(INTER_AREA)`` over the same files;
+* project: the file checks and ``PixelCacheDataset.save`` (decode, resize, append to the cache)
+  on every core, in a fresh process per N, with that process's peak RSS and its workers'.
+
+Target: project >= 0.9 x cores x the single-core OpenCV rate, and peak RSS flat in N.
+
+    python benchmarks/preprocess_throughput.py --n 400 1600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "data" / "nih" / "sample"
+
+
+def make_files(folder: Path, n: int) -> list[str]:
+    sources = sorted(SAMPLE.rglob("*.png"))
+    if not sources:
+        raise SystemExit(f"no PNGs under {SAMPLE}")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        link = folder / f"{i:06d}.png"
+        if not link.exists():
+            link.symlink_to(sources[i % len(sources)])
+        paths.append(str(link))
+    return paths
+
+
+def opencv_baseline(paths: list[str], size: int) -> float:
+    import cv2
+
+    cv2.setNumThreads(1)
+    start = time.perf_counter()
+    for p in paths:
+        img = cv2.imread(p, cv2.IMREAD_UNCHANGED)
+        if img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+        cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def project_run(paths_file: str, cache_dir: str, size: int) -> None:
+    """Child process: check + decode every file into a fresh cache; prints JSON."""
+    import logging
+
+    from cardio_kedro.datasets import CacheRequest, PixelCacheDataset
+    from cardio_kedro.imaging import check_image_file
+    from cardio_kedro.parallel import default_workers, imap_progress
+
+    logging.basicConfig(level=logging.WARNING)
+    paths = Path(paths_file).read_text().split()
+    start = time.perf_counter()
+    for _ in imap_progress(check_image_file, paths, len(paths), "checking", chunksize=256):
+        pass
+    checked = time.perf_counter()
+    PixelCacheDataset(cache_dir).save(CacheRequest(paths, size))
+    done = time.perf_counter()
+    print(json.dumps({
+        "workers": default_workers(),
+        "check_per_s": len(paths) / (checked - start),
+        "decode_per_s": len(paths) / (done - checked),
+        "total_per_s": len(paths) / (done - start),
+        "rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }))
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        project_run(*sys.argv[2:4], int(sys.argv[4]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[400, 1600], help="numbers of images (two for RSS)")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--baseline-n", type=int, default=400, help="images in the single-process OpenCV loop")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="cardio-preprocess-"))
+    paths = make_files(work / "png", max(args.n))
+    for p in paths[: len(set(sorted(SAMPLE.rglob('*.png'))))]:  # warm the page cache
+        Path(p).read_bytes()
+    base = opencv_baseline(paths[: args.baseline_n], args.size)
+    print(f"{args.size}px from 1024x1024 NIH PNGs; baseline: single-process OpenCV {base:.1f} img/s")
+    print(f"{'N':>6} {'workers':>7} {'check/s':>8} {'decode/s':>9} {'total/s':>8} {'target/s':>9} "
+          f"{'ratio':>6} {'RSS main MB':>12} {'RSS worker MB':>14}")
+    for n in args.n:
+        listing = work / f"paths_{n}.txt"
+        listing.write_text("\n".join(paths[:n]))
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(listing), str(work / f"cache_{n}"), str(args.size)],
+            capture_output=True, text=True, check=True,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        target = 0.9 * r["workers"] * base
+        print(f"{n:>6} {r['workers']:>7} {r['check_per_s']:>8.0f} {r['decode_per_s']:>9.1f} {r['total_per_s']:>8.1f} "
+              f"{target:>9.1f} {r['decode_per_s'] / (r['workers'] * base):>6.2f} {r['rss_self_mb']:>12.0f} "
+              f"{r['rss_worker_mb']:>14.0f}")
+    print("ratio = decode/s / (workers x baseline); the target is 0.9")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
