@@ -9,14 +9,13 @@ path is a distinct cache entry). In the same run it times:
 
 Target: project >= 0.9 x cores x the single-core OpenCV rate, and peak RSS flat in N.
 
-    python benchmarks/preprocess_throughput.py --n 400 1600
+    python benchmarks/preprocess_throughput.py --n 800 3200
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -57,12 +56,33 @@ def opencv_baseline(paths: list[str], size: int) -> float:
 def project_run(paths_file: str, cache_dir: str, size: int) -> None:
     """Child process: check + decode every file into a fresh cache; prints JSON."""
     import logging
+    import threading
+
+    import psutil
 
     from cardio_kedro.datasets import CacheRequest, PixelCacheDataset
     from cardio_kedro.imaging import check_image_file
     from cardio_kedro.parallel import default_workers, imap_progress
 
     logging.basicConfig(level=logging.WARNING)
+    me = psutil.Process()
+    peak = {"main": 0, "workers": 0}
+    stop = threading.Event()
+
+    def sample() -> None:  # peak RSS of this process and of all its descendants (the pool)
+        while not stop.is_set():
+            peak["main"] = max(peak["main"], me.memory_info().rss)
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak["workers"] = max(peak["workers"], total)
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     paths = Path(paths_file).read_text().split()
     start = time.perf_counter()
     for _ in imap_progress(check_image_file, paths, len(paths), "checking", chunksize=256):
@@ -70,14 +90,20 @@ def project_run(paths_file: str, cache_dir: str, size: int) -> None:
     checked = time.perf_counter()
     PixelCacheDataset(cache_dir).save(CacheRequest(paths, size))
     done = time.perf_counter()
-    print(json.dumps({
-        "workers": default_workers(),
-        "check_per_s": len(paths) / (checked - start),
-        "decode_per_s": len(paths) / (done - checked),
-        "total_per_s": len(paths) / (done - start),
-        "rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }))
+    stop.set()
+    sampler.join()
+    print(
+        json.dumps(
+            {
+                "workers": default_workers(),
+                "check_per_s": len(paths) / (checked - start),
+                "decode_per_s": len(paths) / (done - checked),
+                "total_per_s": len(paths) / (done - start),
+                "rss_self_mb": peak["main"] / 2**20,
+                "rss_worker_mb": peak["workers"] / 2**20,
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -85,31 +111,37 @@ def main() -> int:
         project_run(*sys.argv[2:4], int(sys.argv[4]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, nargs="+", default=[400, 1600], help="numbers of images (two for RSS)")
+    parser.add_argument("--n", type=int, nargs="+", default=[800, 3200], help="numbers of images (two for RSS)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--baseline-n", type=int, default=400, help="images in the single-process OpenCV loop")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cardio-preprocess-"))
     paths = make_files(work / "png", max(args.n))
-    for p in paths[: len(set(sorted(SAMPLE.rglob('*.png'))))]:  # warm the page cache
+    for p in paths[: len(set(sorted(SAMPLE.rglob("*.png"))))]:  # warm the page cache
         Path(p).read_bytes()
     base = opencv_baseline(paths[: args.baseline_n], args.size)
     print(f"{args.size}px from 1024x1024 NIH PNGs; baseline: single-process OpenCV {base:.1f} img/s")
-    print(f"{'N':>6} {'workers':>7} {'check/s':>8} {'decode/s':>9} {'total/s':>8} {'target/s':>9} "
-          f"{'ratio':>6} {'RSS main MB':>12} {'RSS worker MB':>14}")
+    print(
+        f"{'N':>6} {'workers':>7} {'check/s':>8} {'decode/s':>9} {'total/s':>8} {'target/s':>9} "
+        f"{'ratio':>6} {'RSS main MB':>12} {'RSS pool MB':>12}"
+    )
     for n in args.n:
         listing = work / f"paths_{n}.txt"
         listing.write_text("\n".join(paths[:n]))
         out = subprocess.run(
             [sys.executable, __file__, "--child", str(listing), str(work / f"cache_{n}"), str(args.size)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         target = 0.9 * r["workers"] * base
-        print(f"{n:>6} {r['workers']:>7} {r['check_per_s']:>8.0f} {r['decode_per_s']:>9.1f} {r['total_per_s']:>8.1f} "
-              f"{target:>9.1f} {r['decode_per_s'] / (r['workers'] * base):>6.2f} {r['rss_self_mb']:>12.0f} "
-              f"{r['rss_worker_mb']:>14.0f}")
+        print(
+            f"{n:>6} {r['workers']:>7} {r['check_per_s']:>8.0f} {r['decode_per_s']:>9.1f} {r['total_per_s']:>8.1f} "
+            f"{target:>9.1f} {r['decode_per_s'] / (r['workers'] * base):>6.2f} {r['rss_self_mb']:>12.0f} "
+            f"{r['rss_worker_mb']:>12.0f}"
+        )
     print("ratio = decode/s / (workers x baseline); the target is 0.9")
     return 0
 

@@ -51,7 +51,16 @@ def check_image_file(path: str | Path) -> tuple[int, int]:
             raise ImageError("too_large", f"{path}: {width}x{height} exceeds {MAX_SIDE} px")
         return width, height
     if head.startswith(JPEG_SIGNATURE):
-        return 0, 0
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:  # reads the header only
+                width, height = im.size
+        except Exception as exc:  # noqa: BLE001 - PIL refuses bombs and broken headers
+            raise ImageError("corrupt", f"{path}: {exc}") from None
+        if max(width, height) > MAX_SIDE:
+            raise ImageError("too_large", f"{path}: {width}x{height} exceeds {MAX_SIDE} px")
+        return width, height
     raise ImageError("not_an_image", f"{path}: neither PNG nor JPEG")
 
 

@@ -74,15 +74,27 @@ def _file_stamp(source: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _decode(job: tuple[str, int]) -> tuple[str, np.ndarray | None, tuple[int, int], str]:
-    source, size = job
+_FDS: dict[str, int] = {}
+
+
+def _decode_into(job: tuple[str, int, int, str]) -> tuple[str, int, tuple[int, int], str]:
+    """Worker: decode one image and write it straight into its row of ``pixels.u8``.
+
+    Writing in the worker (``os.pwrite`` at a preassigned offset) keeps the pixels off the
+    inter-process pipe and the parent free, which is what lets decoding scale with the cores.
+    """
+    source, size, row, target = job
     try:
         pixels, shape = load_gray(source, size)
-        return source, pixels, shape, ""
     except ImageError as exc:
-        return source, None, (0, 0), f"{exc.reason}|{exc}"
+        return source, row, (0, 0), f"{exc.reason}|{exc}"
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a data-quality entry
-        return source, None, (0, 0), f"corrupt|{source}: {exc}"
+        return source, row, (0, 0), f"corrupt|{source}: {exc}"
+    fd = _FDS.get(target)
+    if fd is None:
+        fd = _FDS[target] = os.open(target, os.O_WRONLY)
+    os.pwrite(fd, np.ascontiguousarray(pixels, np.uint8).tobytes(), row * size * size)
+    return source, row, shape, ""
 
 
 class PixelCacheDataset(AbstractDataset[CacheRequest, dict]):
@@ -138,29 +150,35 @@ class PixelCacheDataset(AbstractDataset[CacheRequest, dict]):
             return
         n_rows = int(index["row"].max()) + 1 if len(index) else 0
         row_bytes = request.size * request.size
-        new_rows, failures = [], []
-        with (folder / "pixels.u8").open("ab") as fh:
+        target = folder / "pixels.u8"
+        with target.open("ab") as fh:
             fh.truncate(n_rows * row_bytes)  # drop bytes an interrupted run left past the index
-            fh.seek(n_rows * row_bytes)
-            stamps = dict(todo)
-            results = imap_progress(
-                _decode,
-                [(s, request.size) for s, _ in todo],
-                total=len(todo),
-                what=f"Decoding images to {request.size}px",
-                workers=request.workers,
-            )
-            for source, pixels, shape, error in results:
-                if pixels is None:
-                    reason, detail = error.split("|", 1)
-                    failures.append({"source": source, "reason": reason, "detail": detail})
-                    continue
-                fh.write(np.ascontiguousarray(pixels, np.uint8).tobytes())
-                nbytes, mtime = stamps[source]
-                new_rows.append([source, n_rows, shape[0], shape[1], nbytes, mtime])
-                n_rows += 1
-            fh.flush()
-            os.fsync(fh.fileno())
+            fh.truncate((n_rows + len(todo)) * row_bytes)  # one preassigned row per image to decode
+        stamps = dict(todo)
+        jobs = [(source, request.size, n_rows + i, str(target)) for i, (source, _) in enumerate(todo)]
+        new_rows, failures = [], []
+        results = imap_progress(
+            _decode_into,
+            jobs,
+            total=len(jobs),
+            what=f"Decoding images to {request.size}px",
+            workers=request.workers,
+        )
+        for source, row, shape, error in results:
+            if error:
+                reason, detail = error.split("|", 1)
+                failures.append({"source": source, "reason": reason, "detail": detail})
+                continue
+            nbytes, mtime = stamps[source]
+            new_rows.append([source, row, shape[0], shape[1], nbytes, mtime])
+        in_process_fd = _FDS.pop(str(target), None)  # workers=1 decodes in this process
+        if in_process_fd is not None:
+            os.close(in_process_fd)
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         new_index = pd.DataFrame(new_rows, columns=INDEX_COLUMNS)
         kept = cache.index[~cache.index["source"].isin(new_index["source"])]
         merged = pd.concat([kept, new_index], ignore_index=True) if len(kept) else new_index

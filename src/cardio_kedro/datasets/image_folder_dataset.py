@@ -1,0 +1,75 @@
+"""A folder of images to score (any nesting), and a versioned folder of PNGs (heat-map overlays)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+
+
+class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
+    """``load`` lists the images under ``path`` (any depth) as ``file`` (relative) and ``path``."""
+
+    def __init__(self, path: str | None, metadata: dict[str, Any] | None = None):
+        self._path = Path(path) if path else None
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+    def _load(self) -> pd.DataFrame:
+        if self._path is None:
+            raise DatasetError("No images folder given: run with --params=images_dir=/path/to/images")
+        if not self._path.is_dir():
+            raise DatasetError(f"The images folder '{self._path}' does not exist")
+        files = sorted(
+            Path(root) / name
+            for root, _, names in os.walk(self._path)
+            for name in names
+            if name.lower().endswith(IMAGE_SUFFIXES) or "." not in name
+        )
+        return pd.DataFrame({"file": [str(f.relative_to(self._path)) for f in files], "path": [str(f) for f in files]})
+
+    def _save(self, data: None) -> None:
+        raise DatasetError("ImageFolderDataset is read-only")
+
+
+class PngFolderDataset(AbstractVersionedDataset[dict, dict]):
+    """Versioned folder of PNG files: saves ``{relative name: PNG bytes}``, loads the same."""
+
+    def __init__(self, path: str, version: Version | None = None, metadata: dict[str, Any] | None = None):
+        super().__init__(filepath=PurePosixPath(path), version=version, exists_function=lambda p: Path(p).exists())
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._filepath), "version": self._version}
+
+    def _load(self) -> dict:
+        root = Path(self._get_load_path())
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+    def _save(self, images: dict) -> None:
+        target = Path(self._get_save_path())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent))
+        try:
+            for name, png in images.items():
+                out = tmp / name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(png)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _exists(self) -> bool:
+        try:
+            return Path(self._get_load_path()).exists()
+        except Exception:  # noqa: BLE001 - no version saved yet
+            return False
