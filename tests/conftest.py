@@ -77,9 +77,8 @@ reporting:
 """
 
 
-@pytest.fixture
-def tiny_project(tmp_path, monkeypatch) -> Path:
-    """A copy of the project's conf in a temporary folder, with tiny parameters in conf/local."""
+def make_tiny_project(tmp_path: Path) -> Path:
+    """A copy of the project's conf in ``tmp_path``, with tiny parameters and an absolute MLflow store."""
     shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "conf" / "local").mkdir()
@@ -90,8 +89,27 @@ def tiny_project(tmp_path, monkeypatch) -> Path:
     absolute = mlflow_yml.replace("sqlite:///mlflow.db", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert absolute != mlflow_yml
     (tmp_path / "conf" / "local" / "mlflow.yml").write_text(absolute)
-    monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch) -> Path:
+    """A fresh tiny project; the test runs inside it."""
+    monkeypatch.chdir(make_tiny_project(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """A tiny project on which `kedro run --pipeline=training` ran once (shared, read-mostly)."""
+    project = make_tiny_project(tmp_path_factory.mktemp("trained"))
+    here = os.getcwd()
+    os.chdir(project)
+    try:
+        run_pipeline(project, "training")  # the demo cohort is generated on first use
+    finally:
+        os.chdir(here)
+    return project
 
 
 def run_pipeline(project: Path, pipeline: str, env: str | None = None, runtime_params: dict | None = None):

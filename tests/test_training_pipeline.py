@@ -16,12 +16,6 @@ def _client(project):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-@pytest.fixture
-def trained_project(tiny_project):
-    run_pipeline(tiny_project, "training")  # the demo cohort is generated on first use
-    return tiny_project
-
-
 def test_training_pipeline_produces_every_output_and_one_mlflow_run(trained_project):
     project = trained_project
     assert (project / "data/01_raw/phantom/Data_Entry_2017.csv").is_file()
@@ -37,7 +31,7 @@ def test_training_pipeline_produces_every_output_and_one_mlflow_run(trained_proj
 
     client = _client(project)
     experiment = client.get_experiment_by_name("Cardiomegaly")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], "tags.`kedro.pipeline` LIKE '%training%'")
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -57,6 +51,8 @@ def test_training_pipeline_produces_every_output_and_one_mlflow_run(trained_proj
     assert {"roc_plot", "evaluation_report", "evaluation_metrics", "training_history"} <= artifacts
     versions = client.search_model_versions("name='Cardiomegaly-classifier'")
     assert len(versions) == 1 and versions[0].run_id == run.info.run_id
+    service = client.search_model_versions("name='Cardiomegaly-classifier-service'")
+    assert len(service) == 1 and service[0].run_id == run.info.run_id
     model = mlflow.keras.load_model(f"models:/Cardiomegaly-classifier/{versions[0].version}")
     assert model.get_layer("attention_map") is not None
 

@@ -127,6 +127,34 @@ class MlflowRecordHooks:
             self._log_model(data)
         if dataset_name == "evaluation_metrics":
             mlflow.log_metrics(headline_metrics(data))
+            self._log_service(data["threshold"]["value"])
+
+    def _log_service(self, threshold: float) -> None:
+        """Log and register the HTTP-serving pyfunc (base64 images in, probability and label out)."""
+        import mlflow
+        import pandas as pd
+        from mlflow.models import infer_signature
+
+        from cardio_kedro.serving import XrayClassifierService
+
+        model_file = self._saved_path(MODEL_DATASET)
+        if model_file is None or not model_file.is_file():
+            return
+        name = f"{self._target}-classifier-service"
+        signature = infer_signature(
+            pd.DataFrame({"image": ["aGVsbG8="]}), pd.DataFrame({"probability": [0.5], "label": [1]})
+        )
+        info = mlflow.pyfunc.log_model(
+            name="service",
+            python_model=XrayClassifierService(),
+            artifacts={"keras_model": str(model_file)},
+            model_config={"threshold": float(threshold)},
+            signature=signature,
+            registered_model_name=name,
+        )
+        version = getattr(info, "registered_model_version", None)
+        mlflow.set_tag("registered_service", f"{name}/{version}" if version else name)
+        logger.info("Serving model registered as %s (version %s), threshold %.3f", name, version, threshold)
 
     def _log_model(self, model) -> None:
         import mlflow

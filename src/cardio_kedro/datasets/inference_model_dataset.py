@@ -41,6 +41,8 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
         return {"model_path": str(self._model_path), "model_uri": self._model_uri}
 
     def _load(self) -> dict:
+        import cardio_kedro.pipelines.model_training.model  # noqa: F401 - registers the custom layers
+
         if self._model_uri:
             return self._load_mlflow()
         version = _latest_version(self._model_path)

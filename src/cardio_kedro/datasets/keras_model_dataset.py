@@ -38,6 +38,8 @@ class KerasModelDataset(AbstractVersionedDataset[Any, Any]):
     def _load(self):
         import keras
 
+        import cardio_kedro.pipelines.model_training.model  # noqa: F401 - registers the custom layers
+
         return keras.saving.load_model(str(self._get_load_path()), **self._load_args)
 
     def _save(self, model) -> None:

@@ -1,0 +1,57 @@
+"""The MLflow pyfunc that serves the classifier over HTTP (`mlflow models serve`).
+
+Input: a DataFrame with an ``image`` column of base64-encoded PNG or JPEG files. Output: one row
+per image with ``probability`` and ``label`` (at the operating threshold chosen on validation).
+An image that cannot be decoded fails the request with a 400 that names the row and the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from cardio_kedro.imaging import ImageError, decode_bytes
+
+MAX_IMAGE_BYTES = 64 * 2**20
+
+
+class XrayClassifierService(mlflow.pyfunc.PythonModel):
+    """Decodes base64 images with the training code path and scores them with the Keras model."""
+
+    def load_context(self, context) -> None:
+        import keras
+
+        import cardio_kedro.pipelines.model_training.model  # noqa: F401 - registers the custom layers
+
+        self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True)
+        self.threshold = float(context.model_config["threshold"])
+        self.size = int(self.model.inputs[0].shape[1])
+
+    def _pixels(self, row: int, value) -> np.ndarray:
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a base64-encoded PNG or JPEG string")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not valid base64") from None
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ValueError(f"larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+        return decode_bytes(data, self.size)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if "image" not in model_input.columns:
+            raise MlflowException("the input needs an 'image' column of base64 PNG/JPEG", INVALID_PARAMETER_VALUE)
+        pixels = []
+        for i, value in enumerate(model_input["image"]):
+            try:
+                pixels.append(self._pixels(i, value))
+            except (ValueError, ImageError) as exc:
+                raise MlflowException(f"row {i}: {exc}", INVALID_PARAMETER_VALUE) from None
+        probability = self.model.predict(np.stack(pixels)[..., None], verbose=0).reshape(-1).astype(float)
+        return pd.DataFrame({"probability": probability, "label": (probability >= self.threshold).astype(int)})

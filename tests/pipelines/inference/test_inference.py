@@ -1,0 +1,176 @@
+"""Batch scoring of a folder and the HTTP service, on a tiny trained project."""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DatasetError
+
+from tests.conftest import run_pipeline
+
+
+def _latest(project: Path, pattern: str) -> Path:
+    return sorted(project.glob(f"data/{pattern}/*/*"))[-1]
+
+
+def _score(project: Path, images_dir: Path, **params) -> pd.DataFrame:
+    run_pipeline(project, "inference", runtime_params={"images_dir": str(images_dir), **params})
+    return pd.read_csv(_latest(project, "07_model_output/inference_predictions.csv"))
+
+
+@pytest.fixture
+def scored_folder(trained_project, tmp_path, monkeypatch):
+    """A nested folder of test-split phantoms, a JPEG and bad files."""
+    monkeypatch.chdir(trained_project)
+    test = pd.read_parquet(_latest(trained_project, "05_model_input/test_split.parquet"))
+    folder = tmp_path / "incoming"
+    (folder / "ward_a" / "day1").mkdir(parents=True)
+    picks = test.head(3)
+    for path in picks["path"]:
+        shutil.copy(path, folder / "ward_a" / "day1" / Path(path).name)
+    cv2.imwrite(str(folder / "scan.jpg"), cv2.imread(picks["path"].iloc[0], cv2.IMREAD_GRAYSCALE))
+    good = (folder / "ward_a" / "day1" / Path(picks["path"].iloc[0]).name).read_bytes()
+    (folder / "truncated.png").write_bytes(good[:300])
+    (folder / "notes.png").write_text("not an image")
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
+    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + ihdr + b"\x00" * 4 + b"IEND\xaeB`\x82")
+    return folder, picks
+
+
+def test_folder_is_scored_with_the_latest_model_and_its_threshold(trained_project, scored_folder):
+    folder, picks = scored_folder
+    table = _score(trained_project, folder, inference={"heatmaps": True, "batch_size": 2})
+    assert len(table) == 7
+    errors = dict(zip(table["file"], table["error"]))
+    assert errors["truncated.png"].startswith("truncated") and errors["notes.png"].startswith("not_an_image")
+    assert errors["bomb.png"].startswith("too_large")
+    ok = table[table["error"].isna()]
+    assert len(ok) == 4 and ok["probability"].between(0, 1).all()
+    metrics = json.loads(_latest(trained_project, "08_reporting/evaluation_metrics.json").read_text())
+    threshold = metrics["threshold"]["value"]
+    assert np.allclose(ok["threshold"], threshold)
+    assert (ok["label"] == (ok["probability"] >= threshold).astype(int)).all()
+    assert set(ok["model_version"]) == {_latest(trained_project, "06_models/classifier.keras").parent.name}
+    # same preprocessing code path as training: equal to the reporting pipeline's test predictions
+    reported = pd.read_parquet(_latest(trained_project, "07_model_output/test_predictions.parquet"))
+    expected = reported.set_index("image_index").loc[picks["image_index"], "probability"].to_numpy()
+    got = ok.set_index(ok["file"].map(lambda f: Path(f).name)).loc[picks["image_index"], "probability"]
+    np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    overlays = sorted(p.name for p in _latest(trained_project, "07_model_output/inference_heatmaps").rglob("*.png"))
+    assert len(overlays) == 4 and "scan.png" in overlays
+
+
+def test_model_from_the_mlflow_registry_gives_the_same_scores(trained_project, scored_folder):
+    folder, _ = scored_folder
+    catalog_scores = _score(trained_project, folder)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    registry = _score(trained_project, folder, model_uri="models:/Cardiomegaly-classifier/1")
+    assert set(registry["model_version"].dropna()) == {"Cardiomegaly-classifier/1"}
+    np.testing.assert_allclose(registry["probability"], catalog_scores["probability"], rtol=1e-5)
+    np.testing.assert_array_equal(registry["threshold"], catalog_scores["threshold"])
+
+
+def test_an_empty_or_missing_folder_fails_clearly(trained_project, tmp_path, monkeypatch):
+    monkeypatch.chdir(trained_project)
+    with pytest.raises(ValueError, match="holds no PNG, JPEG or DICOM"):
+        run_pipeline(trained_project, "inference", runtime_params={"images_dir": str(tmp_path)})
+    with pytest.raises(DatasetError, match="does not exist"):
+        run_pipeline(trained_project, "inference", runtime_params={"images_dir": str(tmp_path / "absent")})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, images: list[str]) -> tuple[int, dict]:
+    body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_http_service_answers_like_the_batch_pipeline(trained_project, shared_nih, tmp_path, monkeypatch):
+    monkeypatch.chdir(trained_project)
+    sample = sorted((shared_nih / "sample").rglob("*.png"))[:6]
+    folder = tmp_path / "nih"
+    folder.mkdir()
+    for p in sample:
+        shutil.copy(p, folder / p.name)
+    batch = _score(trained_project, folder).set_index("file").loc[[p.name for p in sample]]
+
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent  # the server runs uvicorn from the same environment
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{trained_project / 'mlflow.db'}",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    mlflow_cli = bin_dir / "mlflow"
+    server = subprocess.Popen(
+        [
+            str(mlflow_cli),
+            "models",
+            "serve",
+            "-m",
+            "models:/Cardiomegaly-classifier-service/1",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "the model server did not come up in 180 s"
+            time.sleep(1)
+        payload = [base64.b64encode(p.read_bytes()).decode() for p in sample]
+        status, answer = _post(port, payload)
+        assert status == 200, answer
+        served = pd.DataFrame(answer["predictions"])
+        np.testing.assert_allclose(served["probability"], batch["probability"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(served["label"], batch["label"].astype(int))
+        status, answer = _post(port, [payload[0], base64.b64encode(b"garbage bytes").decode()])
+        assert 400 <= status < 500 and "row 1" in answer.get("message", "")
+        status, answer = _post(port, ["%%% not base64 %%%"])
+        assert 400 <= status < 500 and "base64" in answer.get("message", "")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
