@@ -100,3 +100,32 @@ def load_gray(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]
         raise ImageError("corrupt", f"{path}: could not be decoded")
     gray = to_gray8(image)
     return resize_gray(gray, size), gray.shape[:2]
+
+
+def read_any(path: str, size: int) -> tuple[np.ndarray | None, str]:
+    """Pixels of one PNG, JPEG or DICOM file (the training code path), or why it cannot be used.
+
+    Never raises: scoring a folder must not stop at one bad file.
+    """
+    if path.lower().endswith(".dcm"):
+        return read_dicom(path, size)
+    try:
+        return load_gray(path, size)[0], ""
+    except ImageError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a row with its reason
+        return None, f"corrupt: {exc}"
+
+
+def read_dicom(path: str, size: int) -> tuple[np.ndarray | None, str]:
+    try:
+        import pydicom
+    except ImportError:
+        return None, "unsupported: DICOM needs pydicom (pip install pydicom)"
+    try:
+        pixels = pydicom.dcmread(path).pixel_array.astype(np.float32)
+    except Exception as exc:  # noqa: BLE001
+        return None, f"corrupt: {exc}"
+    lo, hi = float(pixels.min()), float(pixels.max())
+    gray = ((pixels - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
+    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA), ""

@@ -1,6 +1,7 @@
 """Project pipelines."""
 
 import importlib
+import importlib.resources
 import warnings
 
 from kedro.framework.project import find_pipelines
@@ -10,17 +11,23 @@ TRAINING_STAGES = ("data_processing", "model_training", "reporting")
 COMPOSITES = ("training",)
 
 
-def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines; ``training`` (the default) runs the three stages in order.
+def _pipeline_packages() -> list[str]:
+    root = importlib.resources.files("cardio_kedro.pipelines")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
-    Kedro only imports the pipelines named on the command line, so the stages of the composite
-    ``training`` pipeline are imported here explicitly (an import error in one of them is raised).
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """Register every pipeline under ``pipelines/``; ``training`` (the default) runs the three stages.
+
+    Kedro 1.7 imports only the pipelines named on the command line and keeps that registry for the
+    process, so the rest (and the stages of the composite ``training``) are imported here too; an
+    import error in any of them is raised.
     """
     with warnings.catch_warnings():
         # a composite name has no folder of its own under pipelines/
         warnings.filterwarnings("ignore", message=r".*cardio_kedro\.pipelines\.(" + "|".join(COMPOSITES) + ")")
         pipelines = find_pipelines()
-    for name in TRAINING_STAGES:
+    for name in _pipeline_packages():
         if name not in pipelines:
             pipelines[name] = importlib.import_module(f"cardio_kedro.pipelines.{name}").create_pipeline()
     pipelines["training"] = sum((pipelines[name] for name in TRAINING_STAGES), Pipeline([]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -10,37 +11,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cardio_kedro.imaging import ImageError, load_gray
-from cardio_kedro.parallel import Progress
+from cardio_kedro.imaging import read_any
+from cardio_kedro.parallel import imap_progress
 from cardio_kedro.pipelines.model_training.model import attention_model
 
 logger = logging.getLogger(__name__)
-
-
-def _read(path: str, size: int) -> tuple[np.ndarray | None, str]:
-    """Pixels of one file through the training code path, or the reason it cannot be used."""
-    if path.lower().endswith(".dcm"):
-        return _read_dicom(path, size)
-    try:
-        return load_gray(path, size)[0], ""
-    except ImageError as exc:
-        return None, str(exc)
-    except Exception as exc:  # noqa: BLE001 - an unreadable file is a row with its reason
-        return None, f"corrupt: {exc}"
-
-
-def _read_dicom(path: str, size: int) -> tuple[np.ndarray | None, str]:
-    try:
-        import pydicom
-    except ImportError:
-        return None, "unsupported: DICOM needs pydicom (pip install pydicom)"
-    try:
-        pixels = pydicom.dcmread(path).pixel_array.astype(np.float32)
-    except Exception as exc:  # noqa: BLE001
-        return None, f"corrupt: {exc}"
-    lo, hi = float(pixels.min()), float(pixels.max())
-    gray = ((pixels - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
-    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA), ""
 
 
 def overlay_png(image: np.ndarray, attention: np.ndarray) -> bytes:
@@ -57,7 +32,8 @@ def overlay_png(image: np.ndarray, attention: np.ndarray) -> bytes:
 def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
     """Probability and label for every file; unreadable files become rows with an ``error``.
 
-    Files are decoded and scored in batches (memory stays flat); with ``heatmaps: true`` the
+    Files are decoded on every core (``workers``) and scored in batches as they arrive (memory
+    stays flat); with ``heatmaps: true`` the
     attention overlay of every scored image is returned as ``{file.png: PNG bytes}``.
     """
     if images.empty:
@@ -69,10 +45,17 @@ def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any])
     heatmaps = bool(params.get("heatmaps", False))
     scorer = attention_model(model) if heatmaps else model
     rows, overlays = [], {}
-    progress = Progress(len(images), "Scoring images")
-    for start in range(0, len(images), batch):
-        chunk = images.iloc[start : start + batch]
-        decoded = [_read(p, size) for p in chunk["path"]]
+    decoded_stream = imap_progress(
+        partial(read_any, size=size),
+        images["path"].tolist(),
+        total=len(images),
+        what="Decoding and scoring images",
+        workers=params.get("workers"),
+    )
+    files = images["file"].tolist()
+    for start in range(0, len(files), batch):
+        chunk = files[start : start + batch]
+        decoded = [next(decoded_stream) for _ in chunk]
         ok = [i for i, (px, _) in enumerate(decoded) if px is not None]
         probs = np.full(len(chunk), np.nan)
         if ok:
@@ -82,9 +65,8 @@ def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any])
             probs[ok] = np.asarray(p).reshape(-1)
             if heatmaps:
                 for j, i in enumerate(ok):
-                    name = str(Path(chunk["file"].iloc[i]).with_suffix(".png"))
-                    overlays[name] = overlay_png(decoded[i][0], maps[j])
-        for i, (file, (_, error)) in enumerate(zip(chunk["file"], decoded)):
+                    overlays[str(Path(chunk[i]).with_suffix(".png"))] = overlay_png(decoded[i][0], maps[j])
+        for i, (file, (_, error)) in enumerate(zip(chunk, decoded)):
             scored = not error
             rows.append(
                 {
@@ -96,7 +78,8 @@ def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any])
                     "error": error or None,
                 }
             )
-        progress.update(len(chunk))
+    for _ in decoded_stream:  # let the worker pool shut down cleanly
+        pass
     table = pd.DataFrame(rows)
     n_err = int(table["error"].notna().sum())
     logger.info(
