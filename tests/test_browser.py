@@ -1,0 +1,180 @@
+"""The user's surfaces in a real browser: kedro viz and the MLflow UI (headless Chromium)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, run_pipeline
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        message = "Chromium is not installed (apt-get install chromium); .ci/run installs it"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(command: list[str], cwd: Path, url: str, env: dict | None = None, timeout: float = 120):
+    """Start a server in its own process group, wait for ``url``, and always stop it by process id."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+                assert time.time() < deadline, f"{command[0]} did not answer in {timeout} s"
+                time.sleep(1)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
+    port = _free_port()
+    command = [
+        str(Path(sys.executable).parent / "kedro"),
+        "viz",
+        "run",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-browser",
+    ]
+    with serve(command, trained_project, f"http://127.0.0.1:{port}/api/main", {"KEDRO_DISABLE_TELEMETRY": "true"}):
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+        page.get_by_text("train_model", exact=True).first.wait_for(timeout=60_000)
+        body = page.inner_text("body")
+        for node in ("clean_metadata", "split_by_patient", "train_model", "evaluation_metrics", "build_report"):
+            assert node in body, node
+        for dataset in ("train_balanced", "classifier", "roc_plot", "evaluation_report"):
+            assert dataset in body, dataset
+        assert page.locator("svg g.pipeline-node").count() >= 19  # the flowchart is drawn, not only listed
+        page.get_by_text("__default__").first.click()
+        menu = page.inner_text("body")
+        for pipeline in ("data_processing", "model_training", "reporting"):
+            assert pipeline in menu, pipeline
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "kedro-viz.png"))
+        page.close()
+
+
+def _scroll_until(page, text: str, tries: int = 15) -> str:
+    """Scroll a page that renders lazily until ``text`` shows; returns the body text."""
+    body = page.inner_text("body")
+    page.mouse.move(900, 600)  # over the scrollable chart area
+    for _ in range(tries):
+        if text in body:
+            break
+        page.mouse.wheel(0, 1500)
+        page.wait_for_timeout(700)
+        body = page.inner_text("body")
+    return body
+
+
+def test_mlflow_ui_compares_two_runs(tmp_path, browser, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import make_tiny_project
+
+    project = make_tiny_project(tmp_path)
+    monkeypatch.chdir(project)
+    run_pipeline(project, "training", runtime_params={"model_training": {"seed": 1}})
+    run_pipeline(project, "training", runtime_params={"model_training": {"seed": 2}})
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("Cardiomegaly").experiment_id
+    run_ids = [r.info.run_id for r in client.search_runs([experiment])]
+    assert len(run_ids) == 2
+    q = lambda value: urllib.request.quote(json.dumps(value))  # noqa: E731
+
+    port = _free_port()
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--backend-store-uri",
+        store,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    base = f"http://127.0.0.1:{port}/#"
+    with serve(command, project, f"http://127.0.0.1:{port}/health"):
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{base}/experiments/{experiment}/runs", wait_until="load")
+        page.get_by_text("2 matching runs").wait_for(timeout=60_000)
+        page.get_by_text("Cardiomegaly-classifier").first.wait_for(timeout=60_000)
+        listing = page.inner_text("body")
+        assert "Cardiomegaly-classifier" in listing and "v2" in listing, listing[-800:]  # each run registered a version
+
+        page.goto(f"{base}/compare-runs?runs={q(run_ids)}&experiments={q([experiment])}", wait_until="load")
+        page.get_by_text("model_training.seed").first.wait_for(timeout=60_000)
+        compare = page.inner_text("body")
+        assert "Comparing 2 Runs" in compare
+        for run_id in run_ids:
+            assert run_id in compare
+
+        page.goto(f"{base}/experiments/{experiment}/runs/{run_ids[0]}/model-metrics", wait_until="load")
+        page.get_by_text("Model metrics").first.wait_for(timeout=60_000)
+        assert "(val_auc)" in _scroll_until(page, "(val_auc)")  # the per-epoch val_auc chart
+
+        page.goto(f"{base}/experiments/{experiment}/runs/{run_ids[0]}/artifacts", wait_until="load")
+        page.get_by_text("roc_plot").first.wait_for(timeout=60_000)
+        artifacts = page.inner_text("body")
+        for name in ("roc_plot", "attention_heatmaps_plot", "evaluation_report", "training_curves_plot"):
+            assert name in artifacts, name
+        page.goto(f"{base}/experiments/{experiment}/runs/{run_ids[0]}", wait_until="load")
+        page.get_by_text("Registered models").first.wait_for(timeout=60_000)
+        assert "Cardiomegaly-classifier" in page.inner_text("body")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "mlflow-run.png"), full_page=True)
+        page.close()
