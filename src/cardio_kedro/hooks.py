@@ -70,6 +70,7 @@ class MlflowRecordHooks:
         self._catalog = None
         self._target = "Cardiomegaly"
         self._image_size: int | None = None
+        self._last_run_id: str | None = None
 
     @hook_impl
     def after_catalog_created(self, catalog) -> None:
@@ -82,7 +83,9 @@ class MlflowRecordHooks:
             self._target = catalog.load("params:target_finding")
         if "params:image_size" in catalog:
             self._image_size = int(catalog.load("params:image_size"))
-        if _active_run() is None:
+        active = _active_run()
+        self._last_run_id = active.info.run_id if active is not None else None
+        if active is None:
             return
         import mlflow
 
@@ -128,6 +131,36 @@ class MlflowRecordHooks:
         if dataset_name == "evaluation_metrics":
             mlflow.log_metrics(headline_metrics(data))
             self._log_service(data["threshold"]["value"])
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        """One short summary at the end of a run: where the results are, and the headline metrics."""
+        lines = []
+        for name, what in (
+            ("classifier", "model"),
+            ("evaluation_report", "report"),
+            ("inference_predictions", "predictions"),
+        ):
+            if name in pipeline.all_outputs():
+                path = self._saved_path(name)
+                if path is not None and path.exists():
+                    lines.append(f"{what}: {path}")
+        metrics = self._saved_path("evaluation_metrics") if "evaluation_metrics" in pipeline.all_outputs() else None
+        if metrics is not None and metrics.is_file():
+            import json
+
+            m = json.loads(metrics.read_text())
+            auc = m["test"]["roc_auc"]
+            ci = f" (95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})" if auc.get("ci_low") is not None else ""
+            lines.append(
+                f"test ROC AUC {auc['auc']:.3f}{ci}, sensitivity {m['test']['sensitivity']:.3f}, "
+                f"specificity {m['test']['specificity']:.3f} at threshold {m['threshold']['value']:.3f}"
+            )
+        run = self._last_run_id
+        if run:
+            lines.append(f"MLflow run {run}: mlflow ui --backend-store-uri sqlite:///mlflow.db")
+        if lines:
+            logger.info("Run summary:\n  %s", "\n  ".join(lines))
 
     def _log_service(self, threshold: float) -> None:
         """Log and register the HTTP-serving pyfunc (base64 images in, probability and label out)."""

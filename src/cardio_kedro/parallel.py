@@ -32,15 +32,17 @@ def _init_worker() -> None:
 class Progress:
     """Logs ``done/total`` with rate and ETA at most every ``every`` seconds."""
 
-    def __init__(self, total: int, what: str, every: float = 5.0):
+    def __init__(self, total: int, what: str, every: float = 5.0, quiet_if_fast: bool = False):
         self.total, self.what, self.every = total, what, every
+        self.quiet_if_fast = quiet_if_fast  # no line at all for work done within ``every`` seconds
         self.done = 0
         self.start = self.last = time.perf_counter()
 
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self.last >= self.every or self.done == self.total:
+        finished = self.done == self.total and not (self.quiet_if_fast and now - self.start < self.every)
+        if now - self.last >= self.every or finished:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate else float("inf")

@@ -14,6 +14,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from cardio_kedro.parallel import Progress
+
 logger = logging.getLogger(__name__)
 
 MIN_PER_CLASS = 5  # fewer positives or negatives than this: "n too small" for an AUC
@@ -42,7 +44,9 @@ def bootstrap_auc(
     counts = np.bincount(inverse, minlength=len(uniq))
     rng = np.random.default_rng(seed)
     aucs = []
+    progress = Progress(int(n_boot), "Bootstrapping the AUC", every=10.0, quiet_if_fast=True)
     for _ in range(int(n_boot)):
+        progress.update()
         pick = rng.integers(0, len(uniq), len(uniq))
         idx = order[np.concatenate([np.arange(s, s + c) for s, c in zip(starts[pick], counts[pick])])]
         a = auc_or_none(y[idx], p[idx])
