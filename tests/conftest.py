@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -120,3 +127,37 @@ def run_pipeline(project: Path, pipeline: str, env: str | None = None, runtime_p
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params or {}) as session:
         return session.run(pipeline_names=[pipeline])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(command: list[str], cwd: Path, url: str, env: dict | None = None, timeout: float = 120):
+    """Start a server in its own process group, wait for ``url``, and always stop it by process id."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+                assert time.time() < deadline, f"{command[0]} did not answer in {timeout} s"
+                time.sleep(1)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

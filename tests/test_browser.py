@@ -2,18 +2,13 @@
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, run_pipeline
+from tests.conftest import PROJECT_ROOT, free_port, run_pipeline, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -43,41 +38,8 @@ def browser():
         b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(command: list[str], cwd: Path, url: str, env: dict | None = None, timeout: float = 120):
-    """Start a server in its own process group, wait for ``url``, and always stop it by process id."""
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-                assert time.time() < deadline, f"{command[0]} did not answer in {timeout} s"
-                time.sleep(1)
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
-    port = _free_port()
+    port = free_port()
     command = [
         str(Path(sys.executable).parent / "kedro"),
         "viz",
@@ -136,7 +98,7 @@ def test_mlflow_ui_compares_two_runs(tmp_path, browser, monkeypatch):
     assert len(run_ids) == 2
     q = lambda value: urllib.request.quote(json.dumps(value))  # noqa: E731
 
-    port = _free_port()
+    port = free_port()
     command = [
         str(Path(sys.executable).parent / "mlflow"),
         "ui",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractVersionedDataset, Version
+
+from ._files import atomic_file, version_exists
 
 
 class FigureDataset(AbstractVersionedDataset[Any, bytes]):
@@ -33,20 +33,11 @@ class FigureDataset(AbstractVersionedDataset[Any, bytes]):
     def _save(self, figure) -> None:
         import matplotlib.pyplot as plt
 
-        path = Path(self._get_save_path())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-        os.close(fd)
         try:
-            figure.savefig(tmp, format="png", **self._save_args)
-            os.replace(tmp, path)
+            with atomic_file(Path(self._get_save_path()), ".png") as tmp:
+                figure.savefig(tmp, format="png", **self._save_args)
         finally:
             plt.close(figure)
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     def _exists(self) -> bool:
-        try:
-            return Path(self._get_load_path()).exists()
-        except Exception:  # noqa: BLE001 - no version saved yet
-            return False
+        return version_exists(self)

@@ -11,6 +11,8 @@ from typing import Any
 import pandas as pd
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 
+from ._files import version_exists
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 
@@ -69,7 +71,4 @@ class PngFolderDataset(AbstractVersionedDataset[dict, dict]):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _exists(self) -> bool:
-        try:
-            return Path(self._get_load_path()).exists()
-        except Exception:  # noqa: BLE001 - no version saved yet
-            return False
+        return version_exists(self)

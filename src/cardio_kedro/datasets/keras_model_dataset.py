@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractVersionedDataset, Version
+
+from ._files import atomic_file, version_exists
 
 
 class KerasModelDataset(AbstractVersionedDataset[Any, Any]):
@@ -43,19 +43,8 @@ class KerasModelDataset(AbstractVersionedDataset[Any, Any]):
         return keras.saving.load_model(str(self._get_load_path()), **self._load_args)
 
     def _save(self, model) -> None:
-        path = Path(self._get_save_path())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_file(Path(self._get_save_path()), ".keras") as tmp:
             model.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     def _exists(self) -> bool:
-        try:
-            return Path(self._get_load_path()).exists()
-        except Exception:  # noqa: BLE001 - no version saved yet
-            return False
+        return version_exists(self)

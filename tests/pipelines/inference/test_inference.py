@@ -4,12 +4,8 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,7 +16,7 @@ import pandas as pd
 import pytest
 from kedro.io import DatasetError
 
-from tests.conftest import run_pipeline
+from tests.conftest import free_port, run_pipeline, serve
 
 
 def _latest(project: Path, pattern: str) -> Path:
@@ -92,12 +88,6 @@ def test_an_empty_or_missing_folder_fails_clearly(trained_project, tmp_path, mon
         run_pipeline(trained_project, "inference", runtime_params={"images_dir": str(tmp_path / "absent")})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, images: list[str]) -> tuple[int, dict]:
     body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}}).encode()
     request = urllib.request.Request(
@@ -119,45 +109,22 @@ def test_http_service_answers_like_the_batch_pipeline(trained_project, shared_ni
         shutil.copy(p, folder / p.name)
     batch = _score(trained_project, folder).set_index("file").loc[[p.name for p in sample]]
 
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent  # the server runs uvicorn from the same environment
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{trained_project / 'mlflow.db'}",
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    mlflow_cli = bin_dir / "mlflow"
-    server = subprocess.Popen(
-        [
-            str(mlflow_cli),
-            "models",
-            "serve",
-            "-m",
-            "models:/Cardiomegaly-classifier-service/1",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert server.poll() is None, server.stderr.read().decode()[-3000:]
-            assert time.time() < deadline, "the model server did not come up in 180 s"
-            time.sleep(1)
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        "models:/Cardiomegaly-classifier-service/1",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{trained_project / 'mlflow.db'}"}
+    with serve(command, trained_project, f"http://127.0.0.1:{port}/ping", env, timeout=180):
         payload = [base64.b64encode(p.read_bytes()).decode() for p in sample]
         status, answer = _post(port, payload)
         assert status == 200, answer
@@ -168,9 +135,3 @@ def test_http_service_answers_like_the_batch_pipeline(trained_project, shared_ni
         assert 400 <= status < 500 and "row 1" in answer.get("message", "")
         status, answer = _post(port, ["%%% not base64 %%%"])
         assert 400 <= status < 500 and "base64" in answer.get("message", "")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
