@@ -1,0 +1,27 @@
+"""Configuration: the target finding names both the parameter and the MLflow experiment."""
+
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+
+def _resolved(project, runtime_params=None):
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=runtime_params or {}) as session:
+        context = session.load_context()
+        return context.params["target_finding"], context.config_loader["mlflow"]["tracking"]["experiment"]["name"]
+
+
+def test_target_finding_names_the_experiment(tiny_project):
+    assert _resolved(tiny_project) == ("Cardiomegaly", "Cardiomegaly")
+    (tiny_project / "conf" / "local" / "globals.yml").write_text("target_finding: Effusion\n")
+    assert _resolved(tiny_project) == ("Effusion", "Effusion")
+    assert _resolved(tiny_project, {"target_finding": "Edema"}) == ("Edema", "Edema")
+
+
+def test_nih_environment_overrides_single_keys(tiny_project):
+    bootstrap_project(tiny_project)
+    with KedroSession.create(project_path=tiny_project, env="nih") as session:
+        params = session.load_context().params
+    assert params["image_size"] == 224
+    assert params["model_training"]["model"]["backbone_weights"] == "imagenet"
+    assert params["model_training"]["model"]["attention_units"] == [128, 32, 16, 1]  # kept from base
