@@ -69,7 +69,6 @@ class MlflowRecordHooks:
     def __init__(self) -> None:
         self._catalog = None
         self._target = "Cardiomegaly"
-        self._image_size: int | None = None
         self._last_run_id: str | None = None
 
     @hook_impl
@@ -81,8 +80,6 @@ class MlflowRecordHooks:
         self._catalog = catalog
         if "params:target_finding" in catalog:
             self._target = catalog.load("params:target_finding")
-        if "params:image_size" in catalog:
-            self._image_size = int(catalog.load("params:image_size"))
         active = _active_run()
         self._last_run_id = active.info.run_id if active is not None else None
         if active is None:

@@ -86,6 +86,7 @@ class CohortDataset(AbstractDataset[dict, dict]):
     def __init__(self, path: str, metadata: dict[str, Any] | None = None):
         self._path = Path(path)
         self.metadata = metadata
+        self._loaded: dict | None = None  # one walk of the image folders per run, not one per consumer
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}
@@ -94,6 +95,11 @@ class CohortDataset(AbstractDataset[dict, dict]):
         return (self._path / METADATA_FILE).is_file()
 
     def _load(self) -> dict:
+        if self._loaded is None:
+            self._loaded = self._read()
+        return self._loaded
+
+    def _read(self) -> dict:
         csv = self._path / METADATA_FILE
         if not csv.is_file():
             where = "folder does not exist" if not self._path.exists() else f"no {METADATA_FILE} in it"
@@ -125,6 +131,7 @@ class CohortDataset(AbstractDataset[dict, dict]):
     def _save(self, data: dict) -> None:
         """Write ``{"metadata": DataFrame, "images": iterable of (relative path, encoded bytes),
         "bboxes": DataFrame or None}``."""
+        self._loaded = None
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_name(f".{self._path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
