@@ -43,7 +43,7 @@ def scratch_project(size: int) -> Path:
     shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
     (project / "src").mkdir()
     (project / "conf" / "local").mkdir()
-    (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump({"image_size": size}))
+    (project / "conf" / "local" / "globals.yml").write_text(yaml.safe_dump({"image_size": size}))
     mlflow_yml = (ROOT / "conf/base/mlflow.yml").read_text()
     (project / "conf/local/mlflow.yml").write_text(
         mlflow_yml.replace("sqlite:///mlflow.db", f"sqlite:///{project}/mlflow.db")
@@ -63,13 +63,15 @@ def main() -> int:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
+    from cardio_kedro.config import ModelTrainingParams
     from cardio_kedro.imaging import load_gray
-    from cardio_kedro.pipelines.model_training.model import build_model
+    from cardio_kedro.modeling import build_model
     from cardio_kedro.serving import XrayClassifierService
 
     project = scratch_project(args.size)
     params = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
-    model = build_model(args.size, params["model"])
+    config = ModelTrainingParams.model_validate(params)
+    model = build_model(args.size, **config.model.model_dump(), seed=config.seed)
     version = "2026-01-01T00.00.00.000Z"
     model_file = project / "data/06_models/classifier.keras" / version / "classifier.keras"
     model_file.parent.mkdir(parents=True)

@@ -4,8 +4,9 @@ Uses real-format 1024x1024 NIH PNGs (the shared sample, repeated through symboli
 path is a distinct cache entry). In the same run it times:
 
 * baseline: one process, ``cv2.imread`` + gray + ``cv2.resize(INTER_AREA)`` over the same files;
-* project: the file checks and ``PixelCacheDataset.save`` (decode, resize, append to the cache)
-  on every core, in a fresh process per N, with that process's peak RSS and its workers'.
+* project: the ``resolve_image_files`` node (file checks) and the ``decode_images`` node (decode,
+  resize on every core) with each chunk appended by ``PixelCacheDataset.save``, as a Kedro run
+  does it, in a fresh process per N, with that process's peak RSS and its workers'.
 
 Target: project >= 0.9 x cores x the single-core OpenCV rate, and peak RSS flat in N.
 
@@ -58,11 +59,13 @@ def project_run(paths_file: str, cache_dir: str, size: int) -> None:
     import logging
     import threading
 
+    import pandas as pd
     import psutil
+    import yaml
 
-    from cardio_kedro.datasets import CacheRequest, PixelCacheDataset
-    from cardio_kedro.imaging import check_image_file
-    from cardio_kedro.parallel import default_workers, imap_progress
+    from cardio_kedro.datasets import PixelCacheDataset
+    from cardio_kedro.parallel import default_workers
+    from cardio_kedro.pipelines.data_processing.nodes import decode_images, resolve_image_files
 
     logging.basicConfig(level=logging.WARNING)
     me = psutil.Process()
@@ -84,11 +87,16 @@ def project_run(paths_file: str, cache_dir: str, size: int) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     paths = Path(paths_file).read_text().split()
+    params = yaml.safe_load((ROOT / "conf/base/parameters_data_processing.yml").read_text())["data_processing"]
+    names = [Path(p).name for p in paths]
     start = time.perf_counter()
-    for _ in imap_progress(check_image_file, paths, len(paths), "checking", chunksize=256):
-        pass
+    resolved, _ = resolve_image_files(
+        pd.DataFrame({"image_index": names}), pd.DataFrame({"image_index": names, "path": paths}), params
+    )
     checked = time.perf_counter()
-    PixelCacheDataset(cache_dir).save(CacheRequest(paths, size))
+    cache = PixelCacheDataset(cache_dir, image_size=size)
+    for chunk in decode_images(resolved, cache.load(), size, params):
+        cache.save(chunk)
     done = time.perf_counter()
     stop.set()
     sampler.join()

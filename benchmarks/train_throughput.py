@@ -36,8 +36,8 @@ def scratch_project(args) -> Path:
     shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
     (project / "src").mkdir()
     (project / "conf" / "local").mkdir()
+    (project / "conf" / "local" / "globals.yml").write_text(f"image_size: {args.size}\n")
     params = {
-        "image_size": args.size,
         "phantoms": {
             "n_patients": args.patients,
             "native_size": args.native,
@@ -90,21 +90,23 @@ def bare_throughput(args, n_train: int, n_val: int) -> dict[str, float]:
     import keras
     import numpy as np
 
-    from cardio_kedro.pipelines.model_training.model import build_model
-    from cardio_kedro.pipelines.model_training.nodes import _compile, _set_trainable, resolve_precision
+    from cardio_kedro.config import ModelTrainingParams
+    from cardio_kedro.modeling import build_model
+    from cardio_kedro.modeling.training import compile_model, resolve_precision, set_trainable
 
     params = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
     params["model"].update(backbone=args.backbone, backbone_width=args.width, backbone_weights=None)
+    config = ModelTrainingParams.model_validate(params)
     keras.mixed_precision.set_dtype_policy(resolve_precision("auto"))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n_train, args.size, args.size, 1), dtype=np.uint8)
     y = (rng.random(n_train) < 0.25).astype("float32")
     val = (x[:n_val], y[:n_val])  # validate every epoch on as many images as the Kedro run did
     out = {}
-    model = build_model(args.size, params["model"])
+    model = build_model(args.size, **config.model.model_dump(), seed=config.seed)
     for phase, unfreeze in (("head", 0), ("fine_tune", "all")):
-        _set_trainable(model, unfreeze)
-        _compile(model, 1e-4, params)
+        set_trainable(model, unfreeze)
+        compile_model(model, 1e-4, config.loss, config.jit_compile)
         model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, validation_data=val)  # compile + warm-up
         start = time.perf_counter()
         model.fit(x, y, batch_size=args.batch, epochs=args.epochs - 1 or 1, verbose=0, validation_data=val)

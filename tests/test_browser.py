@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, free_port, run_pipeline, serve
+from tests.helpers import PROJECT_ROOT, free_port, run_pipeline, serve
+
+pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -55,14 +57,29 @@ def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
         page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
         page.get_by_text("train_model", exact=True).first.wait_for(timeout=60_000)
         body = page.inner_text("body")
-        for node in ("clean_metadata", "split_by_patient", "train_model", "evaluation_metrics", "build_report"):
+        nodes = (
+            "clean_metadata",
+            "decode_images",
+            "split_by_patient",
+            "train_model",
+            "evaluation_metrics",
+            "build_report",
+        )
+        for node in nodes:
             assert node in body, node
-        for dataset in ("train_balanced", "classifier", "roc_plot", "evaluation_report"):
+        for dataset in (
+            "cohort_labels",
+            "pixel_cache",
+            "train_balanced",
+            "classifier",
+            "roc_plot",
+            "evaluation_report",
+        ):
             assert dataset in body, dataset
         assert page.locator("svg g.pipeline-node").count() >= 19  # the flowchart is drawn, not only listed
         page.get_by_text("__default__").first.click()
         menu = page.inner_text("body")
-        for pipeline in ("data_processing", "model_training", "reporting"):
+        for pipeline in ("data_processing", "model_training", "reporting", "phantom_cohort", "demo"):
             assert pipeline in menu, pipeline
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "kedro-viz.png"))
@@ -85,7 +102,7 @@ def _scroll_until(page, text: str, tries: int = 15) -> str:
 def test_mlflow_ui_compares_two_runs(tmp_path, browser, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from tests.conftest import make_tiny_project
+    from tests.helpers import make_tiny_project
 
     project = make_tiny_project(tmp_path)
     monkeypatch.chdir(project)

@@ -3,7 +3,10 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_explore_cohort.ipynb"
 

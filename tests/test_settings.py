@@ -1,7 +1,10 @@
 """Configuration: the target finding names both the parameter and the MLflow experiment."""
 
+import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+
+pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
 
 
 def _resolved(project, runtime_params=None):

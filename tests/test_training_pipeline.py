@@ -7,7 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cardio_kedro.pipelines.reporting.pipeline import REPORT_FIGURES
-from tests.conftest import run_pipeline
+from tests.helpers import run_pipeline
+
+pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
 
 
 def _client(project):
@@ -16,39 +18,53 @@ def _client(project):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def _latest_file(project, pattern):
+    return sorted(project.glob(f"data/{pattern}/*/*"))[-1]
+
+
 def test_training_pipeline_produces_every_output_and_one_mlflow_run(trained_project):
     project = trained_project
     assert (project / "data/01_raw/phantom/Data_Entry_2017.csv").is_file()
     for name in REPORT_FIGURES:
         versions = list((project / "data/08_reporting/plots").glob(f"{name}.png/*/{name}.png"))
         assert len(versions) == 1 and versions[0].stat().st_size > 2000, name
-    report = next((project / "data/08_reporting").glob("evaluation_report.html/*/evaluation_report.html")).read_text()
+    report = _latest_file(project, "08_reporting/evaluation_report.html").read_text()
     assert "Model card" in report and report.count("data:image/png;base64,") == len(REPORT_FIGURES)
-    metrics = json.loads(next((project / "data/08_reporting").glob("evaluation_metrics.json/*/*")).read_text())
+    metrics = json.loads(_latest_file(project, "08_reporting/evaluation_metrics.json").read_text())
     assert metrics["threshold"]["chosen_on"] == "validation"
     assert 0.0 <= metrics["test"]["roc_auc"]["auc"] <= 1.0
-    assert list((project / "data/06_models").glob("classifier.keras/*/classifier.keras"))
+    model_file = _latest_file(project, "06_models/classifier.keras")
+    run_version = model_file.parent.name  # every versioned output of the run shares this version
 
     client = _client(project)
     experiment = client.get_experiment_by_name("Cardiomegaly")
-    runs = client.search_runs([experiment.experiment_id], "tags.`kedro.pipeline` LIKE '%training%'")
+    runs = client.search_runs([experiment.experiment_id], "tags.pipeline_names LIKE '%training%'")
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["model_training.batch_size"] == "16"
-    assert run.data.params["image_size"] == "32"
+    assert run.data.params["image_size"] == "32" and run.data.params["target_finding"] == "Cardiomegaly"
     history = client.get_metric_history(run.info.run_id, "val_auc")
     assert [m.step for m in history] == [1, 2]
-    for name in ("loss", "auc", "val_loss", "lr"):
+    for name in ("loss", "auc", "val_loss", "lr", "images_per_second"):
         assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
-    assert "test_auc" in run.data.metrics and "test_auc_ci_low" in run.data.metrics
+    assert run.data.metrics["test_auc"] == pytest.approx(metrics["test"]["roc_auc"]["auc"])
+    assert "test_auc_ci_low" in run.data.metrics and "threshold" in run.data.metrics
     tags = run.data.tags
-    assert tags["keras.backend"] == "tensorflow" and tags["target_finding"] == "Cardiomegaly"
-    for dataset in ("classifier", "train_split", "test_split", "train_balanced", "roc_plot"):
-        assert f"version.{dataset}" in tags, dataset
-    assert tags["kedro.run_id"]
+    assert tags["keras.backend"] == "tensorflow" and tags["device"]
+    assert not [t for t in tags if t.startswith(("version.", "kedro.run_id"))]  # kedro-mlflow's run_id tag says it
+    # each artifact is logged to MLflow and kept as a catalog version of the same run
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"roc_plot", "evaluation_report", "evaluation_metrics", "training_history"} <= artifacts
+    assert {
+        "roc_plot",
+        "evaluation_report",
+        "evaluation_metrics",
+        "training_history",
+        "data_quality_report",
+    } <= artifacts
+    logged = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="roc_plot/roc.png")
+    kept = project / "data/08_reporting/plots/roc.png" / run_version / "roc.png"
+    assert open(logged, "rb").read() == kept.read_bytes()
     versions = client.search_model_versions("name='Cardiomegaly-classifier'")
     assert len(versions) == 1 and versions[0].run_id == run.info.run_id
     service = client.search_model_versions("name='Cardiomegaly-classifier-service'")
@@ -57,10 +73,27 @@ def test_training_pipeline_produces_every_output_and_one_mlflow_run(trained_proj
     assert model.get_layer("attention_map") is not None
 
 
-def test_a_failing_run_ends_failed_in_mlflow(tiny_project):
-    with pytest.raises(ValueError, match="loss must be"):
-        run_pipeline(tiny_project, "training", runtime_params={"model_training": {"loss": "hinge"}})
+def test_a_failing_run_ends_failed_in_mlflow(tiny_project, phantom_cohort_dir):
+    cohort = tiny_project / "no_images"
+    cohort.mkdir()
+    (cohort / "Data_Entry_2017.csv").write_bytes((phantom_cohort_dir / "Data_Entry_2017.csv").read_bytes())
+    with pytest.raises(ValueError, match="only 0 patient"):  # every image is missing: nothing to split
+        run_pipeline(tiny_project, "training", runtime_params={"cohort_dir": str(cohort)})
     client = _client(tiny_project)
     runs = client.search_runs([client.get_experiment_by_name("Cardiomegaly").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert not list((tiny_project / "data/06_models").glob("classifier.keras/*"))
+
+
+def test_from_any_data_processing_node_reruns_from_saved_intermediates(trained_project, tmp_path):
+    """``kedro run --from-nodes=<node>`` works from every node: every intermediate is persisted."""
+    import shutil
+
+    from cardio_kedro.pipelines.data_processing import create_pipeline
+
+    project = tmp_path / "copy"
+    shutil.copytree(trained_project, project, ignore=shutil.ignore_patterns("mlflow.db", "06_models", "08_reporting"))
+    mlflow_yml = project / "conf" / "local" / "mlflow.yml"
+    mlflow_yml.write_text(mlflow_yml.read_text().replace(str(trained_project), str(project)))
+    for node in create_pipeline().nodes:
+        run_pipeline(project, "data_processing", from_nodes=[node.name])

@@ -1,44 +1,73 @@
-"""Project hooks: the demo cohort on a fresh clone, and what each MLflow run records beyond parameters."""
+"""Project hooks: what runs around a pipeline, not inside it.
+
+- ``PreflightHooks``: before a run opens its MLflow run, check every parameter and the weights file,
+  and generate the demo cohort when a fresh clone has none (the ``phantom_cohort`` pipeline, logged).
+- ``MlflowTagHooks``: the MLflow tags the catalog cannot express (git commit, Keras backend, device)
+  and model registration. What a run logs otherwise is declared in the catalog.
+- ``RunSummaryHooks``: one summary at the end of a run: where the results are, the headline metrics.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from cardio_kedro.config import ConfigSources, check_backbone_weights, validate_parameters
+from cardio_kedro.formatting import fmt, fmt_auc
+
 logger = logging.getLogger(__name__)
 
-# Versioned datasets whose saved file is also logged to the MLflow run (under the dataset's name).
-MLFLOW_ARTIFACTS = (
-    "data_quality_report",
-    "training_history",
-    "evaluation_metrics",
-    "attention_localization",
-    "evaluation_report",
-)
-MLFLOW_ARTIFACT_SUFFIX = "_plot"
-MODEL_DATASET = "classifier"
+MODEL_DATASET = "classifier"  # registered as <finding>-classifier when saved
+METRICS_DATASET = "evaluation_metrics"  # its threshold goes with the registered service
+TRAINING_PARAMS = "params:model_training"
 
 
-class DemoCohortHooks:
-    """Generates the offline phantom cohort when the demo runs on a fresh clone."""
+class PreflightHooks:
+    """Checks before anything is read or an MLflow run is opened; generates the demo cohort if missing.
+
+    ``tryfirst``: these run before kedro-mlflow opens its run, so a bad parameter leaves no run behind.
+    """
+
+    def __init__(self) -> None:
+        self._sources = ConfigSources(Path("conf"))  # replaced by the session's in after_context_created
 
     @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        if "cohort" not in pipeline.inputs() or catalog.exists("cohort"):
-            return
-        params = catalog.load("parameters")
-        phantoms = params.get("phantoms") or {}
-        if not phantoms.get("generate_if_missing") or (run_params.get("runtime_params") or {}).get("cohort_dir"):
-            return  # the cohort dataset's load raises a clear error naming what to do
-        from cardio_kedro.pipelines.phantom_cohort.nodes import generate_phantom_cohort
+    def after_context_created(self, context) -> None:
+        loader = context.config_loader
+        self._sources = ConfigSources(
+            conf_source=Path(loader.conf_source),
+            env=context.env or loader.default_run_env,
+            base_env=loader.base_env,
+            runtime_params=dict(loader.runtime_params or {}),
+        )
 
-        logger.info("No demo cohort yet: generating %d phantom patients (once)", phantoms["n_patients"])
-        catalog.save("cohort", generate_phantom_cohort(phantoms))
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        params = validate_parameters(catalog.load("parameters"), self._sources)
+        if TRAINING_PARAMS in pipeline.inputs():
+            check_backbone_weights(params, self._sources)
+        if "cohort_labels" in pipeline.inputs() and not catalog.exists("cohort_labels"):
+            self._generate_demo_cohort(params, catalog)
+
+    @staticmethod
+    def _generate_demo_cohort(params, catalog) -> None:
+        """Run the ``phantom_cohort`` pipeline first when the demo cohort is missing (a fresh clone)."""
+        if not params.phantoms.generate_if_missing or params.cohort_dir:
+            return  # the label table's load raises a clear error naming what to do
+        from kedro.framework.project import pipelines
+        from kedro.runner import SequentialRunner
+
+        logger.info(
+            "No cohort yet: running the phantom_cohort pipeline first (%d phantom patients, once; "
+            "phantoms.generate_if_missing: false turns this off)",
+            params.phantoms.n_patients,
+        )
+        SequentialRunner().run(pipelines["phantom_cohort"], catalog)
 
 
 def _git_commit() -> str | None:
@@ -49,117 +78,61 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _active_run():
-    try:
-        import mlflow
-    except ImportError:  # a machine with Kedro and Keras but no MLflow: nothing to record
-        return None
-    return mlflow.active_run()
+class MlflowTagHooks:
+    """Tags (``git.commit``; ``keras.backend`` and ``device`` when the run trains) and model registration.
 
-
-class MlflowRecordHooks:
-    """Adds to kedro-mlflow's run: tags (Kedro run id, dataset save versions, git commit, Keras
-    backend, device), the versioned plots and reports as artifacts, and the trained model in
-    MLflow's Keras flavour, registered as ``<target>-classifier``.
-
-    Catalog versioning stays with Kedro: the file a versioned dataset just saved is copied to the
-    run, so both the catalog version and the MLflow artifact exist.
+    When ``classifier`` is saved, the Keras model is logged in MLflow's Keras flavour and registered
+    as ``<finding>-classifier``; when ``evaluation_metrics`` is saved, the HTTP-serving pyfunc is
+    logged with that run's threshold and registered as ``<finding>-classifier-service``.
     """
 
     def __init__(self) -> None:
         self._catalog = None
-        self._target = "Cardiomegaly"
-        self._last_run_id: str | None = None
-
-    @hook_impl
-    def after_catalog_created(self, catalog) -> None:
-        self._catalog = catalog
+        self._target = ""
+        self._model = None
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        self._catalog = catalog
-        if "params:target_finding" in catalog:
-            self._target = catalog.load("params:target_finding")
-        active = _active_run()
-        self._last_run_id = active.info.run_id if active is not None else None
-        if active is None:
-            return
         import mlflow
 
-        tags = {
-            "kedro.run_id": run_params.get("run_id") or run_params.get("session_id"),
-            "kedro.pipeline": run_params.get("pipeline_names") or run_params.get("pipeline_name") or "__default__",
-            "kedro.env": run_params.get("env") or "local",
-            "git.commit": _git_commit(),
-            "target_finding": self._target,
-        }
-        if "train_model" in {n.name for n in pipeline.nodes}:
+        self._catalog, self._model = catalog, None
+        if mlflow.active_run() is None:  # tracking is off for this pipeline
+            return
+        self._target = catalog.load("params:target_finding")
+        tags = {"git.commit": _git_commit()}
+        if TRAINING_PARAMS in pipeline.inputs():
             import keras
 
             tags["keras.backend"] = keras.backend.backend()
             tags["device"] = ",".join(keras.distribution.list_devices())
-        mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
-
-    def _saved_path(self, dataset_name: str) -> Path | None:
-        if self._catalog is None or dataset_name not in self._catalog:
-            return None
-        dataset = self._catalog.get(dataset_name)
-        if not hasattr(dataset, "resolve_save_version") or getattr(dataset, "_version", None) is None:
-            return None
-        return Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))
+        mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
-        if _active_run() is None:
-            return
         import mlflow
 
-        path = self._saved_path(dataset_name)
-        if path is None:
+        if mlflow.active_run() is None:
             return
-        mlflow.set_tag(f"version.{dataset_name}", path.parent.name)
-        if dataset_name in MLFLOW_ARTIFACTS or dataset_name.endswith(MLFLOW_ARTIFACT_SUFFIX):
-            if path.is_file():
-                mlflow.log_artifact(str(path), artifact_path=dataset_name)
-            elif path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path=dataset_name)
         if dataset_name == MODEL_DATASET:
-            self._log_model(data)
-        if dataset_name == "evaluation_metrics":
-            mlflow.log_metrics(headline_metrics(data))
-            self._log_service(data["threshold"]["value"])
+            self._model = data
+            self._register_model(data)
+        elif dataset_name == METRICS_DATASET:
+            model = self._model if self._model is not None else self._catalog.load(MODEL_DATASET)
+            self._register_service(model, float(data["threshold"]["value"]))
 
-    @hook_impl
-    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        """One short summary at the end of a run: where the results are, and the headline metrics."""
-        lines = []
-        for name, what in (
-            ("classifier", "model"),
-            ("evaluation_report", "report"),
-            ("inference_predictions", "predictions"),
-        ):
-            if name in pipeline.all_outputs():
-                path = self._saved_path(name)
-                if path is not None and path.exists():
-                    lines.append(f"{what}: {path}")
-        metrics = self._saved_path("evaluation_metrics") if "evaluation_metrics" in pipeline.all_outputs() else None
-        if metrics is not None and metrics.is_file():
-            import json
+    def _register_model(self, model) -> None:
+        import mlflow
+        import numpy as np
+        from mlflow.models import infer_signature
 
-            m = json.loads(metrics.read_text())
-            auc = m["test"]["roc_auc"]
-            ci = f" (95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})" if auc.get("ci_low") is not None else ""
-            lines.append(
-                f"test ROC AUC {auc['auc']:.3f}{ci}, sensitivity {m['test']['sensitivity']:.3f}, "
-                f"specificity {m['test']['specificity']:.3f} at threshold {m['threshold']['value']:.3f}"
-            )
-        run = self._last_run_id
-        if run:
-            lines.append(f"MLflow run {run}: mlflow ui --backend-store-uri sqlite:///mlflow.db")
-        if lines:
-            logger.info("Run summary:\n  %s", "\n  ".join(lines))
+        size = int(model.inputs[0].shape[1])
+        signature = infer_signature(np.zeros((1, size, size, 1), np.uint8), np.zeros((1, 1), np.float32))
+        name = f"{self._target}-classifier"
+        info = mlflow.keras.log_model(model, name="model", signature=signature, registered_model_name=name)
+        mlflow.set_tag("registered_model", f"{name}/{info.registered_model_version}")
+        logger.info("Model logged to MLflow and registered as %s (version %s)", name, info.registered_model_version)
 
-    def _log_service(self, threshold: float) -> None:
+    def _register_service(self, model, threshold: float) -> None:
         """Log and register the HTTP-serving pyfunc (base64 images in, probability and label out)."""
         import mlflow
         import pandas as pd
@@ -167,61 +140,84 @@ class MlflowRecordHooks:
 
         from cardio_kedro.serving import XrayClassifierService
 
-        model_file = self._saved_path(MODEL_DATASET)
-        if model_file is None or not model_file.is_file():
-            return
         name = f"{self._target}-classifier-service"
         signature = infer_signature(
             pd.DataFrame({"image": ["aGVsbG8="]}), pd.DataFrame({"probability": [0.5], "label": [1]})
         )
-        info = mlflow.pyfunc.log_model(
-            name="service",
-            python_model=XrayClassifierService(),
-            artifacts={"keras_model": str(model_file)},
-            model_config={"threshold": float(threshold)},
-            signature=signature,
-            registered_model_name=name,
+        with tempfile.TemporaryDirectory() as tmp:
+            model_file = Path(tmp) / "classifier.keras"
+            model.save(model_file)
+            info = mlflow.pyfunc.log_model(
+                name="service",
+                python_model=XrayClassifierService(),
+                artifacts={"keras_model": str(model_file)},
+                model_config={"threshold": threshold},
+                signature=signature,
+                registered_model_name=name,
+            )
+        mlflow.set_tag("registered_service", f"{name}/{info.registered_model_version}")
+        logger.info(
+            "Serving model registered as %s (version %s), threshold %.3f",
+            name,
+            info.registered_model_version,
+            threshold,
         )
-        version = getattr(info, "registered_model_version", None)
-        mlflow.set_tag("registered_service", f"{name}/{version}" if version else name)
-        logger.info("Serving model registered as %s (version %s), threshold %.3f", name, version, threshold)
 
-    def _log_model(self, model) -> None:
+
+class RunSummaryHooks:
+    """Logs where a run's model, report and predictions are, its headline metrics and its MLflow run."""
+
+    def __init__(self) -> None:
+        self._catalog = None
+        self._save_version = ""
+        self._metrics: dict | None = None
+        self._run_id: str | None = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog, save_version: str) -> None:
+        self._catalog, self._save_version, self._metrics = catalog, save_version, None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         import mlflow
-        import numpy as np
-        from mlflow.models import infer_signature
 
-        size = int(model.inputs[0].shape[1])
-        example = np.zeros((1, size, size, 1), np.uint8)
-        signature = infer_signature(example, np.zeros((1, 1), np.float32))
-        name = f"{self._target}-classifier"
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        info = mlflow.keras.log_model(model, name="model", signature=signature, registered_model_name=name)
-        version = getattr(info, "registered_model_version", None)
-        mlflow.set_tag("registered_model", f"{name}/{version}" if version else name)
-        logger.info("Model logged to MLflow and registered as %s (version %s)", name, version)
+        run = mlflow.active_run()
+        self._run_id = run.info.run_id if run is not None else None
 
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
+        if dataset_name == METRICS_DATASET:
+            self._metrics = data
 
-def headline_metrics(metrics: dict) -> dict[str, float]:
-    """The evaluation numbers worth comparing across runs, flat, for ``mlflow.log_metrics``."""
-    test = metrics["test"]
-    flat = {
-        "test_auc": test["roc_auc"]["auc"],
-        "test_auc_ci_low": test["roc_auc"]["ci_low"],
-        "test_auc_ci_high": test["roc_auc"]["ci_high"],
-        "test_pr_auc": test["pr_auc"],
-        "test_brier": test["brier"],
-        "test_sensitivity": test["sensitivity"],
-        "test_specificity": test["specificity"],
-        "test_ppv": test["ppv"],
-        "test_npv": test["npv"],
-        "test_f1": test["f1"],
-        "threshold": metrics["threshold"]["value"],
-    }
-    for key, value in metrics.items():
-        if key.startswith("test_rebalanced"):
-            flat[f"{key}_auc"] = value["roc_auc"]["auc"]
-    for family, groups in metrics.get("subgroups", {}).items():
-        for name, res in groups.items():
-            flat[f"subgroup_{family}_{name}_auc".replace("<", "lt").replace("+", "plus")] = res.get("auc")
-    return {k: float(v) for k, v in flat.items() if v is not None}
+    def _saved_file(self, name: str) -> Path | None:
+        """The file this run saved for a versioned dataset, if it did."""
+        config = self._catalog.config_resolver.resolve_pattern(name)
+        inner = config.get("dataset", config)
+        if not isinstance(inner, dict) or "filepath" not in inner:
+            return None
+        path = Path(inner["filepath"])
+        path = path / self._save_version / path.name
+        return path if path.exists() else None
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        lines = []
+        outputs = pipeline.all_outputs()
+        for name, what in (
+            (MODEL_DATASET, "model"),
+            ("evaluation_report", "report"),
+            ("inference_predictions", "predictions"),
+        ):
+            path = self._saved_file(name) if name in outputs else None
+            if path is not None:
+                lines.append(f"{what}: {path}")
+        if self._metrics is not None:
+            test = self._metrics["test"]
+            lines.append(
+                f"test ROC AUC {fmt_auc(test['roc_auc'])}, sensitivity {fmt(test['sensitivity'])}, "
+                f"specificity {fmt(test['specificity'])} at threshold {fmt(self._metrics['threshold']['value'])}"
+            )
+        if self._run_id:
+            lines.append(f"MLflow run {self._run_id}: open it with 'kedro mlflow ui'")
+        if lines:
+            logger.info("Run summary:\n  %s", "\n  ".join(lines))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -11,16 +12,21 @@ import numpy as np
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a cohort folder holds
+DICOM_SUFFIXES = (".dcm",)  # also scored by the inference pipeline (with pydicom installed)
 # Far larger than any radiograph (NIH originals are about 3000 px): refuse decompression bombs.
 MAX_SIDE = 8192
 
 
 class ImageError(ValueError):
-    """An image file that cannot be used; ``reason`` is a short machine-readable cause."""
+    """An image file that cannot be used: ``reason`` is a short machine-readable cause, ``detail`` says more."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        self.reason, self.detail = reason, detail
+
+    def __reduce__(self):  # crosses process boundaries intact (decoding runs in worker processes)
+        return ImageError, (self.reason, self.detail)
 
 
 def check_image_file(path: str | Path) -> tuple[int, int]:
@@ -64,6 +70,16 @@ def check_image_file(path: str | Path) -> tuple[int, int]:
     raise ImageError("not_an_image", f"{path}: neither PNG nor JPEG")
 
 
+def check_file(path: str) -> tuple[int, int, ImageError | None]:
+    """``check_image_file`` that never raises: the file's size and mtime, or the ``ImageError`` that says why not."""
+    try:
+        check_image_file(path)
+    except ImageError as exc:
+        return -1, -1, exc
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns, None
+
+
 def to_gray8(image: np.ndarray) -> np.ndarray:
     """Convert a decoded image (8/16-bit, gray, BGR or BGRA) to 8-bit grayscale."""
     if image.dtype == np.uint16:
@@ -102,30 +118,30 @@ def load_gray(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]
     return resize_gray(gray, size), gray.shape[:2]
 
 
-def read_any(path: str, size: int) -> tuple[np.ndarray | None, str]:
-    """Pixels of one PNG, JPEG or DICOM file (the training code path), or why it cannot be used.
+def try_load_gray(path: str, size: int) -> tuple[np.ndarray | None, tuple[int, int], ImageError | None]:
+    """``load_gray`` that never raises: the pixels and source shape, or the ``ImageError`` that says why not.
 
-    Never raises: scoring a folder must not stop at one bad file.
+    Decoding a cohort or scoring a folder must not stop at one bad file.
     """
-    if path.lower().endswith(".dcm"):
-        return read_dicom(path, size)
     try:
-        return load_gray(path, size)[0], ""
+        if path.lower().endswith(DICOM_SUFFIXES):
+            pixels, shape = load_dicom(path, size)
+        else:
+            pixels, shape = load_gray(path, size)
+        return pixels, shape, None
     except ImageError as exc:
-        return None, str(exc)
-    except Exception as exc:  # noqa: BLE001 - an unreadable file is a row with its reason
-        return None, f"corrupt: {exc}"
+        return None, (0, 0), exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a data-quality entry
+        return None, (0, 0), ImageError("corrupt", f"{path}: {exc}")
 
 
-def read_dicom(path: str, size: int) -> tuple[np.ndarray | None, str]:
+def load_dicom(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode a DICOM file (min-max windowed to 8 bit) and resize it; needs pydicom."""
     try:
         import pydicom
     except ImportError:
-        return None, "unsupported: DICOM needs pydicom (pip install pydicom)"
-    try:
-        pixels = pydicom.dcmread(path).pixel_array.astype(np.float32)
-    except Exception as exc:  # noqa: BLE001
-        return None, f"corrupt: {exc}"
+        raise ImageError("unsupported", "DICOM needs pydicom (pip install pydicom)") from None
+    pixels = pydicom.dcmread(path).pixel_array.astype(np.float32)
     lo, hi = float(pixels.min()), float(pixels.max())
     gray = ((pixels - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
-    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA), ""
+    return resize_gray(gray, size), gray.shape[:2]

@@ -12,39 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-NIH_FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Emphysema",
-    "Fibrosis",
-    "Hernia",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pleural_Thickening",
-    "Pneumonia",
-    "Pneumothorax",
-)
+from cardio_kedro.nih import NIH_MARGINAL_RATES
 
-# Share of NIH ChestX-ray14 images carrying each finding (Data_Entry_2017, 112,120 images).
-NIH_MARGINAL_RATES: dict[str, float] = {
-    "Atelectasis": 0.1031,
-    "Consolidation": 0.0416,
-    "Edema": 0.0205,
-    "Effusion": 0.1188,
-    "Emphysema": 0.0224,
-    "Fibrosis": 0.0150,
-    "Hernia": 0.0020,
-    "Infiltration": 0.1774,
-    "Mass": 0.0516,
-    "Nodule": 0.0565,
-    "Pleural_Thickening": 0.0302,
-    "Pneumonia": 0.0128,
-    "Pneumothorax": 0.0473,
-}
+# The other findings are assigned at NIH's rates, with nothing drawn for them.
+OTHER_FINDING_RATES = {k: v for k, v in NIH_MARGINAL_RATES.items() if k != "Cardiomegaly"}
 
 CTR_THRESHOLD = 0.5
 AP_MAGNIFICATION = 1.12
@@ -84,8 +55,8 @@ def sample_cohort(
     view = np.where(rng.random(n) < ap_fraction, "AP", "PA")
 
     labels = []
-    others = np.array(list(NIH_MARGINAL_RATES))
-    rates = np.array(list(NIH_MARGINAL_RATES.values()))
+    others = np.array(list(OTHER_FINDING_RATES))
+    rates = np.array(list(OTHER_FINDING_RATES.values()))
     has_other = rng.random((n, rates.size)) < rates
     for i in range(n):
         found = list(others[has_other[i]])
@@ -189,7 +160,7 @@ def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
     d_lat = np.abs(u - 0.5)
     lung_w = half_t * np.sqrt(np.clip((v - apex) / (dia - apex + 0.02), 0.0, 1.0)) ** 0.5
     lung = _soft(lung_w - d_lat, edge) * _soft(d_lat - 0.055, edge) * _soft(dome - v, edge) * _soft(v - apex, edge * 2)
-    img -= row.get("lung_density", 0.30) * lung * (1.0 + 0.15 * (v - 0.5))
+    img -= row["lung_density"] * lung * (1.0 + 0.15 * (v - 0.5))
 
     # Ribs: posterior arcs across each lung, brighter where they cross the lung field.
     ribs = np.zeros_like(u)
@@ -220,7 +191,7 @@ def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
     hcx, hcy, half_w, half_h = _heart_geometry(row)
     r = ((u - hcx) / half_w) ** 2 + ((v - hcy) / half_h) ** 2
     heart = _soft(1.0 - r, 0.03) * _soft(dome + 0.04 - v, edge)
-    img += row.get("heart_density", 0.30) * heart * (lung + 0.3 * (1 - lung))
+    img += row["heart_density"] * heart * (lung + 0.3 * (1 - lung))
 
     # Abdomen below the domes.
     img += 0.14 * _soft(v - dome, edge * 2) * body

@@ -8,7 +8,7 @@ from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
 TRAINING_STAGES = ("data_processing", "model_training", "reporting")
-COMPOSITES = ("training",)
+COMPOSITES = ("training", "demo")
 
 
 def _pipeline_packages() -> list[str]:
@@ -18,6 +18,10 @@ def _pipeline_packages() -> list[str]:
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Register every pipeline under ``pipelines/``; ``training`` (the default) runs the three stages.
+
+    ``demo`` is ``phantom_cohort`` + ``training``: the demo cohort is generated (anew) and trained on,
+    the whole flow in one kedro viz view. ``training`` alone generates the demo cohort only when it
+    is missing (``PreflightHooks``).
 
     Kedro 1.7 imports only the pipelines named on the command line and keeps that registry for the
     process, so the rest (and the stages of the composite ``training``) are imported here too; an
@@ -31,5 +35,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         if name not in pipelines:
             pipelines[name] = importlib.import_module(f"cardio_kedro.pipelines.{name}").create_pipeline()
     pipelines["training"] = sum((pipelines[name] for name in TRAINING_STAGES), Pipeline([]))
+    pipelines["demo"] = pipelines["phantom_cohort"] + pipelines["training"]
     pipelines["__default__"] = pipelines["training"]
     return pipelines

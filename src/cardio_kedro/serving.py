@@ -25,15 +25,13 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
     """Decodes base64 images with the training code path and scores them with the Keras model."""
 
     def load_context(self, context) -> None:
-        import keras
+        from cardio_kedro.modeling import load_model
 
-        import cardio_kedro.pipelines.model_training.model  # noqa: F401 - registers the custom layers
-
-        self.model = keras.saving.load_model(context.artifacts["keras_model"], safe_mode=True)
+        self.model = load_model(context.artifacts["keras_model"])
         self.threshold = float(context.model_config["threshold"])
         self.size = int(self.model.inputs[0].shape[1])
 
-    def _pixels(self, row: int, value) -> np.ndarray:
+    def _pixels(self, value) -> np.ndarray:
         if not isinstance(value, str) or not value:
             raise ValueError("expected a base64-encoded PNG or JPEG string")
         try:
@@ -50,7 +48,7 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
         pixels = []
         for i, value in enumerate(model_input["image"]):
             try:
-                pixels.append(self._pixels(i, value))
+                pixels.append(self._pixels(value))
             except (ValueError, ImageError) as exc:
                 raise MlflowException(f"row {i}: {exc}", INVALID_PARAMETER_VALUE) from None
         probability = self.model.predict(np.stack(pixels)[..., None], verbose=0).reshape(-1).astype(float)

@@ -2,9 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from cardio_kedro.hooks import DemoCohortHooks, MlflowRecordHooks
+from cardio_kedro.hooks import MlflowTagHooks, PreflightHooks, RunSummaryHooks
 
-HOOKS = (DemoCohortHooks(), MlflowRecordHooks())
+HOOKS = (PreflightHooks(), MlflowTagHooks(), RunSummaryHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

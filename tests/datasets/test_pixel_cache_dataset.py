@@ -1,23 +1,24 @@
-"""PixelCacheDataset: decode once, re-decode on change or new size, survive interrupted writes."""
+"""PixelCacheDataset with the decode_images node: decode once, again on change or new size, survive interruptions."""
 
 import os
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
-import cardio_kedro.datasets.pixel_cache_dataset as pcd
-from cardio_kedro.datasets import CacheRequest, PixelCacheDataset
+import cardio_kedro.pipelines.data_processing.nodes as dp
+from cardio_kedro.datasets import DecodedChunk, PixelCacheDataset
+from tests.helpers import base_params
 
 
 @pytest.fixture
 def images(tmp_path):
     paths = []
     for i in range(5):
-        img = np.full((40, 40), 40 * i, np.uint8)
         path = tmp_path / "src" / f"{i}.png"
         path.parent.mkdir(exist_ok=True)
-        cv2.imwrite(str(path), img)
+        cv2.imwrite(str(path), np.full((40, 40), 40 * i, np.uint8))
         paths.append(str(path))
     return paths
 
@@ -25,58 +26,81 @@ def images(tmp_path):
 @pytest.fixture
 def decode_counter(monkeypatch):
     calls = []
-    real = pcd.load_gray
+    real = dp.try_load_gray
 
     def counting(path, size):
         calls.append(path)
         return real(path, size)
 
-    monkeypatch.setattr(pcd, "load_gray", counting)
+    monkeypatch.setattr(dp, "try_load_gray", counting)
     return calls
 
 
+def resolved(paths: list[str]) -> pd.DataFrame:
+    stats = [os.stat(p) for p in paths]
+    return pd.DataFrame(
+        {"path": paths, "nbytes": [s.st_size for s in stats], "mtime_ns": [s.st_mtime_ns for s in stats]}
+    )
+
+
+def decode(root, paths: list[str], size: int, workers: int = 1):
+    """What a run of the decode_images node does: read the cache, decode what is missing, save each chunk."""
+    dataset = PixelCacheDataset(str(root), image_size=size)
+    params = base_params("data_processing", workers=workers)
+    for chunk in dp.decode_images(resolved(paths), dataset.load(), size, params):
+        dataset.save(chunk)
+    return dataset.load()
+
+
 def test_decodes_each_image_once_per_size(tmp_path, images, decode_counter):
-    ds = PixelCacheDataset(str(tmp_path / "cache"))
-    ds.save(CacheRequest(images, 16, workers=1))
+    decode(tmp_path / "cache", images, 16)
     assert len(decode_counter) == 5
-    ds.save(CacheRequest(images[:3], 16, workers=1))
+    cache = decode(tmp_path / "cache", images[:3], 16)
     assert len(decode_counter) == 5  # nothing decoded again
-    cache = ds.load()["open"](16)
-    pixels = cache.pixels()
-    assert pixels.shape == (5, 16, 16)
-    assert [int(pixels[r, 0, 0]) for r in cache.rows(images)] == [0, 40, 80, 120, 160]
-    ds.save(CacheRequest(images, 8, workers=1))
+    assert cache.size == 16 and cache.pixels().shape == (5, 16, 16)
+    assert [int(px[0, 0]) for px in cache.images(images)] == [0, 40, 80, 120, 160]
+    decode(tmp_path / "cache", images, 8)
     assert len(decode_counter) == 10  # a new size decodes again
 
 
 def test_changed_file_is_decoded_again(tmp_path, images, decode_counter):
-    ds = PixelCacheDataset(str(tmp_path / "cache"))
-    ds.save(CacheRequest(images, 16, workers=1))
+    decode(tmp_path / "cache", images, 16)
     cv2.imwrite(images[0], np.full((40, 40), 200, np.uint8))
     os.utime(images[0], ns=(1, 1))
-    ds.save(CacheRequest(images, 16, workers=1))
+    cache = decode(tmp_path / "cache", images, 16)
     assert decode_counter.count(images[0]) == 2
-    cache = ds.load()["open"](16)
-    assert int(cache.pixels()[cache.rows([images[0]])[0], 0, 0]) == 200
+    assert int(cache.images([images[0]])[0, 0, 0]) == 200
 
 
 def test_interrupted_write_leaves_a_valid_cache(tmp_path, images):
-    ds = PixelCacheDataset(str(tmp_path / "cache"))
-    ds.save(CacheRequest(images[:2], 16, workers=1))
+    decode(tmp_path / "cache", images[:2], 16)
     with open(tmp_path / "cache" / "16px" / "pixels.u8", "ab") as fh:
         fh.write(b"\x07" * 100)  # bytes of a run that died before updating the index
-    ds.save(CacheRequest(images, 16, workers=1))
-    cache = ds.load()["open"](16)
+    cache = decode(tmp_path / "cache", images, 16)
     assert (tmp_path / "cache" / "16px" / "pixels.u8").stat().st_size == 5 * 16 * 16
-    assert [int(cache.pixels()[r, 0, 0]) for r in cache.rows(images)] == [0, 40, 80, 120, 160]
+    assert [int(px[0, 0]) for px in cache.images(images)] == [0, 40, 80, 120, 160]
+
+
+def test_every_saved_chunk_survives_a_run_that_dies_later(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(dp, "CHUNK_BYTES", 1)  # the smallest chunks: 64 images each
+    copies = []
+    for i, p in enumerate(images * 30):  # 150 distinct files
+        copy = tmp_path / "many" / f"{i}.png"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(open(p, "rb").read())
+        copies.append(str(copy))
+    dataset = PixelCacheDataset(str(tmp_path / "cache"), image_size=16)
+    chunks = dp.decode_images(resolved(copies), dataset.load(), 16, base_params("data_processing", workers=1))
+    dataset.save(next(chunks))  # the run dies after its first chunk
+    assert len(dataset.load().index) == 64
+    decode_again = decode(tmp_path / "cache", copies, 16)
+    assert len(decode_again.index) == 150 and decode_again.pixels().shape[0] == 150
 
 
 def test_failures_are_recorded_not_cached(tmp_path, images):
     bad = tmp_path / "src" / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    ds = PixelCacheDataset(str(tmp_path / "cache"))
-    ds.save(CacheRequest([*images, str(bad)], 16, workers=1))
-    cache = ds.load()["open"](16)
+    cache = decode(tmp_path / "cache", [*images, str(bad)], 16)
     assert len(cache.index) == 5
     assert cache.failures["source"].tolist() == [str(bad)]
     with pytest.raises(KeyError, match="not in the 16px pixel cache"):
@@ -84,8 +108,12 @@ def test_failures_are_recorded_not_cached(tmp_path, images):
 
 
 def test_parallel_decoding_matches_serial(tmp_path, images):
-    a, b = PixelCacheDataset(str(tmp_path / "a")), PixelCacheDataset(str(tmp_path / "b"))
-    a.save(CacheRequest(images * 4, 16, workers=1))
-    b.save(CacheRequest(images * 4, 16, workers=2))
-    ca, cb = a.load()["open"](16), b.load()["open"](16)
-    assert np.array_equal(ca.pixels()[ca.rows(images)], cb.pixels()[cb.rows(images)])
+    a = decode(tmp_path / "a", images * 4, 16, workers=1)
+    b = decode(tmp_path / "b", images * 4, 16, workers=2)
+    assert np.array_equal(a.images(images), b.images(images))
+
+
+def test_a_chunk_of_another_size_is_refused(tmp_path):
+    dataset = PixelCacheDataset(str(tmp_path / "cache"), image_size=16)
+    with pytest.raises(Exception, match="32px chunk cannot go into the 16px pixel cache"):
+        dataset.save(DecodedChunk.empty(32))

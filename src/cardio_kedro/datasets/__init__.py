@@ -1,20 +1,25 @@
-"""Custom Kedro datasets of the project."""
+"""Custom Kedro datasets of the project: they store and load; nodes do the work."""
 
-from .cohort_dataset import CohortDataset
+from .cohort import BoxListDataset, ImageFileIndexDataset, LabelTableDataset, OfficialSplitDataset
 from .figure_dataset import FigureDataset
 from .image_folder_dataset import ImageFolderDataset, PngFolderDataset
 from .inference_model_dataset import InferenceModelDataset
 from .keras_model_dataset import KerasModelDataset
-from .pixel_cache_dataset import CacheRequest, PixelCache, PixelCacheDataset
+from .mlflow_artifact_dataset import VersionedMlflowArtifactDataset
+from .pixel_cache_dataset import DecodedChunk, PixelCache, PixelCacheDataset
 
 __all__ = [
-    "CacheRequest",
-    "CohortDataset",
+    "BoxListDataset",
+    "DecodedChunk",
     "FigureDataset",
+    "ImageFileIndexDataset",
     "ImageFolderDataset",
     "InferenceModelDataset",
     "KerasModelDataset",
+    "LabelTableDataset",
+    "OfficialSplitDataset",
     "PixelCache",
     "PixelCacheDataset",
     "PngFolderDataset",
+    "VersionedMlflowArtifactDataset",
 ]

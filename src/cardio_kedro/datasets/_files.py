@@ -1,19 +1,20 @@
-"""File helpers shared by the project's datasets."""
+"""File helpers shared by the project's datasets: every write lands whole or not at all."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 @contextmanager
-def atomic_file(path: Path, suffix: str) -> Iterator[str]:
+def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[str]:
     """Yield a temporary name next to ``path``; it becomes ``path`` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
         yield tmp
@@ -21,6 +22,41 @@ def atomic_file(path: Path, suffix: str) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; its entries move into ``path`` only if the block succeeds.
+
+    An entry of ``path`` with the same name as one written is replaced; other entries stay.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        if not path.exists():
+            tmp.rename(path)
+            return
+        for entry in tmp.iterdir():
+            target = path / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            entry.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_files(root: Path, files: Iterable[tuple[str, bytes]]) -> int:
+    """Write ``(relative path, bytes)`` pairs under ``root``; returns how many."""
+    n = 0
+    for rel, payload in files:
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(payload)
+        n += 1
+    return n
 
 
 def version_exists(dataset) -> bool:

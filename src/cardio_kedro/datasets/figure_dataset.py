@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractVersionedDataset, Version
+from kedro_datasets._typing import ImagePreview
 
 from ._files import atomic_file, version_exists
 
@@ -29,6 +31,10 @@ class FigureDataset(AbstractVersionedDataset[Any, bytes]):
 
     def _load(self) -> bytes:
         return Path(self._get_load_path()).read_bytes()
+
+    def preview(self) -> ImagePreview:
+        """The latest PNG, base64-encoded: kedro viz shows it in the dataset's panel."""
+        return ImagePreview(base64.b64encode(self._load()).decode())
 
     def _save(self, figure) -> None:
         import matplotlib.pyplot as plt

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 
-from ._files import version_exists
+from cardio_kedro.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+from ._files import atomic_folder, version_exists, write_files
+
+SCORED_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 
 
 class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
@@ -35,7 +35,7 @@ class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
             Path(root) / name
             for root, _, names in os.walk(self._path)
             for name in names
-            if name.lower().endswith(IMAGE_SUFFIXES) or "." not in name
+            if name.lower().endswith(SCORED_SUFFIXES) or "." not in name
         )
         return pd.DataFrame({"file": [str(f.relative_to(self._path)) for f in files], "path": [str(f) for f in files]})
 
@@ -58,17 +58,8 @@ class PngFolderDataset(AbstractVersionedDataset[dict, dict]):
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 
     def _save(self, images: dict) -> None:
-        target = Path(self._get_save_path())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent))
-        try:
-            for name, png in images.items():
-                out = tmp / name
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(png)
-            tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(Path(self._get_save_path())) as tmp:
+            write_files(tmp, images.items())
 
     def _exists(self) -> bool:
         return version_exists(self)

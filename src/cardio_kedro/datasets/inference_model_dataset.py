@@ -41,8 +41,6 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
         return {"model_path": str(self._model_path), "model_uri": self._model_uri}
 
     def _load(self) -> dict:
-        import cardio_kedro.pipelines.model_training.model  # noqa: F401 - registers the custom layers
-
         if self._model_uri:
             return self._load_mlflow()
         version = _latest_version(self._model_path)
@@ -51,9 +49,9 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
                 f"No trained model in {self._model_path}: run 'kedro run --pipeline=training' first "
                 "or pass --params=model_uri=models:/<finding>-classifier/<version>"
             )
-        import keras
+        from cardio_kedro.modeling import load_model
 
-        model = keras.saving.load_model(str(version / self._model_path.name), safe_mode=True)
+        model = load_model(version / self._model_path.name)
         metrics_file = self._metrics_path / version.name / self._metrics_path.name
         if not metrics_file.is_file():
             latest = _latest_version(self._metrics_path)
@@ -68,6 +66,8 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
     def _load_mlflow(self) -> dict:
         import mlflow
         from mlflow.tracking import MlflowClient
+
+        import cardio_kedro.modeling.layers  # noqa: F401 - registers the custom layers for mlflow.keras
 
         client = MlflowClient()
         uri = self._model_uri

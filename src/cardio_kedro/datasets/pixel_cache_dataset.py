@@ -1,10 +1,13 @@
 """Decoded-once pixel cache: every image as ``size`` x ``size`` uint8, memory-mappable.
 
 Layout under ``path``: one folder per image size (``64px/``, ``224px/`` ...) holding ``pixels.u8``
-(rows of ``size * size`` bytes, append-only) and ``index.parquet`` (source file, row, source shape,
-file size and mtime). The index is replaced atomically after the pixels are flushed, so an
-interrupted run leaves the previous index valid and its extra bytes are cut off on the next write.
-A source file is decoded again only if it is new, changed (size or mtime) or the image size changes.
+(rows of ``size * size`` bytes, append-only), ``index.parquet`` (source file, row, source shape,
+file size and mtime) and ``failures.parquet`` (files that could not be decoded, with the reason).
+
+The dataset only stores and loads: the ``decode_images`` node decodes and yields
+``DecodedChunk``s, and every ``save`` appends one chunk. The pixels are flushed before the index is
+replaced (atomically), so an interrupted run keeps every chunk saved so far and the next run
+decodes only what is missing; bytes a dying run wrote past the index are cut off.
 """
 
 from __future__ import annotations
@@ -17,37 +20,46 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kedro.io import AbstractDataset
+from kedro.io import AbstractDataset, DatasetError
 
-from cardio_kedro.imaging import ImageError, load_gray
-from cardio_kedro.parallel import imap_progress
+from ._files import atomic_file
 
 logger = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["source", "row", "src_height", "src_width", "nbytes", "mtime_ns"]
+FAILURE_COLUMNS = ["source", "reason", "detail"]
 
 
 @dataclass
-class CacheRequest:
-    """What a node asks the cache to hold: these source files at this size (decoded lazily on save)."""
+class DecodedChunk:
+    """Images decoded at ``size`` px, ready to append to the cache, and the files that failed."""
 
-    sources: list[str]
     size: int
-    workers: int | None = None
+    sources: list[str]
+    pixels: np.ndarray  # (n, size, size) uint8
+    src_shapes: np.ndarray  # (n, 2) source height, width
+    stamps: np.ndarray  # (n, 2) source file size, mtime_ns
+    failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILURE_COLUMNS))
+
+    def __post_init__(self) -> None:
+        n = len(self.sources)
+        if self.pixels.shape != (n, self.size, self.size) or self.pixels.dtype != np.uint8:
+            raise ValueError(f"expected {n} uint8 rows of {self.size}x{self.size}, got {self.pixels.shape}")
+
+    @classmethod
+    def empty(cls, size: int) -> DecodedChunk:
+        """A chunk with nothing in it (decoding found the cache complete)."""
+        return cls(size, [], np.zeros((0, size, size), np.uint8), np.zeros((0, 2), int), np.zeros((0, 2), int))
 
 
 @dataclass
 class PixelCache:
     """Read access to the cache at one image size."""
 
-    root: Path
+    folder: Path
     size: int
     index: pd.DataFrame = field(repr=False)
     failures: pd.DataFrame = field(repr=False)
-
-    @property
-    def folder(self) -> Path:
-        return self.root / f"{self.size}px"
 
     def pixels(self) -> np.ndarray:
         """The whole cache as a read-only ``(rows, size, size)`` uint8 memory map."""
@@ -68,126 +80,89 @@ class PixelCache:
             )
         return lookup.loc[sources].to_numpy(np.int64)
 
+    def images(self, sources: pd.Series | list[str]) -> np.ndarray:
+        """The cached ``(n, size, size)`` pixels of the given source files, in their order."""
+        return np.asarray(self.pixels()[self.rows(sources)])
 
-def _file_stamp(source: str) -> tuple[int, int]:
-    st = os.stat(source)
-    return st.st_size, st.st_mtime_ns
+    def source_shapes(self, sources: pd.Series | list[str]) -> np.ndarray:
+        """``(n, 2)`` height and width of the source images before resizing."""
+        shapes = self.index.set_index("source")[["src_height", "src_width"]]
+        return shapes.loc[list(sources)].to_numpy()
 
-
-_FDS: dict[str, int] = {}
-
-
-def _decode_into(job: tuple[str, int, int, str]) -> tuple[str, int, tuple[int, int], str]:
-    """Worker: decode one image and write it straight into its row of ``pixels.u8``.
-
-    Writing in the worker (``os.pwrite`` at a preassigned offset) keeps the pixels off the
-    inter-process pipe and the parent free, which is what lets decoding scale with the cores.
-    """
-    source, size, row, target = job
-    try:
-        pixels, shape = load_gray(source, size)
-    except ImageError as exc:
-        return source, row, (0, 0), f"{exc.reason}|{exc}"
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a data-quality entry
-        return source, row, (0, 0), f"corrupt|{source}: {exc}"
-    fd = _FDS.get(target)
-    if fd is None:
-        fd = _FDS[target] = os.open(target, os.O_WRONLY)
-    os.pwrite(fd, np.ascontiguousarray(pixels, np.uint8).tobytes(), row * size * size)
-    return source, row, shape, ""
+    def is_current(self, sources: pd.Series, nbytes: pd.Series, mtime_ns: pd.Series) -> np.ndarray:
+        """Which sources are cached from a file of this size and modification time (no decode needed)."""
+        stamps = self.index.set_index("source")[["nbytes", "mtime_ns"]]
+        known = stamps.reindex(pd.Index(sources))
+        return (
+            (known["nbytes"].to_numpy() == np.asarray(nbytes)) & (known["mtime_ns"].to_numpy() == np.asarray(mtime_ns))
+        ).astype(bool)
 
 
-class PixelCacheDataset(AbstractDataset[CacheRequest, dict]):
-    """Catalog entry for the pixel cache; ``load`` gives a size -> ``PixelCache`` accessor."""
+def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=columns)
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_file(path, ".parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+class PixelCacheDataset(AbstractDataset[DecodedChunk, PixelCache]):
+    """The pixel cache at ``image_size`` px: ``load`` gives a ``PixelCache``, ``save`` appends a ``DecodedChunk``."""
+
+    def __init__(self, path: str, image_size: int, metadata: dict[str, Any] | None = None):
         self._root = Path(path)
+        self._size = int(image_size)
         self.metadata = metadata
 
+    @property
+    def folder(self) -> Path:
+        return self._root / f"{self._size}px"
+
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._root)}
+        return {"path": str(self._root), "image_size": self._size}
 
     def _exists(self) -> bool:
-        return self._root.is_dir()
+        return (self.folder / "index.parquet").is_file()
 
-    def open(self, size: int) -> PixelCache:
-        """The cache at ``size`` px (empty if nothing was cached at that size yet)."""
-        folder = self._root / f"{size}px"
-        index_file, failures_file = folder / "index.parquet", folder / "failures.parquet"
-        index = pd.read_parquet(index_file) if index_file.is_file() else pd.DataFrame(columns=INDEX_COLUMNS)
-        failures = (
-            pd.read_parquet(failures_file)
-            if failures_file.is_file()
-            else pd.DataFrame(columns=["source", "reason", "detail"])
+    def _load(self) -> PixelCache:
+        return PixelCache(
+            self.folder,
+            self._size,
+            _read(self.folder / "index.parquet", INDEX_COLUMNS),
+            _read(self.folder / "failures.parquet", FAILURE_COLUMNS),
         )
-        return PixelCache(self._root, size, index, failures)
 
-    def _load(self) -> dict:
-        return {"open": self.open, "root": str(self._root)}
-
-    def _save(self, request: CacheRequest) -> None:
-        cache = self.open(request.size)
-        folder = cache.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        index = cache.index.set_index("source", drop=False)
-        todo = []
-        for source in dict.fromkeys(request.sources):
-            try:
-                stamp = _file_stamp(source)
-            except OSError:
-                stamp = (-1, -1)
-            if source in index.index and tuple(index.loc[source, ["nbytes", "mtime_ns"]]) == stamp:
-                continue
-            todo.append((source, stamp))
-        logger.info(
-            "Pixel cache %s: %d of %d image(s) already decoded, %d to decode",
-            folder,
-            len(request.sources) - len(todo),
-            len(request.sources),
-            len(todo),
-        )
-        if not todo:
+    def _save(self, chunk: DecodedChunk) -> None:
+        if chunk.size != self._size:
+            raise DatasetError(f"A {chunk.size}px chunk cannot go into the {self._size}px pixel cache at {self.folder}")
+        cache = self._load()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not chunk.sources and chunk.failures.empty:  # nothing new: leave the files as they are
+            if not self._exists():
+                _write(cache.index, self.folder / "index.parquet")
             return
-        n_rows = int(index["row"].max()) + 1 if len(index) else 0
-        row_bytes = request.size * request.size
-        target = folder / "pixels.u8"
+        n_rows = int(cache.index["row"].max()) + 1 if len(cache.index) else 0
+        target = self.folder / "pixels.u8"
         with target.open("ab") as fh:
-            fh.truncate(n_rows * row_bytes)  # drop bytes an interrupted run left past the index
-            fh.truncate((n_rows + len(todo)) * row_bytes)  # one preassigned row per image to decode
-        stamps = dict(todo)
-        jobs = [(source, request.size, n_rows + i, str(target)) for i, (source, _) in enumerate(todo)]
-        new_rows, failures = [], []
-        results = imap_progress(
-            _decode_into,
-            jobs,
-            total=len(jobs),
-            what=f"Decoding images to {request.size}px",
-            workers=request.workers,
+            fh.truncate(n_rows * self._size * self._size)  # bytes a dying run wrote past the index
+            fh.write(np.ascontiguousarray(chunk.pixels).tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        new = pd.DataFrame(
+            {
+                "source": chunk.sources,
+                "row": np.arange(n_rows, n_rows + len(chunk.sources), dtype=np.int64),
+                "src_height": chunk.src_shapes[:, 0].astype(np.int64),
+                "src_width": chunk.src_shapes[:, 1].astype(np.int64),
+                "nbytes": chunk.stamps[:, 0].astype(np.int64),
+                "mtime_ns": chunk.stamps[:, 1].astype(np.int64),
+            }
         )
-        for source, row, shape, error in results:
-            if error:
-                reason, detail = error.split("|", 1)
-                failures.append({"source": source, "reason": reason, "detail": detail})
-                continue
-            nbytes, mtime = stamps[source]
-            new_rows.append([source, row, shape[0], shape[1], nbytes, mtime])
-        in_process_fd = _FDS.pop(str(target), None)  # workers=1 decodes in this process
-        if in_process_fd is not None:
-            os.close(in_process_fd)
-        fd = os.open(target, os.O_WRONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        new_index = pd.DataFrame(new_rows, columns=INDEX_COLUMNS)
-        kept = cache.index[~cache.index["source"].isin(new_index["source"])]
-        merged = pd.concat([kept, new_index], ignore_index=True) if len(kept) else new_index
-        merged = merged.astype({"row": "int64", "src_height": "int64", "src_width": "int64"})
-        _atomic_parquet(merged, folder / "index.parquet")
-        _atomic_parquet(pd.DataFrame(failures, columns=["source", "reason", "detail"]), folder / "failures.parquet")
-
-
-def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+        kept = cache.index[~cache.index["source"].isin(new["source"])]
+        _write(pd.concat([kept, new], ignore_index=True) if len(kept) else new, self.folder / "index.parquet")
+        touched = set(chunk.sources) | set(chunk.failures["source"])
+        old_failures = cache.failures[~cache.failures["source"].isin(touched)]
+        parts = [f for f in (old_failures, chunk.failures) if len(f)]
+        failures = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FAILURE_COLUMNS)
+        _write(failures.astype(str), self.folder / "failures.parquet")

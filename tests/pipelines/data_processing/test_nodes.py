@@ -4,19 +4,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardio_kedro.datasets import CacheRequest, CohortDataset, PixelCacheDataset
+from cardio_kedro.datasets import ImageFileIndexDataset, LabelTableDataset, PixelCacheDataset
 from cardio_kedro.pipelines.data_processing.nodes import (
     build_quality_report,
     check_disjoint_patients,
     clean_metadata,
-    keep_decoded,
+    decode_images,
     rebalance,
-    request_pixel_cache,
     resolve_image_files,
+    select_decoded_images,
     split_by_patient,
 )
+from tests.helpers import base_params
 
-PARAMS = {"max_plausible_age": 100, "workers": 1}
+PARAMS = base_params("data_processing", workers=1)
+SPLIT = base_params("data_processing", split={"seed": 1})["split"]
+REBALANCE = base_params("data_processing", rebalance={"seed": 0})["rebalance"]
 
 
 def _table(n_patients=200, pos_share=0.2, images_per_patient=2, seed=0):
@@ -38,49 +41,58 @@ def _table(n_patients=200, pos_share=0.2, images_per_patient=2, seed=0):
     return pd.DataFrame(rows)
 
 
+def _labels(cohort_dir):
+    return LabelTableDataset(str(cohort_dir / "Data_Entry_2017.csv")).load()
+
+
 def test_clean_metadata_types_target_and_age_rule(phantom_cohort_dir):
-    cohort = CohortDataset(str(phantom_cohort_dir)).load()
-    cohort["metadata"].loc[0, "Patient Age"] = "148"
-    cohort["metadata"].loc[1, "Finding Labels"] = "Effusion|Mystery_Finding"
-    clean, report = clean_metadata(cohort, "Cardiomegaly", PARAMS)
+    labels = _labels(phantom_cohort_dir)
+    labels.loc[0, "Patient Age"] = "148"
+    labels.loc[1, "Finding Labels"] = "Effusion|Mystery_Finding"
+    clean, report = clean_metadata(labels, "Cardiomegaly", PARAMS)
     assert clean["patient_id"].dtype == "int64" and clean["target"].isin([0, 1]).all()
     assert np.isnan(clean.loc[0, "age"]) and clean.loc[0, "age_implausible"]
     assert report["implausible_ages"] == 1 and report["unknown_labels"] == ["Mystery_Finding"]
-    expected = cohort["metadata"]["Finding Labels"].str.split("|").apply(lambda s: "Cardiomegaly" in s)
+    expected = labels["Finding Labels"].str.split("|").apply(lambda s: "Cardiomegaly" in s)
     assert (clean["target"] == expected.astype(int)).all()
-    effusion, _ = clean_metadata(cohort, "Effusion", PARAMS)
+    effusion, _ = clean_metadata(labels, "Effusion", PARAMS)
     assert effusion.loc[1, "target"] == 1
-    assert effusion["target"].sum() == cohort["metadata"]["Finding Labels"].str.contains("Effusion").sum()
+    assert effusion["target"].sum() == labels["Finding Labels"].str.contains("Effusion").sum()
 
 
 def test_unknown_target_finding_is_refused(phantom_cohort_dir):
-    cohort = CohortDataset(str(phantom_cohort_dir)).load()
     with pytest.raises(ValueError, match="not an NIH finding"):
-        clean_metadata(cohort, "Cardiomegally", PARAMS)
+        clean_metadata(_labels(phantom_cohort_dir), "Cardiomegally", PARAMS)
 
 
-def test_resolve_cache_and_quality_report(phantom_cohort_dir, tmp_path):
-    cohort = CohortDataset(str(phantom_cohort_dir)).load()
-    clean, labels = clean_metadata(cohort, "Cardiomegaly", PARAMS)
-    del cohort["files"][clean.loc[0, "image_index"]]  # a row whose PNG is missing
-    resolved, problems = resolve_image_files(clean, cohort, PARAMS)
+def test_resolve_decode_select_and_quality_report(phantom_cohort_dir, tmp_path):
+    clean, labels = clean_metadata(_labels(phantom_cohort_dir), "Cardiomegaly", PARAMS)
+    files = ImageFileIndexDataset(str(phantom_cohort_dir)).load()
+    files = files[files["image_index"] != clean.loc[0, "image_index"]]  # a row whose PNG is missing
+    resolved, problems = resolve_image_files(clean, files, PARAMS)
     assert len(resolved) == len(clean) - 1 and problems["reason"].tolist() == ["missing"]
-    request = request_pixel_cache(resolved, 32, PARAMS)
-    assert isinstance(request, CacheRequest) and request.size == 32
-    ds = PixelCacheDataset(str(tmp_path / "cache"))
-    ds.save(request)
-    decoded, dropped = keep_decoded(resolved, ds.load(), 32, problems)
+    assert (resolved["nbytes"] > 0).all() and (resolved["mtime_ns"] > 0).all()
+    cache = PixelCacheDataset(str(tmp_path / "cache"), image_size=32)
+    for chunk in decode_images(resolved, cache.load(), 32, PARAMS):
+        cache.save(chunk)
+    decoded, dropped = select_decoded_images(resolved, cache.load(), problems)
     assert len(decoded) == len(resolved) and decoded["src_width"].eq(64).all()
+    assert "nbytes" not in decoded
     report = build_quality_report(labels, dropped, decoded)
     assert report["dropped_by_reason"]["missing"]["count"] == 1
     assert report["dropped_by_reason"]["missing"]["examples"] == [clean.loc[0, "image_index"]]
     assert report["usable_images"] == len(decoded)
 
 
+def test_image_size_that_differs_from_the_cache_entry_is_refused(tmp_path):
+    cache = PixelCacheDataset(str(tmp_path / "cache"), image_size=32)
+    with pytest.raises(ValueError, match="globals.yml"):
+        next(decode_images(pd.DataFrame(columns=["path", "nbytes", "mtime_ns"]), cache.load(), 64, PARAMS))
+
+
 def test_patient_wise_split_is_disjoint_stratified_and_seeded():
     table = _table()
-    params = {"fractions": {"train": 0.7, "validation": 0.1, "test": 0.2}, "seed": 1}
-    train, val, test = split_by_patient(table, {}, "Cardiomegaly", params)
+    train, val, test = split_by_patient(table, {}, "Cardiomegaly", SPLIT)
     check_disjoint_patients(train, val, test)
     assert len(train) + len(val) + len(test) == len(table)
     n_patients = table["patient_id"].nunique()
@@ -88,9 +100,9 @@ def test_patient_wise_split_is_disjoint_stratified_and_seeded():
     for part in (train, val, test):  # each split keeps the positive-patient share
         share = part.groupby("patient_id")["target"].max().mean()
         assert abs(share - table.groupby("patient_id")["target"].max().mean()) < 0.06
-    again = split_by_patient(table, {}, "Cardiomegaly", params)
+    again = split_by_patient(table, {}, "Cardiomegaly", SPLIT)
     assert again[2]["image_index"].tolist() == test["image_index"].tolist()
-    other = split_by_patient(table, {}, "Cardiomegaly", {**params, "seed": 2})
+    other = split_by_patient(table, {}, "Cardiomegaly", {**SPLIT, "seed": 2})
     assert other[2]["image_index"].tolist() != test["image_index"].tolist()
 
 
@@ -104,27 +116,26 @@ def test_too_few_positive_patients_is_a_clear_error():
     table = _table(50, pos_share=0.0)
     table.loc[0, "target"] = 1
     with pytest.raises(ValueError, match="only 1 patient"):
-        split_by_patient(table, {}, "Cardiomegaly", {"seed": 0})
+        split_by_patient(table, {}, "Cardiomegaly", SPLIT)
 
 
 def test_official_split_uses_nih_lists():
     table = _table(40)
     test_ids = table.loc[table["patient_id"] <= 10, "image_index"].tolist()
-    cohort = {
-        "official_split": {"test": test_ids, "train_val": table.loc[table["patient_id"] > 10, "image_index"].tolist()}
-    }
+    official = {"test": test_ids, "train_val": table.loc[table["patient_id"] > 10, "image_index"].tolist()}
     table.loc[table["patient_id"].isin([1, 11, 12, 13]), "target"] = 1
-    train, val, test = split_by_patient(table, cohort, "Cardiomegaly", {"method": "official", "seed": 0})
+    params = {**SPLIT, "method": "official"}
+    train, val, test = split_by_patient(table, official, "Cardiomegaly", params)
     assert sorted(test["image_index"]) == sorted(test_ids)
     check_disjoint_patients(train, val, test)
     with pytest.raises(ValueError, match="train_val_list.txt"):
-        split_by_patient(table, {"official_split": None}, "Cardiomegaly", {"method": "official"})
+        split_by_patient(table, {}, "Cardiomegaly", params)
 
 
 def test_rebalance_to_three_negatives_per_positive_matching_sex():
     train, val = _table(400, seed=3), _table(100, seed=4)
     train.loc[train["target"] == 1, "sex"] = np.where(np.arange((train["target"] == 1).sum()) % 4 == 0, "F", "M")
-    tb, vb, weights = rebalance(train, val, {"strategy": "undersample", "neg_per_pos": 3, "seed": 0})
+    tb, vb, weights = rebalance(train, val, REBALANCE)
     for before, after in ((train, tb), (val, vb)):
         assert after["target"].sum() == before["target"].sum()
         assert (after["target"] == 0).sum() == 3 * after["target"].sum()
@@ -137,8 +148,9 @@ def test_rebalance_to_three_negatives_per_positive_matching_sex():
 
 def test_class_weight_strategy_keeps_everything():
     train, val = _table(200, seed=5), _table(50, seed=6)
-    tb, vb, weights = rebalance(train, val, {"strategy": "class_weight"})
+    tb, vb, weights = rebalance(train, val, {**REBALANCE, "strategy": "class_weight"})
     assert len(tb) == len(train) and len(vb) == len(val)
+    assert sorted(tb["image_index"]) == sorted(train["image_index"])
     pos = train["target"].mean()
     assert weights["class_weight"]["1"] == pytest.approx(0.5 / pos)
     assert weights["class_weight"]["0"] == pytest.approx(0.5 / (1 - pos))

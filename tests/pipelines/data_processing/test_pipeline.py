@@ -7,14 +7,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cardio_kedro.datasets.cohort_dataset import read_metadata
+from cardio_kedro.datasets.cohort import read_label_table
 from cardio_kedro.pipelines.data_processing.nodes import (
     check_disjoint_patients,
     clean_metadata,
     rebalance,
     split_by_patient,
 )
-from tests.conftest import make_phantom_cohort, run_pipeline
+from tests.helpers import base_params, make_phantom_cohort, run_pipeline
 
 
 def latest(project: Path, pattern: str) -> Path:
@@ -25,8 +25,9 @@ def latest(project: Path, pattern: str) -> Path:
 
 
 def test_real_nih_metadata_splits_by_patient_and_rebalances_3_to_1(shared_nih):
-    raw = read_metadata(shared_nih / "Data_Entry_2017_v2020.csv.gz")
-    clean, report = clean_metadata({"metadata": raw}, "Cardiomegaly", {"max_plausible_age": 100})
+    raw = read_label_table(shared_nih / "Data_Entry_2017_v2020.csv.gz")
+    params = base_params("data_processing")
+    clean, report = clean_metadata(raw, "Cardiomegaly", params)
     assert len(clean) == 112_120
     assert clean["patient_id"].nunique() == 30_805
     assert int(clean["target"].sum()) == 2_776
@@ -34,15 +35,16 @@ def test_real_nih_metadata_splits_by_patient_and_rebalances_3_to_1(shared_nih):
     assert report["implausible_ages"] == int((pd.to_numeric(raw["Patient Age"]) > 100).sum())
     assert report["unknown_labels"] == []
     clean["path"] = clean["image_index"]
-    train, val, test = split_by_patient(clean, {}, "Cardiomegaly", {"seed": 42})
+    train, val, test = split_by_patient(clean, {}, "Cardiomegaly", params["split"])
     check_disjoint_patients(train, val, test)
     assert len(train) + len(val) + len(test) == 112_120
-    train_b, val_b, _ = rebalance(train, val, {"neg_per_pos": 3, "seed": 42})
+    train_b, val_b, _ = rebalance(train, val, params["rebalance"])
     assert (train_b["target"] == 0).sum() == 3 * train_b["target"].sum()
     assert train_b["target"].sum() == train["target"].sum()
     assert abs(test["target"].mean() - 2_776 / 112_120) < 0.005  # natural prevalence kept
 
 
+@pytest.mark.slow
 def test_real_nih_images_run_through_data_processing(shared_nih, tiny_project):
     sample = shared_nih / "sample"
     run_pipeline(tiny_project, "data_processing", runtime_params={"cohort_dir": str(sample)})
@@ -60,6 +62,7 @@ def test_real_nih_images_run_through_data_processing(shared_nih, tiny_project):
     assert not (sample / "Data_Entry_2017.csv").with_name("pixels.u8").exists()  # nothing written into shared/
 
 
+@pytest.mark.slow
 def test_bad_files_become_quality_entries(tiny_project, phantom_cohort_dir):
     cohort = tiny_project / "bad_cohort"
     shutil.copytree(phantom_cohort_dir, cohort)
@@ -76,12 +79,13 @@ def test_bad_files_become_quality_entries(tiny_project, phantom_cohort_dir):
     assert not set(table["image_index"]) & {p.name for p in pngs[:3]}
 
 
+@pytest.mark.slow
 def test_missing_csv_or_column_fails_clearly_and_writes_nothing(tiny_project, tmp_path):
     from kedro.io import DatasetError
 
     empty = tmp_path / "empty_cohort"
     empty.mkdir()
-    with pytest.raises(DatasetError, match="Data_Entry_2017.csv"):
+    with pytest.raises(DatasetError, match="no Data_Entry_2017.csv in it"):
         run_pipeline(tiny_project, "data_processing", runtime_params={"cohort_dir": str(empty)})
     (empty / "Data_Entry_2017.csv").write_text("Image Index,Finding Labels,Patient ID\nx.png,No Finding,1\n")
     with pytest.raises(DatasetError, match="Patient Age"):
@@ -89,6 +93,7 @@ def test_missing_csv_or_column_fails_clearly_and_writes_nothing(tiny_project, tm
     assert not list((tiny_project / "data").rglob("*.parquet"))
 
 
+@pytest.mark.slow
 def test_too_few_positives_fails_before_any_split_is_written(tiny_project, tmp_path):
     cohort = tmp_path / "rare"
     make_phantom_cohort(cohort, n_patients=12, prevalence=0.08, seed=1)
@@ -97,6 +102,7 @@ def test_too_few_positives_fails_before_any_split_is_written(tiny_project, tmp_p
     assert not list((tiny_project / "data").glob("05_model_input/*_split.parquet/*/*"))
 
 
+@pytest.mark.slow
 def test_other_split_parameters_do_not_decode_again(tiny_project, phantom_cohort_dir):
     params = {"cohort_dir": str(phantom_cohort_dir)}
     run_pipeline(tiny_project, "data_processing", runtime_params=params)

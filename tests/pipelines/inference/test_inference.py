@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 from kedro.io import DatasetError
 
-from tests.conftest import free_port, run_pipeline, serve
+from tests.helpers import free_port, run_pipeline, serve
+
+pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
 
 
 def _latest(project: Path, pattern: str) -> Path:

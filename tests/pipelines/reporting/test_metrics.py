@@ -5,8 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cardio_kedro.modeling import predict_with_attention
 from cardio_kedro.pipelines.reporting.metrics import bootstrap_auc, choose_threshold, rates_at
-from cardio_kedro.pipelines.reporting.nodes import _attention_maps, evaluation_metrics, localization_scores
+from cardio_kedro.pipelines.reporting.nodes import evaluation_metrics, headline_metrics, localization_scores
+from tests.helpers import base_params
 
 
 def test_auc_perfect_inverted_and_constant():
@@ -48,10 +50,10 @@ def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n():
 def test_threshold_methods():
     y = np.array([0, 0, 0, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.85, 0.5, 0.8, 0.9])
-    assert choose_threshold(y, p, "youden") == pytest.approx(0.5)  # J = 1 - 1/3
+    assert choose_threshold(y, p, "youden", 0.9) == pytest.approx(0.5)  # J = 1 - 1/3
     assert choose_threshold(y, p, "sensitivity", 0.6) == pytest.approx(0.8)  # highest t with TPR >= 0.6
     with pytest.raises(ValueError, match="youden"):
-        choose_threshold(y, p, "best")
+        choose_threshold(y, p, "best", 0.9)
 
 
 def _predictions(seed, n=400):
@@ -71,21 +73,30 @@ def _predictions(seed, n=400):
 
 def test_threshold_comes_from_validation_not_test():
     val, test = _predictions(1), _predictions(2)
-    params = {"n_bootstrap": 20, "threshold": {"method": "youden"}}
+    params = base_params("reporting", n_bootstrap=20, threshold={"method": "youden"})
     a = evaluation_metrics(val, test, params)
     flipped = test.assign(target=1 - test["target"])  # test labels must not move the threshold
     b = evaluation_metrics(val, flipped, params)
     assert a["threshold"]["value"] == b["threshold"]["value"]
-    assert a["threshold"]["value"] == choose_threshold(val["target"], val["probability"])
+    assert a["threshold"]["value"] == choose_threshold(val["target"], val["probability"], "youden", 0.9)
     assert a["test"]["roc_auc"]["auc"] == pytest.approx(1 - b["test"]["roc_auc"]["auc"])
     assert a["test_rebalanced_3to1"]["n_images"] == 4 * a["test"]["n_positive"]
     assert set(a["subgroups"]) == {"sex", "view", "age"}
 
 
+def test_headline_metrics_are_flat_mlflow_metrics():
+    metrics = evaluation_metrics(_predictions(1), _predictions(2), base_params("reporting", n_bootstrap=20))
+    flat = headline_metrics(metrics)
+    assert flat["test_auc"] == {"value": metrics["test"]["roc_auc"]["auc"], "step": 0}
+    assert flat["threshold"]["value"] == metrics["threshold"]["value"]
+    assert "test_rebalanced_3to1_auc" in flat and "subgroup_age_lt40_auc" in flat
+    assert all(set(v) == {"value", "step"} for v in flat.values())
+
+
 def test_small_subgroups_are_not_scored():
     val, test = _predictions(1), _predictions(2)
     test.loc[test.index[:3], "view"] = "LL"
-    out = evaluation_metrics(val, test, {"n_bootstrap": 10})
+    out = evaluation_metrics(val, test, base_params("reporting", n_bootstrap=10))
     assert out["subgroups"]["view"]["LL"]["auc"] is None
     assert out["subgroups"]["view"]["LL"]["note"] == "n too small"
 
@@ -110,7 +121,7 @@ def test_heat_maps_align_with_the_image():
     images = np.zeros((2, 32, 32), np.uint8)
     images[0, 4:8, 24:28] = 255  # top right
     images[1, 24:28, 4:8] = 255  # bottom left
-    maps = _attention_maps(model, images, 32)
+    _, maps = predict_with_attention(model, images)
     assert maps.shape == (2, 32, 32)
     for img, m in zip(images, maps, strict=True):
         py, px = np.unravel_index(np.argmax(m), m.shape)

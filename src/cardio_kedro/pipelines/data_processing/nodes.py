@@ -1,68 +1,81 @@
-"""Nodes of the data_processing pipeline: metadata, image files, pixel cache, splits, rebalancing."""
+"""Nodes of the data_processing pipeline: metadata, image files, decoding, splits, rebalancing."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cardio_kedro.datasets.pixel_cache_dataset import CacheRequest
-from cardio_kedro.imaging import ImageError, check_image_file
+from cardio_kedro.config import DataProcessingParams, RebalanceParams, SplitParams
+from cardio_kedro.datasets import DecodedChunk, PixelCache
+from cardio_kedro.imaging import check_file, try_load_gray
+from cardio_kedro.nih import NIH_FINDINGS, NO_FINDING
 from cardio_kedro.parallel import imap_progress
-from cardio_kedro.phantoms import NIH_FINDINGS
+from cardio_kedro.sampling import undersample
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 EXAMPLES_PER_REASON = 10
+CHUNK_BYTES = 64 * 2**20  # decoded pixels handed to the cache per save (bounds the main process's memory)
 
 
-def clean_metadata(cohort: dict, target_finding: str, params: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
+def _ages(raw_age: pd.Series, max_age: float) -> tuple[pd.Series, pd.Series]:
+    """Ages as numbers (``058Y`` -> 58) and the flag of implausible ones (above ``max_age`` or below 0)."""
+    age = pd.to_numeric(raw_age.astype(str).str.extract(r"(\d+)")[0], errors="coerce")
+    implausible = ((age > max_age) | (age < 0)).fillna(False).astype(bool)
+    return age.where(~implausible).astype("float64"), implausible
+
+
+def _label_counts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
+    """Images per label, and the labels that are neither an NIH finding nor ``No Finding``."""
+    counts = labels.str.split("|").explode().str.strip().value_counts()
+    unknown = sorted(set(counts.index) - set(NIH_FINDINGS) - {NO_FINDING})
+    if unknown:
+        logger.warning("Unknown finding label(s) %s: kept in 'labels', never a target", unknown)
+    return counts, unknown
+
+
+def clean_metadata(labels: pd.DataFrame, target_finding: str, params: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
     """Type the NIH columns, derive the binary ``target`` and flag implausible ages.
 
     Age rule: an age above ``max_plausible_age`` (NIH has a few, e.g. 148 or 412) or below 0 is set
     to missing and flagged ``age_implausible``; the image is kept, since age is not a model input.
     Returns the clean table and a label report (counts per finding, unknown labels).
     """
+    config = DataProcessingParams.model_validate(params)
     if target_finding not in NIH_FINDINGS:
         raise ValueError(f"target_finding '{target_finding}' is not an NIH finding; use one of {list(NIH_FINDINGS)}")
-    raw = cohort["metadata"]
-    age = pd.to_numeric(raw["Patient Age"].astype(str).str.extract(r"(\d+)")[0], errors="coerce")
-    max_age = float(params.get("max_plausible_age", 100))
-    implausible = (age > max_age) | (age < 0)
-    labels = raw["Finding Labels"].astype(str).str.strip()
-    label_sets = labels.str.split("|")
-    known = set(NIH_FINDINGS) | {"No Finding"}
-    all_labels = label_sets.explode().str.strip()
-    counts = all_labels.value_counts()
-    unknown = sorted(set(counts.index) - known)
-    if unknown:
-        logger.warning("Unknown finding label(s) %s: kept in 'labels', never a target", unknown)
+    age, implausible = _ages(labels["Patient Age"], config.max_plausible_age)
+    finding_labels = labels["Finding Labels"].astype(str).str.strip()
+    counts, unknown = _label_counts(finding_labels)
     clean = pd.DataFrame(
         {
-            "image_index": raw["Image Index"].astype(str).str.strip(),
-            "patient_id": pd.to_numeric(raw["Patient ID"], errors="raise").astype("int64"),
-            "follow_up": pd.to_numeric(raw["Follow-up #"], errors="coerce").fillna(0).astype("int64"),
-            "age": age.where(~implausible).astype("float64"),
-            "age_implausible": implausible.fillna(False).astype(bool),
-            "sex": raw["Patient Gender"].astype(str).str.strip().str.upper().str[:1],
-            "view": raw["View Position"].astype(str).str.strip().str.upper(),
-            "labels": labels,
-            "target": label_sets.apply(lambda s: target_finding in [x.strip() for x in s]).astype("int8"),
+            "image_index": labels["Image Index"].astype(str).str.strip(),
+            "patient_id": labels["Patient ID"].astype("int64"),
+            "follow_up": pd.to_numeric(labels["Follow-up #"], errors="coerce").fillna(0).astype("int64"),
+            "age": age,
+            "age_implausible": implausible,
+            "sex": labels["Patient Gender"].astype(str).str.strip().str.upper().str[:1],
+            "view": labels["View Position"].astype(str).str.strip().str.upper(),
+            "labels": finding_labels,
+            "target": finding_labels.str.split("|").apply(lambda s: target_finding in [x.strip() for x in s]),
         }
-    )
+    ).astype({"target": "int8"})
     duplicated = clean["image_index"].duplicated()
     if duplicated.any():
         logger.warning("Dropping %d duplicated image rows", int(duplicated.sum()))
         clean = clean[~duplicated].reset_index(drop=True)
     report = {
         "target_finding": target_finding,
-        "rows": int(len(raw)),
+        "rows": int(len(labels)),
         "duplicated_rows": int(duplicated.sum()),
         "implausible_ages": int(implausible.sum()),
-        "implausible_age_rule": f"ages > {max_age:g} or < 0 set to missing, image kept",
+        "implausible_age_rule": f"ages > {config.max_plausible_age:g} or < 0 set to missing, image kept",
         "finding_counts": {str(k): int(v) for k, v in counts.items()},
         "unknown_labels": unknown,
         "target_positive_images": int(clean["target"].sum()),
@@ -78,76 +91,118 @@ def clean_metadata(cohort: dict, target_finding: str, params: dict[str, Any]) ->
     return clean, report
 
 
-def _check(path: str) -> str:
-    try:
-        check_image_file(path)
-        return ""
-    except ImageError as exc:
-        return f"{exc.reason}|{exc}"
+def _dropped(image_index: pd.Series | list, reasons: list[str], details: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"image_index": list(image_index), "reason": reasons, "detail": details})
 
 
 def resolve_image_files(
-    metadata: pd.DataFrame, cohort: dict, params: dict[str, Any]
+    metadata: pd.DataFrame, image_files: pd.DataFrame, params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Find each row's image file and check its structure (signature, IHDR, IEND, size).
 
-    Returns the rows with a ``path`` column and a table of dropped rows with the reason
-    (``missing``, ``not_an_image``, ``truncated``, ``corrupt``, ``too_large``).
+    Returns the rows with ``path``, ``nbytes`` and ``mtime_ns`` columns, and a table of dropped
+    rows with the reason (``missing``, ``not_an_image``, ``truncated``, ``corrupt``, ``too_large``).
     """
-    paths = metadata["image_index"].map(cohort["files"])
+    config = DataProcessingParams.model_validate(params)
+    paths = metadata["image_index"].map(image_files.set_index("image_index")["path"])
     found = paths.notna()
-    dropped = [
-        pd.DataFrame({"image_index": metadata.loc[~found, "image_index"], "reason": "missing", "detail": "no file"})
-    ]
-    candidates = metadata[found].assign(path=paths[found])
-    errors = list(
+    missing = metadata.loc[~found, "image_index"]
+    candidates = metadata[found].assign(path=paths[found].astype(object))
+    checks = list(
         imap_progress(
-            _check,
+            check_file,
             candidates["path"].tolist(),
             total=len(candidates),
             what="Checking image files",
-            workers=params.get("workers"),
+            workers=config.workers,
             chunksize=256,
         )
     )
-    bad = np.array([bool(e) for e in errors], dtype=bool)
-    if bad.any():
-        reasons = [e.split("|", 1) for e in errors if e]
-        dropped.append(
-            pd.DataFrame(
-                {
-                    "image_index": candidates.loc[bad, "image_index"].to_numpy(),
-                    "reason": [r for r, _ in reasons],
-                    "detail": [d for _, d in reasons],
-                }
-            )
-        )
-    resolved = candidates[~bad].reset_index(drop=True)
-    return resolved, pd.concat(dropped, ignore_index=True)
-
-
-def request_pixel_cache(resolved: pd.DataFrame, image_size: int, params: dict[str, Any]) -> CacheRequest:
-    """Ask the pixel cache to hold every resolved image at ``image_size`` (decoded once, on save)."""
-    return CacheRequest(sources=resolved["path"].tolist(), size=int(image_size), workers=params.get("workers"))
-
-
-def keep_decoded(
-    resolved: pd.DataFrame, pixel_cache: dict, image_size: int, file_problems: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep the rows whose image is in the pixel cache; add decode failures to the dropped rows."""
-    cache = pixel_cache["open"](int(image_size))
-    shapes = cache.index.set_index("source")[["src_height", "src_width"]]
-    cached = resolved["path"].isin(shapes.index)
-    reasons = cache.failures.set_index("source")
-    lost = resolved.loc[~cached, ["image_index", "path"]]
-    failed = pd.DataFrame(
-        {
-            "image_index": lost["image_index"].to_numpy(),
-            "reason": lost["path"].map(reasons["reason"]).fillna("not_decoded").to_numpy(),
-            "detail": lost["path"].map(reasons["detail"]).fillna("").to_numpy(),
-        }
+    nbytes, mtime_ns, errors = (list(column) for column in zip(*checks)) if checks else ([], [], [])
+    bad = np.array([e is not None for e in errors], dtype=bool)
+    failed = [e for e in errors if e is not None]
+    problems = pd.concat(
+        [
+            _dropped(missing, ["missing"] * len(missing), ["no file"] * len(missing)),
+            _dropped(candidates.loc[bad, "image_index"], [e.reason for e in failed], [e.detail for e in failed]),
+        ],
+        ignore_index=True,
     )
-    decoded = resolved[cached].join(shapes, on="path").reset_index(drop=True)
+    resolved = candidates.assign(nbytes=nbytes, mtime_ns=mtime_ns)[~bad].reset_index(drop=True)
+    return resolved, problems
+
+
+def _decode_chunks(todo: pd.DataFrame, size: int, workers: int | None) -> Iterator[DecodedChunk]:
+    """Decode ``todo``'s files on every core and yield them in chunks of about ``CHUNK_BYTES``."""
+    per_chunk = max(64, CHUNK_BYTES // (size * size))
+    decoded = imap_progress(
+        partial(try_load_gray, size=size), todo["path"].tolist(), len(todo), f"Decoding images to {size}px", workers
+    )
+    for start in range(0, len(todo), per_chunk):
+        part = todo.iloc[start : start + per_chunk]
+        pixels = np.empty((len(part), size, size), np.uint8)  # filled in place: one copy of the chunk in memory
+        shapes, kept, failures = [], [], []
+        for i, path in enumerate(part["path"]):
+            image, shape, error = next(decoded)
+            if error is not None:
+                failures.append((path, error.reason, error.detail))
+                continue
+            pixels[len(kept)] = image
+            shapes.append(shape)
+            kept.append(i)
+        yield DecodedChunk(
+            size=size,
+            sources=part["path"].iloc[kept].tolist(),
+            pixels=pixels[: len(kept)],
+            src_shapes=np.array(shapes, np.int64).reshape(-1, 2),
+            stamps=part[["nbytes", "mtime_ns"]].iloc[kept].to_numpy(np.int64),
+            failures=pd.DataFrame(failures, columns=["source", "reason", "detail"]),
+        )
+
+
+def decode_images(
+    resolved: pd.DataFrame, existing: PixelCache, image_size: int, params: dict[str, Any]
+) -> Iterator[DecodedChunk]:
+    """Decode every resolved image not yet in the pixel cache at ``image_size`` px, on every core.
+
+    A generator: each chunk is appended to the cache as soon as it is decoded, so an interrupted
+    run keeps its progress. Files already cached from the same size and mtime are not decoded again.
+    """
+    config = DataProcessingParams.model_validate(params)
+    if int(image_size) != existing.size:
+        raise ValueError(
+            f"image_size is {image_size} in the parameters but the pixel cache entry is for {existing.size} px: "
+            "set image_size in conf/<env>/globals.yml (or with --params=image_size=...), not in a parameters file"
+        )
+    todo = resolved.drop_duplicates("path")
+    todo = todo[~existing.is_current(todo["path"], todo["nbytes"], todo["mtime_ns"])]
+    logger.info(
+        "Pixel cache %s: %d of %d image(s) already decoded, %d to decode",
+        existing.folder,
+        resolved["path"].nunique() - len(todo),
+        resolved["path"].nunique(),
+        len(todo),
+    )
+    if todo.empty:
+        yield DecodedChunk.empty(existing.size)
+        return
+    yield from _decode_chunks(todo, existing.size, config.workers)
+
+
+def select_decoded_images(
+    resolved: pd.DataFrame, pixel_cache: PixelCache, file_problems: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the rows whose image is in the pixel cache (with its source shape); add decode failures to the dropped."""
+    shapes = pixel_cache.index.set_index("source")[["src_height", "src_width"]]
+    cached = resolved["path"].isin(shapes.index)
+    reasons = pixel_cache.failures.set_index("source")
+    lost = resolved.loc[~cached]
+    failed = _dropped(
+        lost["image_index"],
+        lost["path"].map(reasons["reason"]).fillna("not_decoded").tolist(),
+        lost["path"].map(reasons["detail"]).fillna("").tolist(),
+    )
+    decoded = resolved[cached].drop(columns=["nbytes", "mtime_ns"]).join(shapes, on="path").reset_index(drop=True)
     return decoded, pd.concat([file_problems, failed], ignore_index=True)
 
 
@@ -171,9 +226,7 @@ def build_quality_report(label_report: dict, dropped: pd.DataFrame, decoded: pd.
     }
     if len(dropped):
         logger.warning(
-            "Data quality: dropped %d row(s): %s",
-            len(dropped),
-            {k: v["count"] for k, v in by_reason.items()},
+            "Data quality: dropped %d row(s): %s", len(dropped), {k: v["count"] for k, v in by_reason.items()}
         )
     return report
 
@@ -184,8 +237,36 @@ def _allocate(ids: np.ndarray, fractions: list[float], rng: np.random.Generator)
     return np.split(ids, edges)
 
 
+def _random_assignment(patient_pos: pd.Series, fractions: list[float], rng: np.random.Generator) -> pd.Series:
+    """Patients to splits at ``fractions``, stratified by whether a patient has any positive image."""
+    assign = pd.Series("", index=patient_pos.index)
+    for label in (0, 1):
+        ids = patient_pos[patient_pos == label].index.to_numpy()
+        for name, part in zip(SPLITS, _allocate(ids, fractions, rng)):
+            assign[part] = name
+    return assign
+
+
+def _official_assignment(
+    decoded: pd.DataFrame, patient_pos: pd.Series, official: dict, fractions: list[float], rng: np.random.Generator
+) -> pd.Series:
+    """NIH's test list as test; ``train_val_list.txt``'s patients split into train and validation."""
+    if not official:
+        raise ValueError(
+            "data_processing.split.method 'official' needs train_val_list.txt and test_list.txt in the cohort folder"
+        )
+    assign = pd.Series("", index=patient_pos.index)
+    assign[decoded.loc[decoded["image_index"].isin(set(official["test"])), "patient_id"].unique()] = "test"
+    rest = patient_pos[assign == ""]
+    val_share = fractions[1] / (fractions[0] + fractions[1])
+    for label in (0, 1):
+        train, val = _allocate(rest[rest == label].index.to_numpy(), [1 - val_share, val_share], rng)
+        assign[train], assign[val] = "train", "validation"
+    return assign
+
+
 def split_by_patient(
-    decoded: pd.DataFrame, cohort: dict, target_finding: str, params: dict[str, Any]
+    decoded: pd.DataFrame, official_split: dict, target_finding: str, params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split images into train/validation/test so that no patient is in two splits.
 
@@ -193,50 +274,28 @@ def split_by_patient(
     ``method: official`` takes NIH's ``test_list.txt`` as test and splits ``train_val_list.txt``
     by patient into train and validation.
     """
-    method = params.get("method", "random")
-    fractions = params.get("fractions", {"train": 0.7, "validation": 0.1, "test": 0.2})
-    frac = np.array([float(fractions[s]) for s in SPLITS])
-    if (frac < 0).any() or not np.isclose(frac.sum(), 1.0):
-        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-    rng = np.random.default_rng(int(params.get("seed", 42)))
+    config = SplitParams.model_validate(params)
+    fractions = [config.fractions.train, config.fractions.validation, config.fractions.test]
+    rng = np.random.default_rng(config.seed)
     patient_pos = decoded.groupby("patient_id")["target"].max()
-    needed = int((frac > 0).sum())
-    if int(patient_pos.sum()) < needed:
+    n_pos = int(patient_pos.sum())
+    if n_pos < len(SPLITS):
         raise ValueError(
-            f"The cohort has only {int(patient_pos.sum())} patient(s) with {target_finding}; a patient-wise "
-            f"split into {needed} non-empty splits needs at least {needed}. Use a larger cohort."
+            f"The cohort has only {n_pos} patient(s) with {target_finding}; a patient-wise split into "
+            f"{len(SPLITS)} splits needs at least {len(SPLITS)}. Use a larger cohort."
         )
-    assign = pd.Series("", index=patient_pos.index)
-    if method == "official":
-        official = cohort.get("official_split")
-        if not official:
-            raise ValueError("split.method 'official' needs train_val_list.txt and test_list.txt in the cohort folder")
-        test_patients = decoded.loc[decoded["image_index"].isin(set(official["test"])), "patient_id"].unique()
-        assign[test_patients] = "test"
-        rest = patient_pos[assign == ""]
-        val_share = frac[1] / max(frac[0] + frac[1], 1e-9)
-        for label in (0, 1):
-            ids = rest[rest == label].index.to_numpy()
-            train, val = _allocate(ids, [1 - val_share, val_share], rng)
-            assign[train], assign[val] = "train", "validation"
-    elif method == "random":
-        for label in (0, 1):
-            ids = patient_pos[patient_pos == label].index.to_numpy()
-            for name, part in zip(SPLITS, _allocate(ids, list(frac), rng)):
-                assign[part] = name
+    if config.method == "official":
+        assign = _official_assignment(decoded, patient_pos, official_split, fractions, rng)
     else:
-        raise ValueError(f"split.method must be 'random' or 'official', got '{method}'")
-    split_col = decoded["patient_id"].map(assign)
-    frames = tuple(decoded[split_col == name].reset_index(drop=True) for name in SPLITS)
+        assign = _random_assignment(patient_pos, fractions, rng)
+    split_of_image = decoded["patient_id"].map(assign)
+    frames = tuple(decoded[split_of_image == name].reset_index(drop=True) for name in SPLITS)
     for name, frame in zip(SPLITS, frames):
         if frame["target"].sum() == 0:
-            n_pos = int(patient_pos.sum())
             raise ValueError(
                 f"The {name} split has no {target_finding} image: the cohort has only {n_pos} patient(s) "
                 f"with {target_finding}. Use a larger cohort or other split fractions."
             )
-    check_disjoint_patients(*frames)
-    for name, frame in zip(SPLITS, frames):
         logger.info(
             "%s: %d images, %d patients, %d positive (%.1f%%)",
             name,
@@ -245,6 +304,7 @@ def split_by_patient(
             int(frame["target"].sum()),
             100 * frame["target"].mean(),
         )
+    check_disjoint_patients(*frames)
     return frames
 
 
@@ -257,27 +317,6 @@ def check_disjoint_patients(*splits: pd.DataFrame) -> None:
                 raise AssertionError(f"Patient {pid} is in splits {SPLITS[seen[int(pid)]]} and {SPLITS[i]}")
 
 
-def _undersample(frame: pd.DataFrame, neg_per_pos: float, rng: np.random.Generator) -> pd.DataFrame:
-    """Keep all positives and ``neg_per_pos`` negatives per positive, matching the positives' sex mix."""
-    pos = frame[frame["target"] == 1]
-    neg = frame[frame["target"] == 0]
-    wanted = int(round(neg_per_pos * len(pos)))
-    if wanted >= len(neg):
-        return frame.sample(frac=1.0, random_state=int(rng.integers(2**31))).reset_index(drop=True)
-    sex_mix = pos["sex"].value_counts(normalize=True)
-    picked = []
-    for sex, group in neg.groupby("sex"):
-        n = int(round(wanted * sex_mix.get(sex, 0.0)))
-        picked.append(group.iloc[rng.permutation(len(group))[: min(n, len(group))]])
-    chosen = pd.concat(picked)
-    short = wanted - len(chosen)
-    if short > 0:  # one sex ran out: fill from the remaining negatives
-        rest = neg.drop(chosen.index)
-        chosen = pd.concat([chosen, rest.iloc[rng.permutation(len(rest))[:short]]])
-    out = pd.concat([pos, chosen.iloc[:wanted]])
-    return out.iloc[rng.permutation(len(out))].reset_index(drop=True)
-
-
 def rebalance(
     train: pd.DataFrame, validation: pd.DataFrame, params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -287,18 +326,18 @@ def rebalance(
     drawn to match the positives' sex mix. ``strategy: class_weight`` keeps every image and
     returns class weights inversely proportional to the train class frequencies.
     """
-    strategy = params.get("strategy", "undersample")
-    rng = np.random.default_rng(int(params.get("seed", 42)))
-    if strategy == "undersample":
-        ratio = float(params.get("neg_per_pos", 3))
-        out = _undersample(train, ratio, rng), _undersample(validation, ratio, rng)
+    config = RebalanceParams.model_validate(params)
+    rng = np.random.default_rng(config.seed)
+    if config.strategy == "undersample":
+        out = (
+            undersample(train, config.neg_per_pos, rng, match="sex"),
+            undersample(validation, config.neg_per_pos, rng, match="sex"),
+        )
         weights = {"0": 1.0, "1": 1.0}
-    elif strategy == "class_weight":
-        out = (train.sample(frac=1.0, random_state=int(rng.integers(2**31))).reset_index(drop=True), validation)
+    else:
+        out = (train.iloc[rng.permutation(len(train))].reset_index(drop=True), validation)
         n, pos = len(train), int(train["target"].sum())
         weights = {"0": n / (2.0 * (n - pos)), "1": n / (2.0 * pos)}
-    else:
-        raise ValueError(f"rebalance.strategy must be 'undersample' or 'class_weight', got '{strategy}'")
     for name, frame in zip(("train", "validation"), out):
         logger.info(
             "Rebalanced %s: %d images, %d positive (%.1f%%)",
@@ -307,4 +346,4 @@ def rebalance(
             int(frame["target"].sum()),
             100 * frame["target"].mean(),
         )
-    return out[0], out[1], {"strategy": strategy, "class_weight": weights}
+    return out[0], out[1], {"strategy": config.strategy, "class_weight": weights}

@@ -1,14 +1,14 @@
-"""data_processing: cohort -> clean metadata -> checked files -> pixel cache -> patient-wise splits."""
+"""data_processing: cohort -> clean metadata -> checked files -> decoded pixels -> patient-wise splits."""
 
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
     build_quality_report,
     clean_metadata,
-    keep_decoded,
+    decode_images,
     rebalance,
-    request_pixel_cache,
     resolve_image_files,
+    select_decoded_images,
     split_by_patient,
 )
 
@@ -18,27 +18,27 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 clean_metadata,
-                inputs=["cohort", "params:target_finding", "params:data_processing"],
+                inputs=["cohort_labels", "params:target_finding", "params:data_processing"],
                 outputs=["clean_metadata", "label_report"],
                 name="clean_metadata",
             ),
             Node(
                 resolve_image_files,
-                inputs=["clean_metadata", "cohort", "params:data_processing"],
+                inputs=["clean_metadata", "cohort_images", "params:data_processing"],
                 outputs=["resolved_images", "file_problems"],
                 name="resolve_image_files",
             ),
             Node(
-                request_pixel_cache,
-                inputs=["resolved_images", "params:image_size", "params:data_processing"],
+                decode_images,
+                inputs=["resolved_images", "existing_pixel_cache", "params:image_size", "params:data_processing"],
                 outputs="pixel_cache",
-                name="cache_pixels",
+                name="decode_images",
             ),
             Node(
-                keep_decoded,
-                inputs=["resolved_images", "pixel_cache", "params:image_size", "file_problems"],
+                select_decoded_images,
+                inputs=["resolved_images", "pixel_cache", "file_problems"],
                 outputs=["model_input_table", "dropped_rows"],
-                name="keep_decoded",
+                name="select_decoded_images",
             ),
             Node(
                 build_quality_report,
@@ -48,7 +48,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 split_by_patient,
-                inputs=["model_input_table", "cohort", "params:target_finding", "params:data_processing.split"],
+                inputs=["model_input_table", "official_split", "params:target_finding", "params:data_processing.split"],
                 outputs=["train_split", "validation_split", "test_split"],
                 name="split_by_patient",
             ),

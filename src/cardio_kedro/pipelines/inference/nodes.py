@@ -3,89 +3,85 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
-from cardio_kedro.imaging import read_any
+from cardio_kedro.config import InferenceParams
+from cardio_kedro.imaging import try_load_gray
+from cardio_kedro.modeling import attention_model, encode_png, overlay
 from cardio_kedro.parallel import imap_progress
-from cardio_kedro.pipelines.model_training.model import attention_model
 
 logger = logging.getLogger(__name__)
 
 
-def overlay_png(image: np.ndarray, attention: np.ndarray) -> bytes:
-    """The image with its (per-image normalised) attention map blended over it, as PNG bytes."""
-    size = image.shape[0]
-    heat = cv2.resize(attention.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-    heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-6)
-    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    blended = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), 0.6, colour, 0.4, 0)
-    ok, buf = cv2.imencode(".png", blended)
-    return buf.tobytes()
+def _batches(images: pd.DataFrame, size: int, config: InferenceParams) -> Iterator[tuple[list[str], list]]:
+    """``(files, decoded)`` batches; files are decoded on every core while earlier batches are scored."""
+    decoded = imap_progress(
+        partial(try_load_gray, size=size),
+        images["path"].tolist(),
+        total=len(images),
+        what="Decoding and scoring images",
+        workers=config.workers,
+    )
+    files = images["file"].tolist()
+    for start in range(0, len(files), config.batch_size):
+        chunk = files[start : start + config.batch_size]
+        yield chunk, [next(decoded) for _ in chunk]
+    for _ in decoded:  # let the worker pool shut down cleanly
+        pass
+
+
+def _score_batch(model, pixels: list[np.ndarray], heatmaps: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities of a batch and, with ``heatmaps``, its attention maps."""
+    x = np.stack(pixels)[..., None]
+    if not heatmaps:
+        return np.asarray(model.predict(x, verbose=0)).reshape(-1), None
+    probability, maps = attention_model(model).predict(x, verbose=0)
+    return np.asarray(probability).reshape(-1), np.asarray(maps)[..., 0]
 
 
 def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
     """Probability and label for every file; unreadable files become rows with an ``error``.
 
-    Files are decoded on every core (``workers``) and scored in batches as they arrive (memory
-    stays flat); with ``heatmaps: true`` the
-    attention overlay of every scored image is returned as ``{file.png: PNG bytes}``.
+    Files are decoded on every core and scored in batches as they arrive (memory stays flat);
+    with ``heatmaps: true`` the attention overlay of every scored image is returned as
+    ``{file.png: PNG bytes}``.
     """
+    config = InferenceParams.model_validate(params)
     if images.empty:
         raise ValueError("The images folder holds no PNG, JPEG or DICOM file: nothing to score")
-    model = model_info["model"]
-    size = int(model.inputs[0].shape[1])
-    threshold = float(model_info["threshold"])
-    batch = int(params.get("batch_size", 64))
-    heatmaps = bool(params.get("heatmaps", False))
-    scorer = attention_model(model) if heatmaps else model
+    model, threshold, version = model_info["model"], float(model_info["threshold"]), model_info["version"]
     rows, overlays = [], {}
-    decoded_stream = imap_progress(
-        partial(read_any, size=size),
-        images["path"].tolist(),
-        total=len(images),
-        what="Decoding and scoring images",
-        workers=params.get("workers"),
-    )
-    files = images["file"].tolist()
-    for start in range(0, len(files), batch):
-        chunk = files[start : start + batch]
-        decoded = [next(decoded_stream) for _ in chunk]
-        ok = [i for i, (px, _) in enumerate(decoded) if px is not None]
-        probs = np.full(len(chunk), np.nan)
+    for files, decoded in _batches(images, int(model.inputs[0].shape[1]), config):
+        ok = [i for i, (_, _, error) in enumerate(decoded) if error is None]
+        probs = np.full(len(files), np.nan)
         if ok:
-            x = np.stack([decoded[i][0] for i in ok])[..., None]
-            out = scorer.predict(x, verbose=0)
-            p, maps = (out[0], np.asarray(out[1])[..., 0]) if heatmaps else (out, None)
-            probs[ok] = np.asarray(p).reshape(-1)
-            if heatmaps:
-                for j, i in enumerate(ok):
-                    overlays[str(Path(chunk[i]).with_suffix(".png"))] = overlay_png(decoded[i][0], maps[j])
-        for i, (file, (_, error)) in enumerate(zip(chunk, decoded)):
-            scored = not error
+            probs[ok], maps = _score_batch(model, [decoded[i][0] for i in ok], config.heatmaps)
+            for j, i in enumerate(ok if maps is not None else []):
+                overlays[str(Path(files[i]).with_suffix(".png"))] = encode_png(overlay(decoded[i][0], maps[j]))
+        for file, probability, (_, _, error) in zip(files, probs, decoded):
+            scored = error is None
             rows.append(
                 {
                     "file": file,
-                    "probability": float(probs[i]) if scored else None,
-                    "label": int(probs[i] >= threshold) if scored else None,
+                    "probability": float(probability) if scored else None,
+                    "label": int(probability >= threshold) if scored else None,
                     "threshold": threshold,
-                    "model_version": model_info["version"],
-                    "error": error or None,
+                    "model_version": version,
+                    "error": str(error) if error is not None else None,
                 }
             )
-    for _ in decoded_stream:  # let the worker pool shut down cleanly
-        pass
     table = pd.DataFrame(rows)
     n_err = int(table["error"].notna().sum())
     logger.info(
         "Scored %d image(s) with model %s (threshold %.3f): %d positive, %d unreadable",
         len(table) - n_err,
-        model_info["version"],
+        version,
         threshold,
         int((table["label"] == 1).sum()),
         n_err,

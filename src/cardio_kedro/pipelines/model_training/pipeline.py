@@ -1,8 +1,8 @@
-"""model_training: rebalanced splits + pixel cache -> trained attention classifier."""
+"""model_training: rebalanced splits + pixel cache -> trained attention classifier and its history."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import train_model
+from .nodes import epoch_metrics, train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -15,11 +15,11 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "validation_balanced",
                     "pixel_cache",
                     "class_weights",
-                    "params:image_size",
                     "params:model_training",
                 ],
                 outputs=["classifier", "training_history"],
                 name="train_model",
-            )
+            ),
+            Node(epoch_metrics, inputs="training_history", outputs="training_metrics", name="epoch_metrics"),
         ]
     )

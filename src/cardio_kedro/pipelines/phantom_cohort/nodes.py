@@ -9,57 +9,63 @@ from typing import Any
 import cv2
 import pandas as pd
 
+from cardio_kedro.config import PhantomParams
+from cardio_kedro.nih import REQUIRED_LABEL_COLUMNS
 from cardio_kedro.parallel import imap_progress
 from cardio_kedro.phantoms import heart_box, render_phantom, sample_cohort
-
-PHANTOM_COLUMNS = ["ctr", "thorax", "heart_height", "heart_offset", "apex", "diaphragm", "body"]
 
 
 def _render_png(row: dict, size: int) -> bytes:
     ok, buf = cv2.imencode(".png", render_phantom(row, size), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:  # pragma: no cover - cv2 always encodes uint8 gray
-        raise RuntimeError("PNG encoding failed")
+    if not ok:
+        raise RuntimeError(f"PNG encoding of phantom {row['Image Index']} failed")
     return buf.tobytes()
 
 
-def _image_stream(drawn: pd.DataFrame, size: int, per_folder: int, workers: int | None) -> Iterator:
+def _image_stream(drawn: pd.DataFrame, config: PhantomParams) -> Iterator[tuple[str, bytes]]:
     rows = drawn.to_dict("records")
-    pngs = imap_progress(partial(_render_png, size=size), rows, len(rows), "Rendering phantoms", workers=workers)
+    render = partial(_render_png, size=config.native_size)
+    pngs = imap_progress(render, rows, len(rows), "Rendering phantoms", workers=config.workers)
     for i, (row, png) in enumerate(zip(rows, pngs)):
-        yield f"images_{i // per_folder + 1:03d}/images/{row['Image Index']}", png
+        yield f"images_{i // config.images_per_folder + 1:03d}/images/{row['Image Index']}", png
 
 
-def generate_phantom_cohort(params: dict[str, Any]) -> dict:
-    """Draw a phantom cohort and return it lazily for ``CohortDataset`` to write.
+def _label_table(drawn: pd.DataFrame, size: int) -> pd.DataFrame:
+    """The NIH columns (``OriginalImage[Width,Height]`` written as two header cells, as NIH does) plus ``CTR``."""
+    labels = drawn[list(REQUIRED_LABEL_COLUMNS)].copy()
+    labels["OriginalImage[Width"] = size
+    labels["Height]"] = size
+    labels["OriginalImagePixelSpacing[x"] = round(0.143 * 1024 / size, 4)
+    labels["y]"] = labels["OriginalImagePixelSpacing[x"]
+    labels["CTR"] = drawn["ctr"].round(4)  # the drawn cardiothoracic ratio, for reference
+    return labels
 
-    The metadata has the NIH columns (the cardiothoracic ratio is kept as ``CTR`` for reference);
-    the bounding-box table holds each Cardiomegaly image's heart box in the native pixel frame.
-    Images are rendered in parallel while the dataset writes them, so memory stays flat.
-    """
-    size = int(params.get("native_size", 1024))
-    drawn = sample_cohort(
-        n_patients=int(params["n_patients"]),
-        prevalence=float(params["prevalence"]),
-        mean_follow_ups=float(params.get("mean_follow_ups", 0.5)),
-        seed=int(params.get("seed", 0)),
-        ap_fraction=float(params.get("ap_fraction", 0.4)),
-    )
-    metadata = drawn[
-        ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position"]
-    ].copy()
-    metadata["OriginalImage[Width"] = size
-    metadata["Height]"] = size
-    metadata["OriginalImagePixelSpacing[x"] = round(0.143 * 1024 / size, 4)
-    metadata["y]"] = metadata["OriginalImagePixelSpacing[x"]
-    metadata["CTR"] = drawn["ctr"].round(4)
+
+def _box_list(drawn: pd.DataFrame, size: int) -> pd.DataFrame:
+    """Each Cardiomegaly image's heart box in the native pixel frame, in NIH's box-list layout."""
     positive = drawn["Finding Labels"].str.contains("Cardiomegaly")
-    boxes = [heart_box(r, size) for r in drawn[positive].to_dict("records")]
-    bboxes = pd.DataFrame(boxes, columns=["Bbox [x", "y", "w", "h]"])
-    bboxes.insert(0, "Finding Label", "Cardiomegaly")
-    bboxes.insert(0, "Image Index", drawn.loc[positive, "Image Index"].to_numpy())
-    per_folder = int(params.get("images_per_folder", 10000))
-    return {
-        "metadata": metadata,
-        "bboxes": bboxes.round(2),
-        "images": _image_stream(drawn, size, per_folder, params.get("workers")),
-    }
+    boxes = pd.DataFrame(
+        [heart_box(r, size) for r in drawn[positive].to_dict("records")], columns=["Bbox [x", "y", "w", "h]"]
+    )
+    boxes.insert(0, "Finding Label", "Cardiomegaly")
+    boxes.insert(0, "Image Index", drawn.loc[positive, "Image Index"].to_numpy())
+    return boxes.round(2)
+
+
+def generate_phantom_cohort(params: dict[str, Any]) -> tuple[Iterator[tuple[str, bytes]], pd.DataFrame, pd.DataFrame]:
+    """Draw a phantom cohort: its images, its box list and its label table.
+
+    The images come as a lazy stream that is rendered on every core while the dataset writes
+    it, so memory stays flat. The label table is saved last: a cohort whose generation failed
+    has no label table and counts as missing.
+    """
+    config = PhantomParams.model_validate(params)
+    drawn = sample_cohort(
+        n_patients=config.n_patients,
+        prevalence=config.prevalence,
+        mean_follow_ups=config.mean_follow_ups,
+        seed=config.seed,
+        ap_fraction=config.ap_fraction,
+    )
+    size = config.native_size
+    return _image_stream(drawn, config), _box_list(drawn, size), _label_table(drawn, size)

@@ -1,4 +1,4 @@
-"""phantom_cohort: writes the offline demo cohort in the NIH layout."""
+"""phantom_cohort: writes the offline demo cohort in the NIH layout (images, box list, label table)."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -11,7 +11,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 generate_phantom_cohort,
                 inputs="params:phantoms",
-                outputs="cohort",
+                # saved in this order: the label table, which marks a complete cohort, comes last
+                outputs=["cohort_images", "cohort_boxes", "cohort_labels"],
                 name="generate_phantom_cohort",
             )
         ]

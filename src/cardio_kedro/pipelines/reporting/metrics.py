@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from sklearn.metrics import (
     average_precision_score,
@@ -15,10 +13,6 @@ from sklearn.metrics import (
 )
 
 from cardio_kedro.parallel import Progress
-
-logger = logging.getLogger(__name__)
-
-MIN_PER_CLASS = 5  # fewer positives or negatives than this: "n too small" for an AUC
 
 
 def auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -58,7 +52,7 @@ def bootstrap_auc(
     return {"auc": point, "ci_low": float(low), "ci_high": float(high), "n_boot": len(aucs)}
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray, method: str = "youden", target_sensitivity: float = 0.9) -> float:
+def choose_threshold(y: np.ndarray, p: np.ndarray, method: str, target_sensitivity: float) -> float:
     """Operating threshold from *validation* scores: Youden's J, or the highest threshold that
     reaches ``target_sensitivity``."""
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
@@ -108,3 +102,21 @@ def evaluate(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: float,
     }
     out.update(rates_at(y, p, threshold))
     return out
+
+
+def roc_band(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int, seed: int, points: int = 101):
+    """Pointwise 95% band of the ROC curve (TPR on a FPR grid) from patient-level bootstrap."""
+    grid = np.linspace(0, 1, points)
+    uniq = np.unique(groups)
+    by_patient = {g: np.flatnonzero(groups == g) for g in uniq}
+    rng = np.random.default_rng(seed)
+    curves = []
+    for _ in range(n_boot):
+        idx = np.concatenate([by_patient[g] for g in rng.choice(uniq, len(uniq))])
+        if y[idx].min() == y[idx].max():
+            continue
+        fpr, tpr, _ = roc_curve(y[idx], p[idx])
+        curves.append(np.interp(grid, fpr, tpr))
+    if len(curves) < 10:
+        return None
+    return np.quantile(np.array(curves), [0.025, 0.975], axis=0)

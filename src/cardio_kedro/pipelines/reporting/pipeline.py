@@ -11,6 +11,7 @@ from .nodes import (
     evaluation_metrics,
     evaluation_plots,
     example_images,
+    headline_metrics,
     predict_split,
     training_curves_plot,
 )
@@ -33,18 +34,17 @@ REPORT_FIGURES = (
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    cache = ["pixel_cache", "params:image_size"]
     return Pipeline(
         [
             Node(
                 predict_split,
-                ["classifier", "validation_split", *cache, "params:reporting"],
+                ["classifier", "validation_split", "pixel_cache", "params:reporting"],
                 "validation_predictions",
                 name="predict_validation",
             ),
             Node(
                 predict_split,
-                ["classifier", "test_split", *cache, "params:reporting"],
+                ["classifier", "test_split", "pixel_cache", "params:reporting"],
                 "test_predictions",
                 name="predict_test",
             ),
@@ -54,6 +54,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "evaluation_metrics",
                 name="evaluation_metrics",
             ),
+            Node(headline_metrics, "evaluation_metrics", "evaluation_headline_metrics", name="headline_metrics"),
             Node(
                 evaluation_plots,
                 ["test_predictions", "evaluation_metrics", "params:reporting"],
@@ -83,7 +84,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 example_images,
-                ["train_balanced", *cache, "params:reporting"],
+                ["train_balanced", "pixel_cache", "params:reporting"],
                 "example_images_plot",
                 name="example_images",
             ),
@@ -91,20 +92,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(training_curves_plot, "training_history", "training_curves_plot", name="training_curves_plot"),
             Node(
                 attention_heatmaps,
-                ["classifier", "test_predictions", *cache, "evaluation_metrics", "params:reporting"],
+                ["classifier", "test_predictions", "pixel_cache", "evaluation_metrics", "params:reporting"],
                 "attention_heatmaps_plot",
                 name="attention_heatmaps",
             ),
             Node(
                 attention_localization,
-                [
-                    "classifier",
-                    "test_predictions",
-                    "pixel_cache",
-                    "cohort",
-                    "params:image_size",
-                    "params:target_finding",
-                ],
+                ["classifier", "test_predictions", "pixel_cache", "cohort_boxes", "params:target_finding"],
                 "attention_localization",
                 name="attention_localization",
             ),

@@ -82,24 +82,17 @@ def split_sizes(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFram
 
 
 def image_grid(
-    images: list[np.ndarray],
-    titles: list[str],
-    title: str,
-    ncols: int = 4,
-    overlays: list[np.ndarray] | None = None,
-    title_colors: list[str] | None = None,
+    images: list[np.ndarray], titles: list[str], title: str, ncols: int, title_colors: list[str]
 ) -> plt.Figure:
-    """A grid of grayscale images with optional heat-map overlays (same size as the image)."""
+    """A grid of images: grayscale ``(s, s)`` uint8 or RGB ``(s, s, 3)`` (e.g. heat-map overlays)."""
     nrows = max(1, int(np.ceil(len(images) / ncols)))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= len(images):
             continue
-        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-        if overlays is not None:
-            ax.imshow(overlays[i], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        ax.set_title(titles[i], fontsize=8, color=(title_colors or ["black"] * len(images))[i])
+        ax.imshow(images[i], cmap="gray" if images[i].ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(titles[i], fontsize=8, color=title_colors[i])
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import pandas as pd
 
 
 class CachedImages(keras.utils.PyDataset):
@@ -47,11 +46,6 @@ class CachedImages(keras.utils.PyDataset):
             self._order = self._rng.permutation(len(self.rows))
 
 
-def split_arrays(cache, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Cache rows and labels of a split table (``path`` and ``target`` columns)."""
-    return cache.rows(table["path"]), table["target"].to_numpy(np.float32)
-
-
 def gather(pixels: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The rows of the cache as one in-RAM ``(n, s, s, 1)`` uint8 array, read in ascending cache order."""
     rows = np.asarray(rows, np.int64)
@@ -66,7 +60,10 @@ def feed(
     rows: np.ndarray,
     labels: np.ndarray,
     batch_size: int,
-    params: dict,
+    *,
+    loader: str,
+    max_loader_memory_gb: float,
+    loader_workers: int,
     shuffle: bool = False,
     seed: int = 0,
 ) -> dict:
@@ -75,18 +72,16 @@ def feed(
     ``loader: memory`` gathers the split's rows from the memory map into RAM once (one forward
     pass over the cache) and lets Keras batch and shuffle the arrays, which keeps a GPU fed;
     ``stream`` reads each batch from the memory map (``CachedImages``), for splits larger than
-    RAM; ``auto`` (default) picks memory when the split fits in ``max_loader_memory_gb``.
+    RAM; ``auto`` picks memory when the split fits in ``max_loader_memory_gb``.
     """
-    loader = params.get("loader", "auto")
     if loader not in ("auto", "memory", "stream"):
         raise ValueError(f"loader must be 'auto', 'memory' or 'stream', got '{loader}'")
     nbytes = len(rows) * int(np.prod(pixels.shape[1:]))
-    if loader == "memory" or (loader == "auto" and nbytes <= float(params.get("max_loader_memory_gb", 8)) * 2**30):
+    if loader == "memory" or (loader == "auto" and nbytes <= max_loader_memory_gb * 2**30):
         return {
             "x": gather(pixels, rows),
             "y": np.asarray(labels, np.float32),
             "batch_size": batch_size,
             "shuffle": shuffle,
         }
-    workers = int(params.get("loader_workers", 1))
-    return {"x": CachedImages(pixels, rows, labels, batch_size, shuffle=shuffle, seed=seed, workers=workers)}
+    return {"x": CachedImages(pixels, rows, labels, batch_size, shuffle=shuffle, seed=seed, workers=loader_workers)}

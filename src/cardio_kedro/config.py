@@ -1,0 +1,531 @@
+"""Typed parameters: one frozen model per parameter group, checked before any work starts.
+
+The YAML files in ``conf/`` are the only source of values. No field below has a default, so a key
+missing from the YAML is an error, not a silent fallback; unknown keys (typos) are errors too.
+``validate_parameters`` checks the whole merged tree (YAML + environment + ``--params``) and
+raises one ``ParameterError`` that names every bad key, its value, what is accepted and the file
+that sets it. ``ParameterCheckHook`` (hooks.py) runs it before a pipeline starts.
+
+Nodes receive their group as the plain dict Kedro loads (kedro-mlflow flattens only dicts into
+MLflow parameters) and turn it into the typed model with ``Model.model_validate(params)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cardio_kedro.nih import NIH_FINDINGS
+
+Finding = Literal[NIH_FINDINGS]
+Backbone = Literal["vgg16", "densenet121", "efficientnetb0", "mobilenetv3small"]
+Workers = Annotated[int | None, Field(ge=1, description="processes (null = every CPU core)")]
+Seed = Annotated[int, Field(ge=0, description="random seed")]
+# Runtime-only keys: given with --params, never in the YAML; their catalog entries use them.
+RUNTIME_KEYS = {
+    "cohort_dir": "the cohort folder (NIH layout)",
+    "images_dir": "the folder of images the inference pipeline scores",
+    "model_uri": "an MLflow model URI for the inference pipeline",
+}
+# The file that holds each group in conf/base (for messages about missing keys).
+GROUP_FILES = {
+    "phantoms": "parameters_phantom_cohort.yml",
+    "data_processing": "parameters_data_processing.yml",
+    "model_training": "parameters_model_training.yml",
+    "reporting": "parameters_reporting.yml",
+    "inference": "parameters_inference.yml",
+}
+
+
+class Group(BaseModel):
+    """A parameter group: frozen, unknown keys rejected, no defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- phantom_cohort ------------------------------------------------------------------------------
+class PhantomParams(Group):
+    """``phantoms``: the offline demo cohort (synthetic radiographs in the NIH layout)."""
+
+    generate_if_missing: bool = Field(description="a run that finds no cohort generates this one first")
+    n_patients: int = Field(ge=10, description="patients drawn")
+    mean_follow_ups: float = Field(ge=0, description="Poisson mean of follow-up images per patient")
+    prevalence: float = Field(gt=0, lt=1, description="share of patients whose cardiothoracic ratio exceeds 0.5")
+    ap_fraction: float = Field(ge=0, le=1, description="share of AP films (they magnify the heart by 12%)")
+    native_size: int = Field(ge=32, le=4096, description="px of the written PNGs (NIH: 1024)")
+    images_per_folder: int = Field(ge=1, description="images per images_00N/images/ folder")
+    seed: Seed
+    workers: Workers
+
+
+# ---- data_processing -----------------------------------------------------------------------------
+class SplitFractions(Group):
+    """Shares of patients per split; each above 0, together 1."""
+
+    train: float = Field(gt=0, lt=1, description="share of patients in train")
+    validation: float = Field(gt=0, lt=1, description="share of patients in validation")
+    test: float = Field(gt=0, lt=1, description="share of patients in test")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1, got {total:g}")
+        return self
+
+
+class SplitParams(Group):
+    """``data_processing.split``: the patient-wise split."""
+
+    method: Literal["random", "official"] = Field(
+        description="random (patient-wise, stratified) or official (NIH train_val_list.txt/test_list.txt)"
+    )
+    fractions: SplitFractions
+    seed: Seed
+
+
+class RebalanceParams(Group):
+    """``data_processing.rebalance``: train and validation class balance (test is never touched)."""
+
+    strategy: Literal["undersample", "class_weight"] = Field(
+        description="undersample (keep neg_per_pos negatives per positive) or class_weight (keep all, weight the loss)"
+    )
+    neg_per_pos: float = Field(gt=0, description="negatives kept per positive (3 -> 25% positive)")
+    seed: Seed
+
+
+class DataProcessingParams(Group):
+    """``data_processing``: metadata rules, file checks and decoding, splits."""
+
+    max_plausible_age: float = Field(gt=0, description="older ages are set to missing and flagged")
+    workers: Workers
+    split: SplitParams
+    rebalance: RebalanceParams
+
+
+# ---- model_training ------------------------------------------------------------------------------
+class AugmentationParams(Group):
+    """``model_training.model.augmentation``: jit-safe, training only."""
+
+    rotation: float = Field(ge=0, le=45, description="degrees, drawn per image")
+    translation: float = Field(ge=0, le=0.5, description="fraction of the side")
+    zoom: float = Field(ge=0, lt=1, description="fraction")
+    brightness: float = Field(ge=0, le=1, description="fraction of full scale")
+    contrast: float = Field(ge=0, le=1, description="fraction")
+
+
+class ModelParams(Group):
+    """``model_training.model``: the attention classifier."""
+
+    backbone: Backbone = Field(description="feature extractor under the attention head")
+    backbone_weights: str | None = Field(
+        description="imagenet (downloaded), null (random init) or the path of a local headless weights file (.h5)"
+    )
+    backbone_width: float = Field(gt=0, le=4, description="channel multiplier of VGG16 (1 = VGG16; not with imagenet)")
+    backbone_batchnorm: bool = Field(description="VGG16-BN: BatchNorm after every convolution (not with imagenet)")
+    attention_units: list[Annotated[int, Field(ge=1)]] = Field(
+        min_length=1, description="1x1 convolution widths down to the attention map; the last is 1"
+    )
+    attention_activation: Literal["elu", "relu", "selu", "gelu", "swish", "tanh"] = Field(
+        description="activation of the attention convolutions"
+    )
+    dense_units: int = Field(ge=1, description="units of the dense layer of the head")
+    dropout: float = Field(ge=0, lt=1, description="dropout before and after the dense layer")
+    augmentation: AugmentationParams | None = Field(description="training augmentation; null disables it")
+
+    @field_validator("attention_units")
+    @classmethod
+    def _ends_with_the_map(cls, units: list[int]) -> list[int]:
+        if units[-1] != 1:
+            raise ValueError(f"the last entry is the 1-channel attention map and must be 1, got {units}")
+        return units
+
+    @field_validator("backbone_weights")
+    @classmethod
+    def _weights_form(cls, weights: str | None) -> str | None:
+        if weights is not None and weights != "imagenet" and not weights.endswith(".h5"):
+            raise ValueError(f"use imagenet, null or the path of a .h5 weights file, got {weights!r}")
+        return weights
+
+    @model_validator(mode="after")
+    def _variants_need_vgg16_from_scratch(self) -> ModelParams:
+        if (self.backbone_width != 1 or self.backbone_batchnorm) and (
+            self.backbone != "vgg16" or self.backbone_weights == "imagenet"
+        ):
+            raise ValueError(
+                "backbone_width other than 1 and backbone_batchnorm: true exist only for backbone vgg16 without "
+                f"imagenet weights (got backbone {self.backbone}, weights {self.backbone_weights})"
+            )
+        return self
+
+
+class HeadPhaseParams(Group):
+    """``model_training.head``: phase 1, backbone frozen."""
+
+    epochs: int = Field(ge=0, description="epochs (0 skips the phase)")
+    learning_rate: float = Field(gt=0, lt=1, description="Adam learning rate")
+
+
+class FineTuneParams(HeadPhaseParams):
+    """``model_training.fine_tune``: phase 2, top of the backbone unfrozen."""
+
+    unfreeze_layers: int | Literal["all"] = Field(
+        description="weighted backbone layers unfrozen from the top, or all (0 skips the phase)"
+    )
+
+    @field_validator("unfreeze_layers", mode="before")
+    @classmethod
+    def _count_or_all(cls, value: Any) -> int | str:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError(f"use a number of layers (0 or more) or 'all', got {value!r}")
+
+
+class ReduceLrParams(Group):
+    """``model_training.reduce_lr``: learning-rate decay on a val_auc plateau."""
+
+    factor: float = Field(gt=0, lt=1, description="multiplier applied to the learning rate")
+    patience: int = Field(ge=1, description="epochs without a better val_auc before it applies")
+
+
+class ModelTrainingParams(Group):
+    """``model_training``: two-phase training from the pixel cache."""
+
+    model: ModelParams
+    seed: Seed
+    batch_size: int = Field(ge=1, description="images per batch")
+    head: HeadPhaseParams
+    fine_tune: FineTuneParams
+    loss: Literal["binary_crossentropy", "focal"] = Field(description="training loss")
+    early_stopping_patience: int = Field(ge=1, description="epochs without a better val_auc before stopping")
+    reduce_lr: ReduceLrParams
+    mixed_precision: Literal["auto", "float32", "mixed_bfloat16"] = Field(
+        description="auto: mixed_bfloat16 with an accelerator, float32 on CPU"
+    )
+    distribution: Literal["single", "data_parallel"] = Field(description="data_parallel: every local accelerator")
+    jit_compile: bool | Literal["auto"] = Field(description="XLA compilation (auto: where the backend uses it)")
+    loader: Literal["auto", "memory", "stream"] = Field(
+        description="memory: the split in RAM once; stream: batches from the memory map; auto: memory if it fits"
+    )
+    max_loader_memory_gb: float = Field(gt=0, description="loader auto uses memory for splits up to this size")
+    loader_workers: int = Field(ge=1, description="threads reading batches with loader stream")
+    verbose: Literal[0, 1, 2] = Field(description="Keras progress: 0 silent, 1 bar, 2 a line per epoch")
+
+    @model_validator(mode="after")
+    def _some_training(self) -> ModelTrainingParams:
+        fine_tunes = self.fine_tune.epochs > 0 and self.fine_tune.unfreeze_layers != 0
+        if self.head.epochs == 0 and not fine_tunes:
+            raise ValueError("head.epochs is 0 and fine_tune is skipped: nothing would be trained")
+        return self
+
+
+# ---- reporting -----------------------------------------------------------------------------------
+class ThresholdParams(Group):
+    """``reporting.threshold``: the operating threshold, chosen on validation."""
+
+    method: Literal["youden", "sensitivity"] = Field(description="youden (max J) or sensitivity (target reached)")
+    target_sensitivity: float = Field(gt=0, le=1, description="used by method sensitivity")
+
+
+class ReportingParams(Group):
+    """``reporting``: metrics, plots and the HTML report."""
+
+    batch_size: int = Field(ge=1, description="images per prediction batch")
+    threshold: ThresholdParams
+    n_bootstrap: int = Field(ge=0, description="patient-level bootstrap resamples for confidence intervals")
+    original_neg_per_pos: float = Field(gt=0, description="negatives per positive of the 3:1 comparison test set")
+    subgroup_min_per_class: int = Field(ge=1, description="fewer cases of a class in a subgroup: not scored")
+    examples_per_class: int = Field(ge=1, description="example images per class")
+    heatmaps_per_group: int = Field(ge=1, description="images per TP/FP/FN/TN row of the heat-map grid")
+    seed: Seed
+
+
+# ---- inference -----------------------------------------------------------------------------------
+class InferenceParams(Group):
+    """``inference``: scoring a folder of images."""
+
+    batch_size: int = Field(ge=1, description="images per prediction batch")
+    workers: Workers
+    heatmaps: bool = Field(description="also write attention overlays")
+
+
+# ---- everything ----------------------------------------------------------------------------------
+class ProjectParams(Group):
+    """The whole parameter tree."""
+
+    target_finding: Finding = Field(description="the NIH finding that is the positive class")
+    image_size: int = Field(ge=32, le=2048, description="px the model sees (set it in globals.yml)")
+    phantoms: PhantomParams
+    data_processing: DataProcessingParams
+    model_training: ModelTrainingParams
+    reporting: ReportingParams
+    inference: InferenceParams
+    cohort_dir: str | None = Field(default=None, description=RUNTIME_KEYS["cohort_dir"])
+    images_dir: str | None = Field(default=None, description=RUNTIME_KEYS["images_dir"])
+    model_uri: str | None = Field(default=None, description=RUNTIME_KEYS["model_uri"])
+
+
+# ---- errors that say what to do ------------------------------------------------------------------
+class ParameterError(ValueError):
+    """One or more parameters are wrong; the message lists each with where to fix it."""
+
+
+@dataclass(frozen=True)
+class ConfigSources:
+    """Where parameter values come from: ``conf/<base_env>``, ``conf/<env>`` and ``--params``."""
+
+    conf_source: Path
+    env: str | None = None
+    base_env: str = "base"
+    runtime_params: Mapping[str, Any] = field(default_factory=dict)
+
+    def files(self, pattern: str = "parameters*.yml") -> list[Path]:
+        """Configuration files, the ones that win first (run environment, then base)."""
+        envs = [e for e in (self.env, self.base_env) if e]
+        return [p for e in dict.fromkeys(envs) for p in sorted((self.conf_source / e).glob(pattern))]
+
+    def locate(self, key: str) -> str:
+        """Where ``key`` (dotted) is set: ``--params``, a parameter file, or the file that should set it."""
+        parts = key.split(".")
+        if _has_key(self.runtime_params, parts):
+            return "--params"
+        for path in self.files(pattern="globals.yml"):  # image_size, target_finding
+            if len(parts) == 1 and _has_key(yaml.safe_load(path.read_text()) or {}, parts):
+                return _relative(path, self.conf_source)
+        for path in self.files():
+            if _has_key(yaml.safe_load(path.read_text()) or {}, parts):
+                return _relative(path, self.conf_source)
+        for path in self.files():  # a missing key: the file that holds its parent
+            if len(parts) > 1 and _has_key(yaml.safe_load(path.read_text()) or {}, parts[:-1]):
+                return _relative(path, self.conf_source)
+        base = self.conf_source / self.base_env
+        return _relative(base / GROUP_FILES.get(parts[0], "parameters.yml"), self.conf_source)
+
+
+def _relative(path: Path, conf_source: Path) -> str:
+    return f"{conf_source.name}/{path.relative_to(conf_source)}"
+
+
+def _has_key(tree: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(tree, Mapping) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The model class at a location of the tree (``None`` past a leaf)."""
+    for part in loc:
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return None
+        inner = [a for a in getattr(info.annotation, "__args__", (info.annotation,)) if isinstance(a, type)]
+        models = [a for a in inner if issubclass(a, BaseModel)]
+        if not models:
+            return None
+        model = models[0]
+    return model
+
+
+def _describe(error: dict, sources: ConfigSources) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    key = ".".join(loc)
+    where = sources.locate(key)
+    if error["type"] == "extra_forbidden":
+        parent = _fields_at(ProjectParams, loc[:-1])
+        known = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        scope = ".".join(loc[:-1]) or "the top level"
+        return f"unknown parameter '{key}' (set in {where}); {scope} accepts: {', '.join(known)}{hint}"
+    if error["type"] == "missing":
+        return f"missing parameter '{key}': add it to {where}"
+    message = error["msg"].removeprefix("Value error, ")
+    if not loc:
+        return message
+    value = error.get("input")
+    shown = "" if isinstance(value, Mapping) else f" = {value!r}"
+    return f"'{key}'{shown}: {message[0].lower()}{message[1:]} (set in {where})"
+
+
+def validate_parameters(params: Mapping[str, Any], sources: ConfigSources) -> ProjectParams:
+    """The typed parameter tree, or a ``ParameterError`` naming every problem and where to fix it."""
+    try:
+        return ProjectParams.model_validate(dict(params))
+    except ValidationError as exc:
+        problems = [_describe(e, sources) for e in exc.errors()]
+    raise ParameterError(
+        "Invalid parameters; nothing was run:\n  - "
+        + "\n  - ".join(problems)
+        + "\nFix them in the file named, in conf/local/, or with --params=<key>=<value> "
+        "(docs/parameters.md lists every parameter)."
+    )
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_backbone_weights(params: ProjectParams, sources: ConfigSources) -> None:
+    """A local ``backbone_weights`` file must exist and load into the configured backbone.
+
+    Checked before any data is touched: building the headless backbone and loading the file takes
+    seconds, where finding out at the training node would come after data processing.
+    """
+    model = params.model_training.model
+    weights = model.backbone_weights
+    if weights in (None, "imagenet"):
+        return
+    key = "model_training.model.backbone_weights"
+    where = f"(set in {sources.locate(key)})"
+    path = Path(weights)
+    if not path.is_file():
+        raise ParameterError(
+            f"'{key}' = {weights!r}: no such file {where}. Use the path of a local headless "
+            f"{model.backbone} weights file, imagenet (needs network access) or null (random initialisation)."
+        )
+    with path.open("rb") as fh:
+        if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+            raise ParameterError(f"'{key}' = {weights!r}: not an HDF5 (.h5) weights file {where}.")
+    from cardio_kedro.modeling import build_backbone
+
+    try:
+        build_backbone(model.backbone, params.image_size, weights, model.backbone_width, model.backbone_batchnorm)
+    except Exception as exc:
+        raise ParameterError(
+            f"'{key}' = {weights!r}: does not load into a headless {model.backbone} at {params.image_size} px "
+            f"{where}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+# ---- documentation -------------------------------------------------------------------------------
+def _leaves(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        nested = _fields_at(model, (name,))
+        if nested is not None and name not in ("augmentation",):
+            yield from _leaves(nested, f"{key}.")
+        else:
+            yield key, info
+
+
+def _lookup(tree: Mapping, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, Mapping) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_show(v)}" for k, v in value.items())
+    return str(value)
+
+
+_TYPE_NAMES = {int: "integer", float: "number", bool: "true/false", str: "text", type(None): "null"}
+_BOUNDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+
+
+def _bounds(metadata: list) -> str:
+    parts = []
+    for constraint in [c for item in metadata for c in (item, *getattr(item, "metadata", []))]:
+        for name, symbol in _BOUNDS.items():
+            bound = getattr(constraint, name, None)
+            if bound is not None:
+                parts.append(f"{symbol} {bound:g}")
+    return " " + ", ".join(parts) if parts else ""
+
+
+def _type_text(annotation: Any, metadata: list) -> str:
+    """How a field's type reads in the docs: ``integer ≥ 1 or null``, ```vgg16` or `densenet121```."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation == Finding:
+        text = "an NIH finding (any of the 14)"
+    elif origin is Literal:
+        text = " or ".join(f"`{_show(a)}`" for a in args)
+    elif origin in (Union, types.UnionType):
+        text = " or ".join(_type_text(a, metadata) for a in args)
+    elif origin is Annotated:
+        text = _type_text(args[0], [*metadata, *args[1:]])
+    elif origin is list:
+        text = f"list, each {_type_text(args[0], [])}"
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        text = "a group (keys below)"
+    else:
+        text = _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+        text += _bounds(metadata) if annotation in (int, float) else ""
+    return text
+
+
+def _accepted(info) -> str:
+    return _type_text(info.annotation, list(info.metadata))
+
+
+def _env_values(folder: Path) -> dict:
+    """The parameters one environment's files set, with the values it takes from its globals.yml."""
+    tree: dict = {}
+    for path in sorted(folder.glob("parameters*.yml")):
+        _merge(tree, yaml.safe_load(path.read_text()) or {})
+    globals_file = folder / "globals.yml"
+    globals_ = yaml.safe_load(globals_file.read_text()) if globals_file.is_file() else {}
+    for key in ProjectParams.model_fields:
+        if key in globals_:
+            tree[key] = globals_[key]
+    return tree
+
+
+def parameters_markdown(conf_source: Path) -> str:
+    """docs/parameters.md: every parameter with its base and nih value, from the typed models and the YAML."""
+    merged = {env: _env_values(conf_source / env) for env in ("base", "nih")}
+    lines = [
+        "# Parameters",
+        "",
+        "Generated from `src/cardio_kedro/config.py` and `conf/` by `python -m cardio_kedro.config`; a test",
+        "keeps the two in step. Every key below must be set (no defaults hide in the code); a missing,",
+        "unknown or out-of-range key stops a run before any data is touched, naming the key and its file.",
+        "Override any key at run time: `kedro run --params=model_training.batch_size=16,reporting.n_bootstrap=200`.",
+        "`image_size` and `target_finding` are set in `conf/<env>/globals.yml` (the catalog and MLflow use them",
+        "too) or with `--params`. The nih column is empty where `conf/nih` keeps the base value.",
+        "",
+    ]
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for key, info in _leaves(ProjectParams):
+        group = key.split(".")[0] if "." in key else "shared"
+        groups.setdefault(group, []).append((key, info))
+    for group, rows in groups.items():
+        title = "Shared and runtime-only" if group == "shared" else f"`{group}` (`{GROUP_FILES[group]}`)"
+        lines += [f"## {title}", "", "| key | base | nih | accepted | effect |", "| --- | --- | --- | --- | --- |"]
+        for key, info in rows:
+            if key in RUNTIME_KEYS:
+                base = nih = "runtime only"
+            else:
+                base = _show(_lookup(merged["base"], key))
+                nih_value = _lookup(merged["nih"], key)
+                nih = _show(nih_value) if nih_value is not None or _has_key(merged["nih"], key.split(".")) else ""
+            lines.append(f"| `{key}` | {base} | {nih} | {_accepted(info)} | {info.description or ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _merge(into: dict, other: Mapping) -> None:
+    for key, value in other.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+if __name__ == "__main__":
+    print(parameters_markdown(Path("conf")), end="")

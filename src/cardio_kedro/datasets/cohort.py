@@ -1,0 +1,190 @@
+"""The parts of a cohort folder in the NIH ChestX-ray14 layout, one catalog dataset each.
+
+A cohort folder holds ``Data_Entry_2017.csv`` (the label table), images anywhere below it (flat
+``images/`` or the Kaggle ``images_00N/images/``) and, optionally, ``BBox_List_2017.csv`` and
+NIH's official split lists. Every save (the phantom generator writes a cohort) is atomic.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+from kedro.io import AbstractDataset, DatasetError
+
+from cardio_kedro.imaging import IMAGE_SUFFIXES
+from cardio_kedro.nih import (
+    BOX_COLUMNS,
+    LABEL_TABLE_COLUMNS,
+    OFFICIAL_SPLIT_FILES,
+    REQUIRED_LABEL_COLUMNS,
+)
+
+from ._files import atomic_file, atomic_folder, write_files
+
+logger = logging.getLogger(__name__)
+
+NO_COHORT_HINT = (
+    "Put the NIH ChestX-ray14 download there (Data_Entry_2017.csv and images_00N/images/*.png) or pass "
+    "--params=cohort_dir=/path/to/cohort; for the offline demo run 'kedro run --pipelines=phantom_cohort'."
+)
+
+
+def read_label_table(path: str | Path) -> pd.DataFrame:
+    """Read an NIH ``Data_Entry_2017.csv``: the Kaggle file (trailing empty column) or the 2020 revision.
+
+    The header's ``OriginalImage[Width,Height]`` contains a comma, so the header is matched by name
+    and the values are read positionally. Every row needs an image name and an integer patient id
+    (the split is by patient): a row without one is refused with its line number.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8-sig") as fh:
+        header = fh.readline().strip()
+    names = [n.strip() for n in header.split(",")]
+    missing = [c for c in REQUIRED_LABEL_COLUMNS if c not in names]
+    if missing:
+        raise DatasetError(
+            f"{path} lacks the required column(s) {missing}; expected the NIH header "
+            f"starting with {', '.join(REQUIRED_LABEL_COLUMNS)}"
+        )
+    if names[: len(REQUIRED_LABEL_COLUMNS)] == list(REQUIRED_LABEL_COLUMNS):
+        raw = pd.read_csv(path, header=None, skiprows=1, dtype=str, keep_default_na=False)
+        raw = raw.iloc[:, : len(LABEL_TABLE_COLUMNS)]
+        raw.columns = list(LABEL_TABLE_COLUMNS[: raw.shape[1]])
+    else:  # the required columns in another order, without the comma-split extras
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raw = raw[[c for c in raw.columns if not c.startswith("Unnamed")]]
+    _check_identifiers(raw, path)
+    return raw
+
+
+def _check_identifiers(raw: pd.DataFrame, path: Path) -> None:
+    """Refuse rows without an image name or an integer patient id, naming the file, line and column."""
+    for column, ok in (
+        ("Image Index", raw["Image Index"].str.strip() != ""),
+        ("Patient ID", raw["Patient ID"].str.strip().str.fullmatch(r"\d+")),
+    ):
+        bad = raw.index[~ok.fillna(False).astype(bool)]
+        if len(bad):
+            first = int(bad[0])
+            value = raw.loc[first, column]
+            raise DatasetError(
+                f"{path}, line {first + 2} (image '{raw.loc[first, 'Image Index']}'), column '{column}': "
+                f"{'blank' if not value.strip() else repr(value)}; "
+                f"{'an image name' if column == 'Image Index' else 'an integer patient id'} is required "
+                f"({len(bad)} row(s) like this). Fix or remove the row(s)."
+            )
+
+
+def read_box_list(path: str | Path) -> pd.DataFrame:
+    """Read NIH's ``BBox_List_2017.csv`` into ``image_index, finding, x, y, w, h``."""
+    try:
+        raw = pd.read_csv(path, header=None, skiprows=1, usecols=range(len(BOX_COLUMNS)))
+    except pd.errors.EmptyDataError:  # header only: no boxes
+        return pd.DataFrame(columns=list(BOX_COLUMNS))
+    raw.columns = list(BOX_COLUMNS)
+    return raw
+
+
+class _CohortFile(AbstractDataset[pd.DataFrame, pd.DataFrame]):
+    """A CSV file of the cohort folder, written atomically."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _save(self, table: pd.DataFrame) -> None:
+        with atomic_file(self._filepath, ".csv") as tmp:
+            table.to_csv(tmp, index=False)
+
+
+class LabelTableDataset(_CohortFile):
+    """``Data_Entry_2017.csv`` as a DataFrame of strings with the NIH column names."""
+
+    def _load(self) -> pd.DataFrame:
+        if not self._filepath.is_file():
+            folder = self._filepath.parent
+            where = "folder does not exist" if not folder.exists() else f"no {self._filepath.name} in it"
+            raise DatasetError(f"No cohort at '{folder}' ({where}). {NO_COHORT_HINT}")
+        return read_label_table(self._filepath)
+
+
+class BoxListDataset(_CohortFile):
+    """``BBox_List_2017.csv`` as ``image_index, finding, x, y, w, h`` (empty when the cohort has none)."""
+
+    def _load(self) -> pd.DataFrame:
+        if not self._filepath.is_file():
+            logger.info("No %s in the cohort: attention localization is skipped", self._filepath.name)
+            return pd.DataFrame(columns=list(BOX_COLUMNS))
+        return read_box_list(self._filepath)
+
+
+class OfficialSplitDataset(AbstractDataset[None, dict]):
+    """NIH's ``train_val_list.txt`` and ``test_list.txt`` as ``{"train_val": [...], "test": [...]}``.
+
+    Loads ``{}`` when the cohort folder does not have both lists.
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+    def _load(self) -> dict:
+        files = {key: self._path / name for key, name in OFFICIAL_SPLIT_FILES.items()}
+        if not all(p.is_file() for p in files.values()):
+            return {}
+        return {key: p.read_text().split() for key, p in files.items()}
+
+    def _save(self, data: None) -> None:
+        raise DatasetError("OfficialSplitDataset is read-only")
+
+
+class ImageFileIndexDataset(AbstractDataset[Iterable[tuple[str, bytes]], pd.DataFrame]):
+    """The image files below a cohort folder, at any depth.
+
+    ``load`` returns ``image_index`` (file name) and ``path`` for every PNG/JPEG, the first one
+    found when a name occurs twice. ``save`` takes ``(relative path, PNG bytes)`` pairs (a lazy
+    stream is fine) and writes them into a temporary folder that replaces the same-named folders
+    of the cohort only when every file is written.
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _load(self) -> pd.DataFrame:
+        if not self._path.is_dir():
+            raise DatasetError(f"No cohort folder at '{self._path}'. {NO_COHORT_HINT}")
+        files: dict[str, str] = {}
+        for dirpath, dirnames, names in os.walk(self._path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(names):
+                if name.lower().endswith(IMAGE_SUFFIXES):
+                    files.setdefault(name, str(Path(dirpath) / name))
+        return pd.DataFrame({"image_index": list(files), "path": list(files.values())})
+
+    def _save(self, images: Iterable[tuple[str, bytes]]) -> None:
+        with atomic_folder(self._path) as tmp:
+            n = write_files(tmp, images)
+        logger.info("Wrote %d image(s) to %s", n, PurePosixPath(self._path))

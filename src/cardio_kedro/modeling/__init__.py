@@ -1,0 +1,26 @@
+"""The attention classifier, its training loop pieces and its data feeds; Keras only (any backend).
+
+Imports neither Kedro nor TensorFlow at module level, so the same code runs under
+``KERAS_BACKEND=jax`` on a machine without TensorFlow.
+"""
+
+from .attention import attention_model, encode_png, overlay, predict_with_attention, upsample
+from .builder import ATTENTION_LAYER, BACKBONE_PREPROCESSING, build_backbone, build_model
+from .io import load_model
+from .layers import AttentionPooling, XrayAugment, XrayPreprocess
+
+__all__ = [
+    "ATTENTION_LAYER",
+    "BACKBONE_PREPROCESSING",
+    "AttentionPooling",
+    "XrayAugment",
+    "XrayPreprocess",
+    "attention_model",
+    "build_backbone",
+    "build_model",
+    "encode_png",
+    "load_model",
+    "overlay",
+    "predict_with_attention",
+    "upsample",
+]

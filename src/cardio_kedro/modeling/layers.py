@@ -1,0 +1,150 @@
+"""The custom layers of the attention classifier, registered for ``safe_mode`` loading.
+
+Backend-agnostic: only ``keras`` is imported, so ``KERAS_BACKEND=jax`` or ``torch`` runs the same
+layers. Importing this module registers them (``cardio_kedro>XrayPreprocess`` ...).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+CAFFE_MEAN = (103.939, 116.779, 123.68)  # BGR means of keras.applications' "caffe" mode
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="cardio_kedro")
+class XrayPreprocess(layers.Layer):
+    """uint8 grayscale -> 3-channel float in the range the backbone was trained on.
+
+    ``mode``: ``caffe`` (VGG: minus the BGR ImageNet mean), ``torch`` (DenseNet: [0, 1] then
+    standardised), ``raw`` (EfficientNet/MobileNetV3 rescale internally: [0, 255]).
+    """
+
+    def __init__(self, mode: str = "caffe", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "torch", "raw"):
+            raise ValueError(f"unknown preprocessing mode '{mode}'")
+        self.mode = mode
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        x = ops.concatenate([x, x, x], axis=-1)
+        if self.mode == "caffe":
+            return x - ops.convert_to_tensor(CAFFE_MEAN, dtype=self.compute_dtype)
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(TORCH_MEAN, dtype=self.compute_dtype)
+            std = ops.convert_to_tensor(TORCH_STD, dtype=self.compute_dtype)
+            return (x / 255.0 - mean) / std
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="cardio_kedro")
+class XrayAugment(layers.Layer):
+    """Jit-safe training augmentation: one random affine per image plus brightness and contrast.
+
+    Rotation (degrees), translation (fraction of the side) and zoom (fraction) are drawn per image
+    and applied with ``keras.ops.image.affine_transform``; no horizontal flip, since the heart's
+    side matters. Unlike ``RandomRotation``/``RandomTranslation``/``RandomZoom`` this layer keeps
+    XLA compilation on. Identity outside training.
+    """
+
+    def __init__(
+        self,
+        rotation: float = 5.0,
+        translation: float = 0.05,
+        zoom: float = 0.05,
+        brightness: float = 0.1,
+        contrast: float = 0.1,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.rotation, self.translation, self.zoom = rotation, translation, zoom
+        self.brightness, self.contrast, self.seed = brightness, contrast, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        x = ops.cast(inputs, "float32")
+        batch = ops.shape(x)[0]
+        height, width = ops.shape(x)[1], ops.shape(x)[2]
+
+        def draw(limit):
+            return keras.random.uniform((batch,), -limit, limit, seed=self.seed_generator)
+
+        angle = draw(self.rotation * math.pi / 180.0)
+        scale = 1.0 + draw(self.zoom)
+        h, w = ops.cast(height, "float32"), ops.cast(width, "float32")
+        tx, ty = draw(self.translation) * w, draw(self.translation) * h
+        cos, sin = ops.cos(angle) / scale, ops.sin(angle) / scale
+        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+        transform = ops.stack(
+            [
+                cos,
+                -sin,
+                cx - cos * cx + sin * cy + tx,
+                sin,
+                cos,
+                cy - sin * cx - cos * cy + ty,
+                ops.zeros_like(cos),
+                ops.zeros_like(cos),
+            ],
+            axis=1,
+        )
+        x = ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="nearest")
+        gain = ops.reshape(1.0 + draw(self.contrast), (-1, 1, 1, 1))
+        shift = ops.reshape(draw(self.brightness) * 255.0, (-1, 1, 1, 1))
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        x = ops.clip((x - mean) * gain + mean + shift, 0.0, 255.0)
+        return ops.cast(x, inputs.dtype) if inputs.dtype == "uint8" else x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "rotation": self.rotation,
+            "translation": self.translation,
+            "zoom": self.zoom,
+            "brightness": self.brightness,
+            "contrast": self.contrast,
+            "seed": self.seed,
+        }
+
+
+@keras.saving.register_keras_serializable(package="cardio_kedro")
+class AttentionPooling(layers.Layer):
+    """``GAP(features * mask) / GAP(mask)``: the attention-weighted mean of the features.
+
+    Dividing by the mask's mean undoes its scaling, so the head sees feature averages over the
+    attended region whatever the mask's total mass.
+    """
+
+    def __init__(self, epsilon: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, inputs):
+        features, mask = inputs
+        weighted = ops.mean(features * mask, axis=(1, 2))
+        mass = ops.mean(mask, axis=(1, 2))
+        return weighted / (mass + self.epsilon)
+
+    def compute_output_shape(self, input_shapes):
+        features_shape, _ = input_shapes
+        return (features_shape[0], features_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}

@@ -1,0 +1,143 @@
+"""Training pieces: precision, distribution, loss, freezing, compiling, and the epoch monitor."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from typing import Any
+
+import keras
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+HISTORY_METRICS = ("loss", "auc", "val_loss", "val_auc", "lr", "images_per_second")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class EpochMonitor(keras.callbacks.Callback):
+    """Keeps the best weights by ``val_auc`` across phases, logs one line per epoch, stops on NaN.
+
+    ``records`` holds one dict per epoch (the training history); ``restore()`` puts the best
+    epoch's weights back.
+    """
+
+    def __init__(self, n_train: int):
+        super().__init__()
+        self.n_train = n_train
+        self.best_auc, self.best_epoch, self.best_weights = -math.inf, -1, None
+        self.records: list[dict[str, Any]] = []
+        self.phase = "head"
+        self.diverged: str | None = None
+        self._start = time.perf_counter()
+
+    # No per-batch hook on purpose: one would make Keras fetch the loss every step and stall the
+    # accelerator's asynchronous dispatch. NaN is caught at the end of the epoch.
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        seconds = max(time.perf_counter() - self._start, 1e-9)
+        record = {
+            "epoch": epoch + 1,
+            "phase": self.phase,
+            **{k: float(logs.get(k, np.nan)) for k in ("loss", "auc", "val_loss", "val_auc")},
+            "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            "epoch_seconds": seconds,
+            "images_per_second": self.n_train / seconds,
+        }
+        if not math.isfinite(record["loss"]):
+            self.diverged = f"loss became {record['loss']} in epoch {epoch + 1}"
+            self.model.stop_training = True
+        self.records.append(record)
+        improved = math.isfinite(record["val_auc"]) and record["val_auc"] > self.best_auc
+        if improved:
+            self.best_auc, self.best_epoch = record["val_auc"], epoch + 1
+            self.best_weights = self.model.get_weights()
+        logger.info(
+            "epoch %d (%s): loss %.4f auc %.4f | val_loss %.4f val_auc %.4f%s | lr %.2e | %.0f img/s",
+            epoch + 1,
+            self.phase,
+            record["loss"],
+            record["auc"],
+            record["val_loss"],
+            record["val_auc"],
+            " (best)" if improved else "",
+            record["lr"],
+            record["images_per_second"],
+        )
+
+    def restore(self) -> None:
+        """Put the weights of the best epoch back (no-op before the first validated epoch)."""
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+            logger.info("Restored the weights of epoch %d (val_auc %.4f)", self.best_epoch, self.best_auc)
+
+
+def resolve_precision(setting: str) -> str:
+    """``auto`` -> ``mixed_bfloat16`` when an accelerator is present, else ``float32``."""
+    if setting == "auto":
+        devices = keras.distribution.list_devices()
+        return "mixed_bfloat16" if any(not d.lower().startswith("cpu") for d in devices) else "float32"
+    return setting
+
+
+def distribution_scope(kind: str):
+    """Context for building and training under ``single`` or ``data_parallel`` distribution."""
+    if kind == "single":
+        return contextlib.nullcontext()
+    if kind != "data_parallel":
+        raise ValueError(f"distribution must be 'single' or 'data_parallel', got '{kind}'")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf  # the one backend-specific spot: TF's own strategy
+
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+        logger.info("data_parallel: MirroredStrategy over %d replica(s)", strategy.num_replicas_in_sync)
+        return strategy.scope()
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        logger.info("data_parallel: keras DataParallel over %d device(s)", len(devices))
+        return contextlib.nullcontext()
+    raise ValueError(f"data_parallel is supported on the tensorflow and jax backends, not {backend}")
+
+
+def make_loss(name: str) -> keras.losses.Loss:
+    """``binary_crossentropy`` or ``focal`` (binary focal cross-entropy, gamma 2)."""
+    if name == "focal":
+        return keras.losses.BinaryFocalCrossentropy(gamma=2.0)
+    if name == "binary_crossentropy":
+        return keras.losses.BinaryCrossentropy()
+    raise ValueError(f"loss must be 'binary_crossentropy' or 'focal', got '{name}'")
+
+
+def set_trainable(model: keras.Model, unfreeze_layers: int | str) -> int:
+    """Freeze the backbone except its top ``unfreeze_layers`` weighted layers (``all`` = every one).
+
+    Returns how many weighted layers are trainable.
+    """
+    backbone = model.get_layer("backbone")
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    n = len(weighted) if unfreeze_layers == "all" else int(unfreeze_layers)
+    backbone.trainable = n > 0
+    for i, layer in enumerate(weighted):
+        layer.trainable = i >= len(weighted) - n
+    return n
+
+
+def compile_model(model: keras.Model, learning_rate: float, loss: str, jit_compile: bool | str) -> None:
+    """Adam at ``learning_rate``, the named loss, AUC as the metric."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=make_loss(loss),
+        metrics=[keras.metrics.AUC(name="auc")],
+        jit_compile=jit_compile,
+    )

@@ -1,0 +1,184 @@
+"""Helpers shared by the tests: parameters from conf/base, phantom cohorts, throw-away Kedro projects, servers."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cardio_kedro.datasets import BoxListDataset, ImageFileIndexDataset, LabelTableDataset
+from cardio_kedro.nih import BOX_LIST_FILE, LABEL_TABLE_FILE
+from cardio_kedro.pipelines.phantom_cohort.nodes import generate_phantom_cohort
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_NIH = PROJECT_ROOT.parent / "shared" / "data" / "nih"
+BASE_CONF = PROJECT_ROOT / "conf" / "base"
+
+
+def deep_update(tree: dict, overrides: dict) -> dict:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            deep_update(tree[key], value)
+        else:
+            tree[key] = value
+    return tree
+
+
+def base_params(group: str, **overrides: Any) -> dict:
+    """A parameter group as conf/base sets it, with ``overrides`` merged in key by key."""
+    tree: dict = {}
+    for path in sorted(BASE_CONF.glob("parameters*.yml")):
+        tree.update(yaml.safe_load(path.read_text()) or {})
+    return deep_update(copy.deepcopy(tree[group]), overrides)
+
+
+def phantom_params(**overrides: Any) -> dict:
+    """Small, fast phantom parameters (serial rendering) on top of conf/base."""
+    small = {"n_patients": 60, "native_size": 64, "prevalence": 0.3, "seed": 3, "images_per_folder": 50, "workers": 1}
+    return base_params("phantoms", **{**small, **overrides})
+
+
+def make_phantom_cohort(path: Path, **overrides: Any) -> Path:
+    """Write a small phantom cohort (images, box list, label table) to ``path``."""
+    images, boxes, labels = generate_phantom_cohort(phantom_params(**overrides))
+    ImageFileIndexDataset(str(path)).save(images)
+    BoxListDataset(str(path / BOX_LIST_FILE)).save(boxes)
+    LabelTableDataset(str(path / LABEL_TABLE_FILE)).save(labels)
+    return path
+
+
+# model_training.model for a model that builds and trains in a second on the CPU
+TINY_MODEL = {
+    "backbone": "vgg16",
+    "backbone_weights": None,
+    "backbone_width": 0.125,
+    "backbone_batchnorm": True,
+    "attention_units": [8, 1],
+    "attention_activation": "elu",
+    "dense_units": 8,
+    "dropout": 0.1,
+    "augmentation": None,
+}
+
+
+def tiny_params(**overrides):
+    """model_training parameters from conf/base, made tiny; ``overrides`` merge key by key."""
+    tiny = {
+        "model": dict(TINY_MODEL),
+        "seed": 1,
+        "batch_size": 16,
+        "head": {"epochs": 1, "learning_rate": 1e-3},
+        "fine_tune": {"epochs": 2, "learning_rate": 1e-3, "unfreeze_layers": "all"},
+        "early_stopping_patience": 5,
+        "reduce_lr": {"factor": 0.5, "patience": 5},
+        "mixed_precision": "float32",
+        "verbose": 0,
+    }
+    return base_params("model_training", **deep_update(tiny, overrides))
+
+
+TINY_GLOBALS = "image_size: 32\n"
+TINY_PARAMETERS = """
+phantoms:
+  n_patients: 90
+  native_size: 64
+  prevalence: 0.35
+  workers: 1
+  images_per_folder: 60
+data_processing:
+  workers: 1
+model_training:
+  model:
+    backbone_width: 0.125
+    attention_units: [8, 1]
+    dense_units: 8
+  batch_size: 16
+  head: {epochs: 1}
+  fine_tune: {epochs: 1}
+  verbose: 0
+reporting:
+  n_bootstrap: 50
+  heatmaps_per_group: 2
+  examples_per_class: 2
+"""
+
+
+def make_tiny_project(tmp_path: Path) -> Path:
+    """A copy of the project's conf in ``tmp_path``, with tiny parameters and an absolute MLflow store."""
+    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "conf" / "local").mkdir()
+    (tmp_path / "src").mkdir()  # the package itself is installed; Kedro only checks the folder
+    (tmp_path / "conf" / "local" / "parameters.yml").write_text(TINY_PARAMETERS)
+    (tmp_path / "conf" / "local" / "globals.yml").write_text(TINY_GLOBALS)
+    # an absolute store: MLflow caches stores by URI, and the relative one would follow the first project
+    mlflow_yml = (PROJECT_ROOT / "conf" / "base" / "mlflow.yml").read_text()
+    absolute = mlflow_yml.replace("sqlite:///mlflow.db", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert absolute != mlflow_yml
+    (tmp_path / "conf" / "local" / "mlflow.yml").write_text(absolute)
+    return tmp_path
+
+
+def run_pipeline(project: Path, pipeline: str, env: str | None = None, runtime_params: dict | None = None, **run):
+    """Run a pipeline of the project in ``project`` through a real Kedro session."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params or {}) as session:
+        return session.run(pipeline_names=[pipeline], **run)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now, below 49152 (kedro viz refuses ephemeral ports)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 49000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port found between 20000 and 49000")
+
+
+@contextmanager
+def serve(command: list[str], cwd: Path, url: str, env: dict | None = None, timeout: float = 120):
+    """Start a server in its own process group, wait for ``url``, and always stop it by process id."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+                assert time.time() < deadline, f"{command[0]} did not answer in {timeout} s"
+                time.sleep(1)
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:  # it already exited
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,60 @@
+"""Training pieces: best weights restored, NaN stops training, freezing, losses."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from cardio_kedro.modeling import build_model
+from cardio_kedro.modeling.training import EpochMonitor, make_loss, set_trainable
+from tests.helpers import TINY_MODEL
+
+
+def _toy_model():
+    inputs = keras.Input((2,))
+    return keras.Model(inputs, keras.layers.Dense(1)(inputs))
+
+
+def test_the_best_epochs_weights_are_restored():
+    model = _toy_model()
+    monitor = EpochMonitor(n_train=10)
+    monitor.set_model(model)
+    model.compile(optimizer="adam", loss="mse")
+    snapshots = []
+    for epoch, val_auc in enumerate([0.6, 0.9, 0.7, 0.8]):
+        model.set_weights([np.full_like(w, epoch) for w in model.get_weights()])
+        snapshots.append([w.copy() for w in model.get_weights()])
+        monitor.on_epoch_begin(epoch)
+        monitor.on_epoch_end(epoch, {"loss": 1.0, "val_auc": val_auc})
+    monitor.restore()
+    for restored, best in zip(model.get_weights(), snapshots[1], strict=True):
+        np.testing.assert_array_equal(restored, best)
+    assert monitor.best_epoch == 2
+    assert [r["epoch"] for r in monitor.records] == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_training_with_a_reason():
+    model = _toy_model()
+    model.compile(optimizer="adam", loss="mse")
+    monitor = EpochMonitor(n_train=10)
+    monitor.set_model(model)
+    monitor.on_epoch_begin(0)
+    monitor.on_epoch_end(0, {"loss": math.nan, "val_auc": 0.5})
+    assert model.stop_training and "nan in epoch 1" in monitor.diverged
+
+
+def test_set_trainable_freezes_all_but_the_top_layers():
+    model = build_model(32, **TINY_MODEL, seed=0)
+    weighted = [layer for layer in model.get_layer("backbone").layers if layer.weights]
+    assert set_trainable(model, 0) == 0 and not model.get_layer("backbone").trainable
+    assert set_trainable(model, 2) == 2
+    assert [layer.trainable for layer in weighted][-3:] == [False, True, True]
+    assert set_trainable(model, "all") == len(weighted) and all(layer.trainable for layer in weighted)
+
+
+def test_losses_by_name():
+    assert isinstance(make_loss("focal"), keras.losses.BinaryFocalCrossentropy)
+    assert isinstance(make_loss("binary_crossentropy"), keras.losses.BinaryCrossentropy)
+    with pytest.raises(ValueError, match="loss must be"):
+        make_loss("hinge")
