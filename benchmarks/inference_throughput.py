@@ -71,7 +71,7 @@ def main() -> int:
     project = scratch_project(args.size)
     params = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
     config = ModelTrainingParams.model_validate(params)
-    model = build_model(args.size, **config.model.model_dump(), seed=config.seed)
+    model = build_model(args.size, **config.model.model_dump())
     version = "2026-01-01T00.00.00.000Z"
     model_file = project / "data/06_models/classifier.keras" / version / "classifier.keras"
     model_file.parent.mkdir(parents=True)

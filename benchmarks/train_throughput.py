@@ -103,7 +103,7 @@ def bare_throughput(args, n_train: int, n_val: int) -> dict[str, float]:
     y = (rng.random(n_train) < 0.25).astype("float32")
     val = (x[:n_val], y[:n_val])  # validate every epoch on as many images as the Kedro run did
     out = {}
-    model = build_model(args.size, **config.model.model_dump(), seed=config.seed)
+    model = build_model(args.size, **config.model.model_dump())
     for phase, unfreeze in (("head", 0), ("fine_tune", "all")):
         set_trainable(model, unfreeze)
         compile_model(model, 1e-4, config.loss, config.jit_compile)

@@ -45,7 +45,7 @@ def test_nan_loss_stops_training_with_a_reason():
 
 
 def test_set_trainable_freezes_all_but_the_top_layers():
-    model = build_model(32, **TINY_MODEL, seed=0)
+    model = build_model(32, **TINY_MODEL)
     weighted = [layer for layer in model.get_layer("backbone").layers if layer.weights]
     assert set_trainable(model, 0) == 0 and not model.get_layer("backbone").trainable
     assert set_trainable(model, 2) == 2

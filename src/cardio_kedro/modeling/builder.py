@@ -109,14 +109,14 @@ def build_model(
     dense_units: int,
     dropout: float,
     augmentation: Mapping[str, float] | None,
-    seed: int | None,
 ) -> keras.Model:
     """Build the attention classifier.
 
     ``attention_units`` are the widths of the 1x1 convolutions from the backbone features down to
     the attention map (the last must be 1); ``augmentation`` is the keyword arguments of
     ``XrayAugment`` (training only) or ``None``. The keyword names match the ``model_training.model``
-    parameters, so ``build_model(size, **params.model.model_dump(), seed=params.seed)`` works.
+    parameters, so ``build_model(size, **params.model.model_dump())`` works. Weights and augmentation
+    draw from Keras' global random state: ``keras.utils.set_random_seed`` first makes a run repeatable.
     """
     units = list(attention_units)
     if not units or units[-1] != 1:
@@ -124,7 +124,7 @@ def build_model(
     inputs = keras.Input((image_size, image_size, 1), dtype="uint8", name="image")
     x = inputs
     if augmentation:
-        x = XrayAugment(**augmentation, seed=seed, name="augment")(x)
+        x = XrayAugment(**augmentation, name="augment")(x)
     x = XrayPreprocess(BACKBONE_PREPROCESSING[backbone], name="preprocess")(x)
     features_model = build_backbone(backbone, image_size, backbone_weights, backbone_width, backbone_batchnorm)
     features_model.name = "backbone"

@@ -19,7 +19,7 @@ def test_a_folder_is_scored_with_errors_as_rows(toy_cache, tmp_path):
         shutil.copy(path, folder / "ward")
     (folder / "notes.png").write_text("not an image")
     files = sorted(p for p in folder.rglob("*.png"))
-    model = build_model(32, **TINY_MODEL, seed=0)
+    model = build_model(32, **TINY_MODEL)
     catalog = DataCatalog()
     catalog["inference_images"] = pd.DataFrame(
         {"file": [str(p.relative_to(folder)) for p in files], "path": [str(p) for p in files]}

@@ -22,7 +22,7 @@ def reported(toy_cache, tmp_path_factory):
     for name in ("evaluation_metrics", "attention_localization"):  # consumed inside: kept on disk to look at
         kept[name] = JSONDataset(filepath=str(folder / f"{name}.json"))
     catalog = DataCatalog(datasets=kept)
-    catalog["classifier"] = MemoryDataset(build_model(32, **TINY_MODEL, seed=0), copy_mode="assign")
+    catalog["classifier"] = MemoryDataset(build_model(32, **TINY_MODEL), copy_mode="assign")
     catalog["pixel_cache"] = MemoryDataset(toy_cache["cache"], copy_mode="assign")
     for name, frame in (("train", train), ("validation", validation), ("test", test)):
         catalog[f"{name}_split"] = frame

@@ -134,7 +134,7 @@ def train_model(
             keras.backend.backend(),
         )
         with distribution_scope(config.distribution):
-            model = build_model(pixel_cache.size, **config.model.model_dump(), seed=config.seed)
+            model = build_model(pixel_cache.size, **config.model.model_dump())
             monitor = EpochMonitor(len(train))
             _run_phases(model, fit, monitor, config)
     finally:
