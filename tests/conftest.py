@@ -45,7 +45,7 @@ def tiny_project(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory) -> Path:
-    """A tiny project on which `kedro run --pipeline=training` ran once (shared, read-mostly)."""
+    """A tiny project on which `kedro run --pipelines=training` ran once (shared, read-mostly)."""
     project = make_tiny_project(tmp_path_factory.mktemp("trained"))
     here = os.getcwd()
     os.chdir(project)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from cardio_kedro.config import deep_merge
 from cardio_kedro.datasets import BoxListDataset, ImageFileIndexDataset, LabelTableDataset
 from cardio_kedro.nih import BOX_LIST_FILE, LABEL_TABLE_FILE
 from cardio_kedro.pipelines.phantom_cohort.nodes import generate_phantom_cohort
@@ -27,21 +28,12 @@ SHARED_NIH = PROJECT_ROOT.parent / "shared" / "data" / "nih"
 BASE_CONF = PROJECT_ROOT / "conf" / "base"
 
 
-def deep_update(tree: dict, overrides: dict) -> dict:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(tree.get(key), dict):
-            deep_update(tree[key], value)
-        else:
-            tree[key] = value
-    return tree
-
-
 def base_params(group: str, **overrides: Any) -> dict:
     """A parameter group as conf/base sets it, with ``overrides`` merged in key by key."""
     tree: dict = {}
     for path in sorted(BASE_CONF.glob("parameters*.yml")):
         tree.update(yaml.safe_load(path.read_text()) or {})
-    return deep_update(copy.deepcopy(tree[group]), overrides)
+    return deep_merge(copy.deepcopy(tree[group]), overrides)
 
 
 def phantom_params(**overrides: Any) -> dict:
@@ -86,7 +78,7 @@ def tiny_params(**overrides):
         "mixed_precision": "float32",
         "verbose": 0,
     }
-    return base_params("model_training", **deep_update(tiny, overrides))
+    return base_params("model_training", **deep_merge(tiny, overrides))
 
 
 TINY_GLOBALS = "image_size: 32\n"

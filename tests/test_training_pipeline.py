@@ -1,4 +1,4 @@
-"""`kedro run --pipeline=training` end to end on a tiny phantom cohort: outputs, report, MLflow run."""
+"""`kedro run --pipelines=training` end to end on a tiny phantom cohort: outputs, report, MLflow run."""
 
 import json
 

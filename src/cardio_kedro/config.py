@@ -477,7 +477,7 @@ def _env_values(folder: Path) -> dict:
     """The parameters one environment's files set, with the values it takes from its globals.yml."""
     tree: dict = {}
     for path in sorted(folder.glob("parameters*.yml")):
-        _merge(tree, yaml.safe_load(path.read_text()) or {})
+        deep_merge(tree, yaml.safe_load(path.read_text()) or {})
     globals_file = folder / "globals.yml"
     globals_ = yaml.safe_load(globals_file.read_text()) if globals_file.is_file() else {}
     for key in ProjectParams.model_fields:
@@ -519,12 +519,14 @@ def parameters_markdown(conf_source: Path) -> str:
     return "\n".join(lines)
 
 
-def _merge(into: dict, other: Mapping) -> None:
+def deep_merge(into: dict, other: Mapping) -> dict:
+    """Merge ``other`` into ``into`` key by key (nested mappings too), as Kedro's soft merge does; returns ``into``."""
     for key, value in other.items():
         if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+            deep_merge(into[key], value)
         else:
             into[key] = value
+    return into
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
         version = _latest_version(self._model_path)
         if version is None:
             raise DatasetError(
-                f"No trained model in {self._model_path}: run 'kedro run --pipeline=training' first "
+                f"No trained model in {self._model_path}: run 'kedro run --pipelines=training' first "
                 "or pass --params=model_uri=models:/<finding>-classifier/<version>"
             )
         from cardio_kedro.modeling import load_model

@@ -4,6 +4,7 @@ from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
 from cardio_kedro.datasets import ImageFileIndexDataset
+from cardio_kedro.nih import REQUIRED_LABEL_COLUMNS
 from cardio_kedro.pipelines.phantom_cohort import create_pipeline
 from tests.helpers import phantom_params
 
@@ -18,12 +19,4 @@ def test_generates_images_boxes_and_labels(tmp_path):
     assert (tmp_path / "cohort" / "images_002" / "images").is_dir()  # 8 images per folder
     positives = labels.loc[labels["Finding Labels"].str.contains("Cardiomegaly"), "Image Index"]
     assert sorted(boxes["Image Index"]) == sorted(positives)
-    assert list(labels.columns[:7]) == [
-        "Image Index",
-        "Finding Labels",
-        "Follow-up #",
-        "Patient ID",
-        "Patient Age",
-        "Patient Gender",
-        "View Position",
-    ]
+    assert tuple(labels.columns[:7]) == REQUIRED_LABEL_COLUMNS
