@@ -1,5 +1,6 @@
 """The user's surfaces in a real browser: kedro viz and the MLflow UI (headless Chromium)."""
 
+import base64
 import json
 import os
 import sys
@@ -77,9 +78,27 @@ def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
         ):
             assert dataset in body, dataset
         assert page.locator("svg g.pipeline-node").count() >= 19  # the flowchart is drawn, not only listed
+        graph = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/main", timeout=30).read())
+        assert graph["layers"] == [
+            "raw",
+            "intermediate",
+            "feature",
+            "primary",
+            "model_input",
+            "models",
+            "model_output",
+            "reporting",
+        ]
+        registered = {p["name"] for p in graph["pipelines"]}
+        assert {"phantom_cohort", "data_processing", "model_training", "reporting", "inference", "demo"} <= registered
+        roc = next(n for n in graph["nodes"] if n["name"] == "roc_plot")
+        details = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/nodes/{roc['id']}", timeout=30).read()
+        )
+        assert details["preview_type"] == "ImagePreview" and base64.b64decode(details["preview"]).startswith(b"\x89PNG")
         page.get_by_text("__default__").first.click()
         menu = page.inner_text("body")
-        for pipeline in ("data_processing", "model_training", "reporting", "phantom_cohort", "demo"):
+        for pipeline in ("data_processing", "model_training", "reporting"):
             assert pipeline in menu, pipeline
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "kedro-viz.png"))

@@ -1,10 +1,7 @@
-"""Project hooks: what runs around a pipeline, not inside it.
+"""MLflow hooks: what a run records that its catalog cannot declare, tags and model registration.
 
-- ``PreflightHooks``: before a run opens its MLflow run, check every parameter and the weights file,
-  and generate the demo cohort when a fresh clone has none (the ``phantom_cohort`` pipeline, logged).
-- ``MlflowTagHooks``: the MLflow tags the catalog cannot express (git commit, Keras backend, device)
-  and model registration. What a run logs otherwise is declared in the catalog.
-- ``RunSummaryHooks``: one summary at the end of a run: where the results are, the headline metrics.
+Parameters, metrics and artifacts are declared in conf/base/catalog.yml (kedro-mlflow datasets).
+The other project hooks: ``preflight.py`` (checks before a run) and ``run_summary.py``.
 """
 
 from __future__ import annotations
@@ -17,57 +14,11 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from cardio_kedro.config import ConfigSources, check_backbone_weights, validate_parameters
-from cardio_kedro.formatting import fmt, fmt_auc
-
 logger = logging.getLogger(__name__)
 
 MODEL_DATASET = "classifier"  # registered as <finding>-classifier when saved
 METRICS_DATASET = "evaluation_metrics"  # its threshold goes with the registered service
 TRAINING_PARAMS = "params:model_training"
-
-
-class PreflightHooks:
-    """Checks before anything is read or an MLflow run is opened; generates the demo cohort if missing.
-
-    ``tryfirst``: these run before kedro-mlflow opens its run, so a bad parameter leaves no run behind.
-    """
-
-    def __init__(self) -> None:
-        self._sources = ConfigSources(Path("conf"))  # replaced by the session's in after_context_created
-
-    @hook_impl
-    def after_context_created(self, context) -> None:
-        loader = context.config_loader
-        self._sources = ConfigSources(
-            conf_source=Path(loader.conf_source),
-            env=context.env or loader.default_run_env,
-            base_env=loader.base_env,
-            runtime_params=dict(loader.runtime_params or {}),
-        )
-
-    @hook_impl(tryfirst=True)
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        params = validate_parameters(catalog.load("parameters"), self._sources)
-        if TRAINING_PARAMS in pipeline.inputs():
-            check_backbone_weights(params, self._sources)
-        if "cohort_labels" in pipeline.inputs() and not catalog.exists("cohort_labels"):
-            self._generate_demo_cohort(params, catalog)
-
-    @staticmethod
-    def _generate_demo_cohort(params, catalog) -> None:
-        """Run the ``phantom_cohort`` pipeline first when the demo cohort is missing (a fresh clone)."""
-        if not params.phantoms.generate_if_missing or params.cohort_dir:
-            return  # the label table's load raises a clear error naming what to do
-        from kedro.framework.project import pipelines
-        from kedro.runner import SequentialRunner
-
-        logger.info(
-            "No cohort yet: running the phantom_cohort pipeline first (%d phantom patients, once; "
-            "phantoms.generate_if_missing: false turns this off)",
-            params.phantoms.n_patients,
-        )
-        SequentialRunner().run(pipelines["phantom_cohort"], catalog)
 
 
 def _git_commit() -> str | None:
@@ -92,7 +43,7 @@ class MlflowTagHooks:
         self._model = None
 
     @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+    def before_pipeline_run(self, pipeline, catalog) -> None:
         import mlflow
 
         self._catalog, self._model = catalog, None
@@ -108,7 +59,7 @@ class MlflowTagHooks:
         mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
 
     @hook_impl
-    def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
         import mlflow
 
         if mlflow.active_run() is None:
@@ -162,62 +113,3 @@ class MlflowTagHooks:
             info.registered_model_version,
             threshold,
         )
-
-
-class RunSummaryHooks:
-    """Logs where a run's model, report and predictions are, its headline metrics and its MLflow run."""
-
-    def __init__(self) -> None:
-        self._catalog = None
-        self._save_version = ""
-        self._metrics: dict | None = None
-        self._run_id: str | None = None
-
-    @hook_impl
-    def after_catalog_created(self, catalog, save_version: str) -> None:
-        self._catalog, self._save_version, self._metrics = catalog, save_version, None
-
-    @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        import mlflow
-
-        run = mlflow.active_run()
-        self._run_id = run.info.run_id if run is not None else None
-
-    @hook_impl
-    def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
-        if dataset_name == METRICS_DATASET:
-            self._metrics = data
-
-    def _saved_file(self, name: str) -> Path | None:
-        """The file this run saved for a versioned dataset, if it did."""
-        config = self._catalog.config_resolver.resolve_pattern(name)
-        inner = config.get("dataset", config)
-        if not isinstance(inner, dict) or "filepath" not in inner:
-            return None
-        path = Path(inner["filepath"])
-        path = path / self._save_version / path.name
-        return path if path.exists() else None
-
-    @hook_impl
-    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        lines = []
-        outputs = pipeline.all_outputs()
-        for name, what in (
-            (MODEL_DATASET, "model"),
-            ("evaluation_report", "report"),
-            ("inference_predictions", "predictions"),
-        ):
-            path = self._saved_file(name) if name in outputs else None
-            if path is not None:
-                lines.append(f"{what}: {path}")
-        if self._metrics is not None:
-            test = self._metrics["test"]
-            lines.append(
-                f"test ROC AUC {fmt_auc(test['roc_auc'])}, sensitivity {fmt(test['sensitivity'])}, "
-                f"specificity {fmt(test['specificity'])} at threshold {fmt(self._metrics['threshold']['value'])}"
-            )
-        if self._run_id:
-            lines.append(f"MLflow run {self._run_id}: open it with 'kedro mlflow ui'")
-        if lines:
-            logger.info("Run summary:\n  %s", "\n  ".join(lines))

@@ -2,7 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from cardio_kedro.hooks import MlflowTagHooks, PreflightHooks, RunSummaryHooks
+from cardio_kedro.hooks import MlflowTagHooks
+from cardio_kedro.preflight import PreflightHooks
+from cardio_kedro.run_summary import RunSummaryHooks
 
 HOOKS = (PreflightHooks(), MlflowTagHooks(), RunSummaryHooks())
 

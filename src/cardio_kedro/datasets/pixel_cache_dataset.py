@@ -12,7 +12,6 @@ decodes only what is missing; bytes a dying run wrote past the index are cut off
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,6 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
 from ._files import atomic_file
-
-logger = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["source", "row", "src_height", "src_width", "nbytes", "mtime_ns"]
 FAILURE_COLUMNS = ["source", "reason", "detail"]

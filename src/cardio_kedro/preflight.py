@@ -1,0 +1,56 @@
+"""Checks before a run touches data or opens its MLflow run; the demo cohort when a fresh clone has none."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from kedro.framework.hooks import hook_impl
+
+from cardio_kedro.config import ConfigSources, check_backbone_weights, validate_parameters
+from cardio_kedro.hooks import TRAINING_PARAMS
+
+logger = logging.getLogger(__name__)
+
+
+class PreflightHooks:
+    """Checks before anything is read or an MLflow run is opened; generates the demo cohort if missing.
+
+    ``tryfirst``: these run before kedro-mlflow opens its run, so a bad parameter leaves no run behind.
+    """
+
+    def __init__(self) -> None:
+        self._sources = ConfigSources(Path("conf"))  # replaced by the session's in after_context_created
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        loader = context.config_loader
+        self._sources = ConfigSources(
+            conf_source=Path(loader.conf_source),
+            env=context.env or loader.default_run_env,
+            base_env=loader.base_env,
+            runtime_params=dict(loader.runtime_params or {}),
+        )
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        params = validate_parameters(catalog.load("parameters"), self._sources)
+        if TRAINING_PARAMS in pipeline.inputs():
+            check_backbone_weights(params, self._sources)
+        if "cohort_labels" in pipeline.inputs() and not catalog.exists("cohort_labels"):
+            self._generate_demo_cohort(params, catalog)
+
+    @staticmethod
+    def _generate_demo_cohort(params, catalog) -> None:
+        """Run the ``phantom_cohort`` pipeline first when the demo cohort is missing (a fresh clone)."""
+        if not params.phantoms.generate_if_missing or params.cohort_dir:
+            return  # the label table's load raises a clear error naming what to do
+        from kedro.framework.project import pipelines
+        from kedro.runner import SequentialRunner
+
+        logger.info(
+            "No cohort yet: running the phantom_cohort pipeline first (%d phantom patients, once; "
+            "phantoms.generate_if_missing: false turns this off)",
+            params.phantoms.n_patients,
+        )
+        SequentialRunner().run(pipelines["phantom_cohort"], catalog)
