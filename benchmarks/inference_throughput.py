@@ -52,19 +52,16 @@ def scratch_project(size: int) -> Path:
 
 
 def trained_layout(project: Path, size: int) -> tuple:
-    """An untrained demo-architecture model saved where the catalog looks, with a threshold beside it."""
+    """An untrained demo-architecture model, calibrated (identity) with threshold 0.5, saved where the catalog looks."""
     from cardio_kedro.config import ModelTrainingParams
-    from cardio_kedro.modeling import build_model
+    from cardio_kedro.modeling import build_model, calibrate
 
     params = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
-    model = build_model(size, **ModelTrainingParams.model_validate(params).model.model_dump())
+    model = calibrate(build_model(size, **ModelTrainingParams.model_validate(params).model.model_dump()), 1.0, 0.0, 0.5)
     version = "2026-01-01T00.00.00.000Z"
     model_file = project / "data/06_models/classifier.keras" / version / "classifier.keras"
     model_file.parent.mkdir(parents=True)
     model.save(model_file)
-    metrics = project / "data/08_reporting/evaluation_metrics.json" / version / "evaluation_metrics.json"
-    metrics.parent.mkdir(parents=True)
-    metrics.write_text(json.dumps({"threshold": {"value": 0.5}}))
     return model, model_file
 
 
@@ -111,7 +108,6 @@ def serve_latencies(project: Path, model_file: Path, image: bytes, requests: int
             name="service",
             python_model=XrayClassifierService(),
             artifacts={"keras_model": str(model_file)},
-            model_config={"threshold": 0.5},
             registered_model_name="bench-service",
         )
     with socket.socket() as s:

@@ -106,7 +106,7 @@ def bare_throughput(args, n_train: int, n_val: int) -> dict[str, float]:
     model = build_model(args.size, **config.model.model_dump())
     for phase, unfreeze in (("head", 0), ("fine_tune", "all")):
         set_trainable(model, unfreeze)
-        compile_model(model, 1e-4, config.loss, config.jit_compile)
+        compile_model(model, 1e-4, config.loss, config.jit_compile, config.gradient_clipnorm)
         model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, validation_data=val)  # compile + warm-up
         start = time.perf_counter()
         model.fit(x, y, batch_size=args.batch, epochs=args.epochs - 1 or 1, verbose=0, validation_data=val)

@@ -57,6 +57,10 @@ TINY_MODEL = {
     "backbone_weights": None,
     "backbone_width": 0.125,
     "backbone_batchnorm": True,
+    "batchnorm_momentum": 0.9,
+    "attention_stride": 8,
+    "attention_context_stride": None,
+    "attention_map": "sigmoid",
     "attention_units": [8, 1],
     "attention_activation": "elu",
     "dense_units": 8,
@@ -80,6 +84,13 @@ def tiny_params(**overrides):
     }
     return base_params("model_training", **deep_merge(tiny, overrides))
 
+
+# data_processing's rebalancing record when nothing was rebalanced (the toy set is 1/3 positive)
+NO_REBALANCING = {
+    "strategy": "undersample",
+    "class_weight": {"0": 1.0, "1": 1.0},
+    "prevalence": {"natural": 1 / 3, "trained": 1 / 3},
+}
 
 TINY_GLOBALS = "image_size: 32\n"
 TINY_PARAMETERS = """

@@ -6,6 +6,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cardio_kedro.modeling import operating_threshold
 from cardio_kedro.pipelines.reporting.pipeline import REPORT_FIGURES
 from tests.helpers import run_pipeline
 
@@ -71,6 +72,10 @@ def test_training_pipeline_produces_every_output_and_one_mlflow_run(trained_proj
     assert len(service) == 1 and service[0].run_id == run.info.run_id
     model = mlflow.keras.load_model(f"models:/Cardiomegaly-classifier/{versions[0].version}")
     assert model.get_layer("attention_map") is not None
+    # the registered model is the calibrated one, with this run's threshold inside
+    assert operating_threshold(model) == pytest.approx(metrics["threshold"]["value"])
+    assert run.data.metrics["threshold"] == pytest.approx(metrics["threshold"]["value"])
+    assert {"test_ece", "baseline_auc", "attention_uniform_reference"} <= set(run.data.metrics)
 
 
 def test_a_failing_run_ends_failed_in_mlflow(tiny_project, phantom_cohort_dir):

@@ -130,6 +130,18 @@ class ModelParams(Group):
     )
     backbone_width: float = Field(gt=0, le=4, description="channel multiplier of VGG16 (1 = VGG16; not with imagenet)")
     backbone_batchnorm: bool = Field(description="VGG16-BN: BatchNorm after every convolution (not with imagenet)")
+    batchnorm_momentum: float = Field(
+        ge=0, lt=1, description="momentum of every BatchNorm's moving statistics (0.99 lags the weights by epochs)"
+    )
+    attention_stride: Literal[4, 8, 16, 32] = Field(
+        description="the features the attention map is computed on: 32 = the last block (the seed), 16 or 8 = finer"
+    )
+    attention_context_stride: Literal[8, 16, 32] | None = Field(
+        description="also the deeper features at this stride, upsampled to the map's resolution (null: none)"
+    )
+    attention_map: Literal["sigmoid", "softmax"] = Field(
+        description="sigmoid: each cell in (0, 1) on its own (the seed); softmax: the cells share one unit of attention"
+    )
     attention_units: list[Annotated[int, Field(ge=1)]] = Field(
         min_length=1, description="1x1 convolution widths down to the attention map; the last is 1"
     )
@@ -179,6 +191,9 @@ class FineTuneParams(HeadPhaseParams):
     unfreeze_layers: int | Literal["all"] = Field(
         description="weighted backbone layers unfrozen from the top, or all (0 skips the phase)"
     )
+    schedule: Literal["cosine", "plateau"] = Field(
+        description="cosine: the rate decays to 1% over the phase; plateau: halved when val_auc stalls (reduce_lr)"
+    )
 
     @field_validator("unfreeze_layers", mode="before")
     @classmethod
@@ -195,6 +210,26 @@ class ReduceLrParams(Group):
     patience: int = Field(ge=1, description="epochs without a better val_auc before it applies")
 
 
+class CalibrationParams(Group):
+    """``model_training.calibration``: from the score at the training prevalence to a probability."""
+
+    method: Literal["platt", "prior_shift", "none"] = Field(
+        description="platt: prior shift + Platt scaling fitted on the natural-prevalence validation split; "
+        "prior_shift: the exact prior correction alone; none: the raw score"
+    )
+    shrinkage: float = Field(ge=0, description="platt: weight (in images) of the prior towards the prior shift alone")
+
+
+class ThresholdParams(Group):
+    """``model_training.threshold``: the operating threshold, on the calibrated scale, chosen on validation."""
+
+    method: Literal["youden", "sensitivity", "ppv"] = Field(
+        description="youden (max sensitivity + specificity), sensitivity or ppv (the target reached)"
+    )
+    target_sensitivity: float = Field(gt=0, le=1, description="used by method sensitivity")
+    target_ppv: float = Field(gt=0, le=1, description="used by method ppv")
+
+
 class ModelTrainingParams(Group):
     """``model_training``: two-phase training from the pixel cache."""
 
@@ -204,8 +239,11 @@ class ModelTrainingParams(Group):
     head: HeadPhaseParams
     fine_tune: FineTuneParams
     loss: Literal["binary_crossentropy", "focal"] = Field(description="training loss")
+    gradient_clipnorm: float | None = Field(gt=0, description="cap on the global gradient norm of a step (null: none)")
     early_stopping_patience: int = Field(ge=1, description="epochs without a better val_auc before stopping")
     reduce_lr: ReduceLrParams
+    calibration: CalibrationParams
+    threshold: ThresholdParams
     mixed_precision: Literal["auto", "float32", "mixed_bfloat16"] = Field(
         description="auto: mixed_bfloat16 with an accelerator, float32 on CPU"
     )
@@ -227,23 +265,24 @@ class ModelTrainingParams(Group):
 
 
 # ---- reporting -----------------------------------------------------------------------------------
-class ThresholdParams(Group):
-    """``reporting.threshold``: the operating threshold, chosen on validation."""
+class BaselineParams(Group):
+    """``reporting.baseline``: the reference every report compares the model with."""
 
-    method: Literal["youden", "sensitivity"] = Field(description="youden (max J) or sensitivity (target reached)")
-    target_sensitivity: float = Field(gt=0, le=1, description="used by method sensitivity")
+    image_size: int = Field(ge=4, le=128, description="px of the downsampled images the logistic regression reads")
+    regularization: float = Field(gt=0, description="inverse L2 strength (C) of the logistic regression")
 
 
 class ReportingParams(Group):
     """``reporting``: metrics, plots and the HTML report."""
 
     batch_size: int = Field(ge=1, description="images per prediction batch")
-    threshold: ThresholdParams
     n_bootstrap: int = Field(ge=0, description="patient-level bootstrap resamples for confidence intervals")
     original_neg_per_pos: float = Field(gt=0, description="negatives per positive of the 3:1 comparison test set")
     subgroup_min_per_class: int = Field(ge=1, description="fewer cases of a class in a subgroup: not scored")
     examples_per_class: int = Field(ge=1, description="example images per class")
     heatmaps_per_group: int = Field(ge=1, description="images per TP/FP/FN/TN row of the heat-map grid")
+    calibration_bins: int = Field(ge=2, description="equal-width bins of the ECE and the reliability diagram")
+    baseline: BaselineParams
     seed: Seed
 
 
@@ -254,6 +293,11 @@ class InferenceParams(Group):
     batch_size: int = Field(ge=1, description="images per prediction batch")
     workers: Workers
     heatmaps: bool = Field(description="also write attention overlays")
+    threshold: float | None = Field(
+        gt=0,
+        lt=1,
+        description="null: the threshold saved with the model; a number: this one (needed for a model without)",
+    )
 
 
 # ---- everything ----------------------------------------------------------------------------------

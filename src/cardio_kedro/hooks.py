@@ -16,8 +16,7 @@ from kedro.framework.hooks import hook_impl
 
 logger = logging.getLogger(__name__)
 
-MODEL_DATASET = "classifier"  # registered as <finding>-classifier when saved
-METRICS_DATASET = "evaluation_metrics"  # its threshold goes with the registered service
+MODEL_DATASET = "classifier"  # the calibrated classifier: registered as <finding>-classifier(-service) when saved
 TRAINING_PARAMS = "params:model_training"
 
 
@@ -32,21 +31,18 @@ def _git_commit() -> str | None:
 class MlflowTagHooks:
     """Tags (``git.commit``; ``keras.backend`` and ``device`` when the run trains) and model registration.
 
-    When ``classifier`` is saved, the Keras model is logged in MLflow's Keras flavour and registered
-    as ``<finding>-classifier``; when ``evaluation_metrics`` is saved, the HTTP-serving pyfunc is
-    logged with that run's threshold and registered as ``<finding>-classifier-service``.
+    When ``classifier`` (network + calibration + threshold) is saved, it is logged in MLflow's Keras
+    flavour and registered as ``<finding>-classifier``, and the HTTP-serving pyfunc around it as
+    ``<finding>-classifier-service``.
     """
 
     def __init__(self) -> None:
-        self._catalog = None
         self._target = ""
-        self._model = None
 
     @hook_impl
     def before_pipeline_run(self, pipeline, catalog) -> None:
         import mlflow
 
-        self._catalog, self._model = catalog, None
         if mlflow.active_run() is None:  # tracking is off for this pipeline
             return
         self._target = catalog.load("params:target_finding")
@@ -65,11 +61,8 @@ class MlflowTagHooks:
         if mlflow.active_run() is None:
             return
         if dataset_name == MODEL_DATASET:
-            self._model = data
             self._register_model(data)
-        elif dataset_name == METRICS_DATASET:
-            model = self._model if self._model is not None else self._catalog.load(MODEL_DATASET)
-            self._register_service(model, float(data["threshold"]["value"]))
+            self._register_service(data)
 
     def _register_model(self, model) -> None:
         import mlflow
@@ -83,12 +76,13 @@ class MlflowTagHooks:
         mlflow.set_tag("registered_model", f"{name}/{info.registered_model_version}")
         logger.info("Model logged to MLflow and registered as %s (version %s)", name, info.registered_model_version)
 
-    def _register_service(self, model, threshold: float) -> None:
+    def _register_service(self, model) -> None:
         """Log and register the HTTP-serving pyfunc (base64 images in, probability and label out)."""
         import mlflow
         import pandas as pd
         from mlflow.models import infer_signature
 
+        from cardio_kedro.modeling import operating_threshold
         from cardio_kedro.serving import XrayClassifierService
 
         name = f"{self._target}-classifier-service"
@@ -102,7 +96,6 @@ class MlflowTagHooks:
                 name="service",
                 python_model=XrayClassifierService(),
                 artifacts={"keras_model": str(model_file)},
-                model_config={"threshold": threshold},
                 signature=signature,
                 registered_model_name=name,
             )
@@ -111,5 +104,5 @@ class MlflowTagHooks:
             "Serving model registered as %s (version %s), threshold %.3f",
             name,
             info.registered_model_version,
-            threshold,
+            operating_threshold(model),
         )

@@ -9,9 +9,11 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from cardio_kedro.formatting import fmt, fmt_auc
-from cardio_kedro.hooks import METRICS_DATASET, MODEL_DATASET
+from cardio_kedro.hooks import MODEL_DATASET
 
 logger = logging.getLogger(__name__)
+
+METRICS_DATASET = "evaluation_metrics"
 
 
 class RunSummaryHooks:
@@ -62,10 +64,16 @@ class RunSummaryHooks:
             if path is not None:
                 lines.append(f"{what}: {path}")
         if self._metrics is not None:
-            test = self._metrics["test"]
+            test, baseline = self._metrics["test"], self._metrics["baseline"]
             lines.append(
                 f"test ROC AUC {fmt_auc(test['roc_auc'])}, sensitivity {fmt(test['sensitivity'])}, "
                 f"specificity {fmt(test['specificity'])} at threshold {fmt(self._metrics['threshold']['value'])}"
+            )
+            ece = test["calibration"]["calibrated"]["ece"]["value"]
+            lines.append(
+                f"calibrated: ECE {fmt(ece)}, Brier {fmt(test['brier'])}; "
+                f"pixel baseline ROC AUC {fmt_auc(baseline['roc_auc'])}"
+                + ("" if baseline["model_beats_baseline"] else ": the model does NOT beat it")
             )
         if self._run_id:
             lines.append(f"MLflow run {self._run_id}: open it with 'kedro mlflow ui'")

@@ -1,7 +1,8 @@
 """The MLflow pyfunc that serves the classifier over HTTP (`mlflow models serve`).
 
 Input: a DataFrame with an ``image`` column of base64-encoded PNG or JPEG files. Output: one row
-per image with ``probability`` and ``label`` (at the operating threshold chosen on validation).
+per image with ``probability`` (calibrated, at the cohort's natural prevalence) and ``label`` (at the
+operating threshold saved with the model).
 An image that cannot be decoded fails the request with a 400 that names the row and the reason.
 """
 
@@ -25,10 +26,12 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
     """Decodes base64 images with the training code path and scores them with the Keras model."""
 
     def load_context(self, context) -> None:
-        from cardio_kedro.modeling import load_model
+        from cardio_kedro.modeling import load_model, operating_threshold
 
         self.model = load_model(context.artifacts["keras_model"])
-        self.threshold = float(context.model_config["threshold"])
+        self.threshold = operating_threshold(self.model)
+        if self.threshold is None:
+            raise ValueError("the served model has no threshold of its own: serve a calibrated classifier")
         self.size = int(self.model.inputs[0].shape[1])
 
     def _pixels(self, value) -> np.ndarray:

@@ -19,7 +19,7 @@ from tests.helpers import TINY_MODEL
 
 @pytest.mark.parametrize(
     ("backbone", "size", "grid"),
-    [("vgg16", 64, 2), ("densenet121", 64, 2), ("efficientnetb0", 64, 2), ("mobilenetv3small", 64, 2)],
+    [("vgg16", 64, 8), ("densenet121", 64, 8), ("efficientnetb0", 64, 8), ("mobilenetv3small", 64, 8)],
 )
 def test_each_backbone_builds_with_an_attention_map(backbone, size, grid):
     model = build_model(
@@ -30,6 +30,17 @@ def test_each_backbone_builds_with_an_attention_map(backbone, size, grid):
     assert prob.shape == (2, 1) and np.all((prob >= 0) & (prob <= 1))
     assert attention.shape == (2, grid, grid, 1)
     assert model.get_layer(ATTENTION_LAYER).activation.__name__ == "sigmoid"
+
+
+@pytest.mark.parametrize(("stride", "grid"), [(32, 2), (16, 4), (8, 8)])
+def test_attention_stride_sets_the_map_resolution(stride, grid):
+    model = build_model(64, **{**TINY_MODEL, "attention_stride": stride})
+    _, attention = attention_model(model).predict(np.zeros((1, 64, 64, 1), np.uint8), verbose=0)
+    assert attention.shape == (1, grid, grid, 1)
+    backbone = model.get_layer("backbone")
+    assert (backbone.layers[-1].name == "block5_pool") == (stride == 32)  # 32: the whole backbone, as the seed
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.9 for layer in [*norms, model.get_layer("feature_norm")])
 
 
 def test_imagenet_without_network_says_what_to_do(monkeypatch):
@@ -95,3 +106,22 @@ def test_saved_and_reloaded_model_predicts_identically(tmp_path):
     again = ds.load()
     np.testing.assert_allclose(model.predict(x, verbose=0), again.predict(x, verbose=0), rtol=1e-6)
     assert again.get_layer(ATTENTION_LAYER) is not None
+
+
+def test_a_calibrated_model_carries_its_calibration_and_threshold(tmp_path):
+    from cardio_kedro.calibration import apply_calibration
+    from cardio_kedro.modeling import calibrate, operating_threshold, with_score
+
+    raw = build_model(32, **TINY_MODEL)
+    assert operating_threshold(raw) is None
+    model = calibrate(raw, 1.7, -2.1, 0.123)
+    ds = KerasModelDataset(str(tmp_path / "classifier.keras"), version=None)
+    ds.save(model)
+    again = ds.load()
+    assert operating_threshold(again) == pytest.approx(0.123)
+    x = np.random.default_rng(4).integers(0, 255, (4, 32, 32, 1)).astype(np.uint8)
+    probability, score = (np.asarray(a).reshape(-1) for a in with_score(again).predict(x, verbose=0))
+    np.testing.assert_allclose(score, raw.predict(x, verbose=0).reshape(-1), rtol=1e-5)
+    np.testing.assert_allclose(probability, apply_calibration(score, 1.7, -2.1), rtol=1e-4)
+    np.testing.assert_allclose(again.predict(x, verbose=0).reshape(-1), probability, rtol=1e-6)
+    assert attention_model(again).outputs[1].shape[1:3] == (4, 4)  # the attention map is still reachable

@@ -32,3 +32,11 @@ def test_memory_loader_gathers_rows_in_order_and_auto_falls_back_to_streaming():
     assert isinstance(streamed["x"], CachedImages) and "y" not in streamed
     with pytest.raises(ValueError, match="loader must be"):
         feed(pixels, rows, labels, 2, **{**LOADER, "loader": "disk"})
+
+
+def test_batches_keep_the_order_of_their_rows():
+    """Prediction must line up with the table: rows out of cache order come back in the order asked."""
+    pixels = np.arange(10, dtype=np.uint8)[:, None, None].repeat(4, 1).repeat(4, 2)
+    rows = np.array([7, 2, 9, 0, 5])
+    data = CachedImages(pixels, rows, np.zeros(5), batch_size=3)
+    assert np.concatenate([data[i][0][:, 0, 0, 0] for i in range(len(data))]).tolist() == [7, 2, 9, 0, 5]

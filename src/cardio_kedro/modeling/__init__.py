@@ -5,22 +5,35 @@ Imports neither Kedro nor TensorFlow at module level, so the same code runs unde
 """
 
 from .attention import attention_model, encode_png, overlay, predict_with_attention, upsample
-from .builder import ATTENTION_LAYER, BACKBONE_PREPROCESSING, build_backbone, build_model
+from .builder import (
+    ATTENTION_LAYER,
+    BACKBONE_PREPROCESSING,
+    build_backbone,
+    build_model,
+    calibrate,
+    operating_threshold,
+    with_score,
+)
 from .io import load_model
-from .layers import AttentionPooling, XrayAugment, XrayPreprocess
+from .layers import AttentionPooling, Calibration, SpatialSoftmax, XrayAugment, XrayPreprocess
 
 __all__ = [
     "ATTENTION_LAYER",
     "BACKBONE_PREPROCESSING",
     "AttentionPooling",
+    "Calibration",
+    "SpatialSoftmax",
     "XrayAugment",
     "XrayPreprocess",
     "attention_model",
     "build_backbone",
     "build_model",
+    "calibrate",
     "encode_png",
     "load_model",
+    "operating_threshold",
     "overlay",
     "predict_with_attention",
     "upsample",
+    "with_score",
 ]

@@ -13,9 +13,11 @@ from typing import Any
 import keras
 from keras import layers
 
-from .layers import AttentionPooling, XrayAugment, XrayPreprocess
+from .layers import AttentionPooling, Calibration, SpatialSoftmax, XrayAugment, XrayPreprocess
 
 ATTENTION_LAYER = "attention_map"
+SCORE_LAYER = "score"  # the trained network's output: a score at the training prevalence
+PROBABILITY_LAYER = "probability"  # the calibrated model's output (a Calibration layer)
 BACKBONE_PREPROCESSING = {
     "vgg16": "caffe",
     "densenet121": "torch",
@@ -97,6 +99,44 @@ def build_backbone(name: str, image_size: int, weights: str | None, width: float
     return model
 
 
+def feature_extractor(backbone: keras.Model, image_size: int, stride: int, context_stride: int | None) -> keras.Model:
+    """The backbone's features at ``image_size / stride`` resolution, as a model named ``backbone``.
+
+    ``stride`` 32 is the whole headless backbone (the last block's features, the seed's design);
+    smaller strides stop at the deepest layer of that resolution (VGG16: 16 ``block5_conv3``,
+    8 ``block4_conv3``, 4 ``block3_conv3``), so the attention map has 2x, 4x or 8x the cells per
+    side. With ``context_stride`` the deepest layer at that coarser resolution is upsampled
+    (bilinear) and concatenated: a fine map that still sees the deeper features.
+    """
+    if stride == 32 and context_stride is None:
+        backbone.name = "backbone"
+        return backbone
+    fine = _deepest_at(backbone, image_size // stride)
+    if context_stride is None:
+        return keras.Model(backbone.inputs, fine, name="backbone")
+    if context_stride <= stride:
+        raise ValueError(
+            f"attention_context_stride ({context_stride}) must be coarser than attention_stride ({stride})"
+        )
+    coarse = _deepest_at(backbone, image_size // context_stride)
+    up = layers.UpSampling2D(context_stride // stride, interpolation="bilinear", name="context_upsample")(coarse)
+    fused = layers.Concatenate(name="context_concat")([fine, up])
+    return keras.Model(backbone.inputs, fused, name="backbone")
+
+
+def _deepest_at(backbone: keras.Model, side: int):
+    at_side = [layer for layer in backbone.layers if _spatial(layer) == (side, side)]
+    if not at_side:
+        raise ValueError(f"{backbone.name} has no layer at {side}x{side}")
+    return at_side[-1].output
+
+
+def _spatial(layer) -> tuple[int, int] | None:
+    shape = getattr(layer, "output", None)
+    shape = getattr(shape, "shape", None)
+    return tuple(shape[1:3]) if shape is not None and len(shape) == 4 else None
+
+
 def build_model(
     image_size: int,
     *,
@@ -104,6 +144,10 @@ def build_model(
     backbone_weights: str | None,
     backbone_width: float,
     backbone_batchnorm: bool,
+    batchnorm_momentum: float,
+    attention_stride: int,
+    attention_context_stride: int | None,
+    attention_map: str,
     attention_units: Sequence[int],
     attention_activation: str,
     dense_units: int,
@@ -112,8 +156,12 @@ def build_model(
 ) -> keras.Model:
     """Build the attention classifier.
 
-    ``attention_units`` are the widths of the 1x1 convolutions from the backbone features down to
-    the attention map (the last must be 1); ``augmentation`` is the keyword arguments of
+    ``attention_stride`` picks the backbone features the attention head looks at (32: the last
+    block; 16 or 8: a finer map, see ``feature_extractor``). ``attention_units`` are the widths of
+    the 1x1 convolutions from those features down to the attention map (the last must be 1).
+    ``batchnorm_momentum`` is set on every BatchNormalization layer (backbone and head): the moving
+    statistics used for validation and inference then follow the weights within a few dozen steps.
+    ``augmentation`` is the keyword arguments of
     ``XrayAugment`` (training only) or ``None``. The keyword names match the ``model_training.model``
     parameters, so ``build_model(size, **params.model.model_dump())`` works. Weights and augmentation
     draw from Keras' global random state: ``keras.utils.set_random_seed`` first makes a run repeatable.
@@ -126,16 +174,62 @@ def build_model(
     if augmentation:
         x = XrayAugment(**augmentation, name="augment")(x)
     x = XrayPreprocess(BACKBONE_PREPROCESSING[backbone], name="preprocess")(x)
-    features_model = build_backbone(backbone, image_size, backbone_weights, backbone_width, backbone_batchnorm)
-    features_model.name = "backbone"
+    features_model = feature_extractor(
+        build_backbone(backbone, image_size, backbone_weights, backbone_width, backbone_batchnorm),
+        image_size,
+        attention_stride,
+        attention_context_stride,
+    )
     features = layers.BatchNormalization(name="feature_norm")(features_model(x))
     a = features
     for i, n in enumerate(units[:-1]):
         a = layers.Conv2D(n, 1, padding="same", activation=attention_activation, name=f"attention_conv{i + 1}")(a)
-    mask = layers.Conv2D(1, 1, padding="same", activation="sigmoid", name=ATTENTION_LAYER)(a)
+    if attention_map == "sigmoid":  # the seed's map: each cell in (0, 1) on its own
+        mask = layers.Conv2D(1, 1, padding="same", activation="sigmoid", name=ATTENTION_LAYER)(a)
+    elif attention_map == "softmax":  # the cells compete for one unit of attention
+        logits = layers.Conv2D(1, 1, padding="same", name="attention_logits")(a)
+        mask = SpatialSoftmax(name=ATTENTION_LAYER)(logits)
+    else:
+        raise ValueError(f"attention_map must be 'sigmoid' or 'softmax', got '{attention_map}'")
     pooled = AttentionPooling(name="attention_pooling")([features, mask])
     x = layers.Dropout(dropout, name="dropout1")(pooled)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout2")(x)
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
-    return keras.Model(inputs, outputs, name=f"{backbone}_attention")
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name=SCORE_LAYER)(x)
+    model = keras.Model(inputs, outputs, name=f"{backbone}_attention")
+    for layer in _all_layers(model):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = batchnorm_momentum
+    return model
+
+
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def calibrate(model: keras.Model, slope: float, intercept: float, threshold: float) -> keras.Model:
+    """``model`` with a ``Calibration`` layer on its score: the deployable classifier.
+
+    Its output is the calibrated probability; the raw score, the attention map and the operating
+    threshold stay reachable (``with_score``, ``attention_model``, ``operating_threshold``).
+    """
+    probability = Calibration(slope, intercept, threshold, name=PROBABILITY_LAYER)(model.outputs[0])
+    return keras.Model(model.inputs, probability, name=f"{model.name}_calibrated")
+
+
+def operating_threshold(model: keras.Model) -> float | None:
+    """The threshold saved with a calibrated model; ``None`` for a model without one."""
+    layer = next((layer for layer in model.layers if isinstance(layer, Calibration)), None)
+    return None if layer is None else float(layer.threshold)
+
+
+def with_score(model: keras.Model) -> keras.Model:
+    """A model sharing ``model``'s weights that returns ``(probability, raw score)``.
+
+    For an uncalibrated model both are the network's output.
+    """
+    score = model.get_layer(SCORE_LAYER).output
+    return keras.Model(model.inputs, [model.outputs[0], score])

@@ -10,7 +10,8 @@ class CachedImages(keras.utils.PyDataset):
     """``(uint8 images (b, s, s, 1), float32 labels (b,))`` batches gathered from the pixel cache.
 
     Rows are reshuffled at every epoch when ``shuffle`` is set (seeded: the same seed gives the same
-    order); each batch reads its rows in ascending cache order so the memory map is read forwards.
+    order). A batch comes in the order of its rows (what ``predict`` needs), read from the memory
+    map in ascending cache order.
     """
 
     def __init__(
@@ -37,9 +38,7 @@ class CachedImages(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         pick = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        pick = pick[np.argsort(self.rows[pick], kind="stable")]
-        rows = self.rows[pick]
-        return self.pixels[rows][..., None], self.labels[pick]
+        return gather(self.pixels, self.rows[pick]), self.labels[pick]
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
@@ -85,3 +84,16 @@ def feed(
             "shuffle": shuffle,
         }
     return {"x": CachedImages(pixels, rows, labels, batch_size, shuffle=shuffle, seed=seed, workers=loader_workers)}
+
+
+def predict_cached(model: keras.Model, pixels: np.ndarray, rows: np.ndarray, batch_size: int):
+    """``(probability, raw score)`` for the given cache rows, batch by batch from the memory map.
+
+    For a calibrated model the probability is calibrated and the score is the network's output
+    before calibration; for an uncalibrated one both are that output.
+    """
+    from .builder import with_score
+
+    data = CachedImages(pixels, rows, np.zeros(len(rows), np.float32), batch_size)
+    probability, score = with_score(model).predict(data, verbose=0)
+    return np.asarray(probability, float).reshape(-1), np.asarray(score, float).reshape(-1)

@@ -148,3 +148,47 @@ class AttentionPooling(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="cardio_kedro")
+class SpatialSoftmax(layers.Layer):
+    """Softmax over the cells of a 1-channel map: the cells compete, and the map sums to 1 per image."""
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        flat = ops.reshape(inputs, (shape[0], -1))
+        return ops.reshape(ops.softmax(ops.cast(flat, "float32"), axis=-1), shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="cardio_kedro")
+class Calibration(layers.Layer):
+    """The raw score made a calibrated probability, with the model's operating threshold.
+
+    ``sigmoid(slope * logit(score) + intercept)``: the prior-shift correction and Platt scaling
+    fitted on validation (``cardio_kedro.calibration``). ``threshold`` is the operating point chosen
+    on that calibrated scale. Both live in the saved model, so a model and its calibration and
+    threshold cannot be separated.
+    """
+
+    def __init__(self, slope: float, intercept: float, threshold: float, epsilon: float = 1e-7, **kwargs):
+        super().__init__(**kwargs)
+        self.slope, self.intercept, self.threshold, self.epsilon = slope, intercept, threshold, epsilon
+
+    def call(self, inputs):
+        p = ops.clip(ops.cast(inputs, "float32"), self.epsilon, 1.0 - self.epsilon)
+        return ops.sigmoid(self.slope * (ops.log(p) - ops.log1p(-p)) + self.intercept)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "threshold": self.threshold,
+            "epsilon": self.epsilon,
+        }

@@ -133,10 +133,20 @@ def set_trainable(model: keras.Model, unfreeze_layers: int | str) -> int:
     return n
 
 
-def compile_model(model: keras.Model, learning_rate: float, loss: str, jit_compile: bool | str) -> None:
-    """Adam at ``learning_rate``, the named loss, AUC as the metric."""
+def compile_model(
+    model: keras.Model,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    loss: str,
+    jit_compile,
+    clipnorm: float | None,
+) -> None:
+    """Adam at ``learning_rate`` (a number or a schedule), the named loss, AUC as the metric.
+
+    ``clipnorm`` caps the global norm of each step's gradients (``None``: no cap): one batch with a
+    huge gradient can otherwise throw a nearly converged network back by an epoch.
+    """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=clipnorm),
         loss=make_loss(loss),
         metrics=[keras.metrics.AUC(name="auc")],
         jit_compile=jit_compile,

@@ -29,6 +29,8 @@ def test_the_whole_pipeline_in_memory(phantom_cohort_dir, tmp_path):
     train, validation, test = (outputs[name].load() for name in ("train_balanced", "validation_balanced", "test_split"))
     check_disjoint_patients(train, validation, test)
     assert (train["target"] == 0).sum() == 3 * train["target"].sum()
+    prevalence = outputs["rebalancing"].load()["prevalence"]
+    assert prevalence["trained"] == train["target"].mean() and prevalence["natural"] < prevalence["trained"]
     report = outputs["data_quality_report"].load()
     assert report["usable_images"] > 60 and report["dropped_rows"] == 0
     assert (tmp_path / "cache" / "32px" / "pixels.u8").stat().st_size == report["usable_images"] * 32 * 32
@@ -39,4 +41,4 @@ def test_a_slice_from_the_split_on(phantom_cohort_dir, tmp_path):
     full = SequentialRunner().run(create_pipeline().to_nodes("select_decoded_images"), catalog)
     catalog["model_input_table"] = full["model_input_table"].load()
     again = SequentialRunner().run(create_pipeline().from_nodes("split_by_patient"), catalog)
-    assert set(again) == {"test_split", "train_balanced", "validation_balanced", "class_weights"}
+    assert set(again) == {"test_split", "train_balanced", "validation_balanced", "rebalancing"}

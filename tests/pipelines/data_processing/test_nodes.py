@@ -144,6 +144,7 @@ def test_rebalance_to_three_negatives_per_positive_matching_sex():
     pos_f = (tb.loc[tb["target"] == 1, "sex"] == "F").mean()
     assert abs(neg_f - pos_f) < 0.03
     assert weights["class_weight"] == {"0": 1.0, "1": 1.0}
+    assert weights["prevalence"] == {"natural": train["target"].mean(), "trained": 0.25}
 
 
 def test_class_weight_strategy_keeps_everything():
@@ -154,3 +155,4 @@ def test_class_weight_strategy_keeps_everything():
     pos = train["target"].mean()
     assert weights["class_weight"]["1"] == pytest.approx(0.5 / pos)
     assert weights["class_weight"]["0"] == pytest.approx(0.5 / (1 - pos))
+    assert weights["prevalence"]["trained"] == 0.5  # weighted classes: the loss sees them as balanced

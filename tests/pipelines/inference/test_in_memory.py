@@ -4,10 +4,12 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from cardio_kedro.modeling import build_model
+from cardio_kedro.calibration import apply_calibration
+from cardio_kedro.modeling import build_model, calibrate, operating_threshold
 from cardio_kedro.pipelines.inference import create_pipeline
 from tests.helpers import TINY_MODEL, base_params
 
@@ -19,12 +21,12 @@ def test_a_folder_is_scored_with_errors_as_rows(toy_cache, tmp_path):
         shutil.copy(path, folder / "ward")
     (folder / "notes.png").write_text("not an image")
     files = sorted(p for p in folder.rglob("*.png"))
-    model = build_model(32, **TINY_MODEL)
+    model = calibrate(build_model(32, **TINY_MODEL), 1.5, -1.0, 0.4)
     catalog = DataCatalog()
     catalog["inference_images"] = pd.DataFrame(
         {"file": [str(p.relative_to(folder)) for p in files], "path": [str(p) for p in files]}
     )
-    info = {"model": model, "threshold": 0.5, "version": "v1", "source": "memory"}
+    info = {"model": model, "threshold": operating_threshold(model), "version": "v1", "source": "memory"}
     catalog["inference_model"] = MemoryDataset(info, copy_mode="assign")
     catalog["params:inference"] = base_params("inference", workers=1, batch_size=2, heatmaps=True)
     outputs = SequentialRunner().run(create_pipeline(), catalog)
@@ -35,7 +37,22 @@ def test_a_folder_is_scored_with_errors_as_rows(toy_cache, tmp_path):
     scored = table[table["error"].isna()]
     expected = model.predict(toy_cache["cache"].images(toy_cache["train"]["path"].iloc[:3])[..., None], verbose=0)
     np.testing.assert_allclose(np.sort(scored["probability"]), np.sort(expected.reshape(-1)), rtol=1e-5)
-    assert (scored["label"] == (scored["probability"] >= 0.5)).all() and set(scored["model_version"]) == {"v1"}
+    assert (scored["label"] == (scored["probability"] >= 0.4)).all() and set(scored["model_version"]) == {"v1"}
+    np.testing.assert_allclose(scored["probability"], apply_calibration(scored["score"], 1.5, -1.0), rtol=1e-4)
     overlays = outputs["inference_heatmaps"].load()
     assert sorted(overlays) == sorted(f"ward/{p.name}" for p in files if p.parent.name == "ward")
     assert all(png.startswith(b"\x89PNG") for png in overlays.values())
+
+
+def test_a_model_without_its_own_threshold_is_refused_unless_one_is_given(toy_cache):
+    from cardio_kedro.pipelines.inference.nodes import score_images
+
+    path = toy_cache["train"]["path"].iloc[0]
+    images = pd.DataFrame({"file": ["a.png"], "path": [path]})
+    raw = build_model(32, **TINY_MODEL)  # an uncalibrated network: no threshold saved with it
+    info = {"model": raw, "threshold": operating_threshold(raw), "version": "v7", "source": "somewhere"}
+    params = base_params("inference", workers=1)
+    with pytest.raises(ValueError, match="v7 .*has no threshold of its own.*inference.threshold"):
+        score_images(images, info, params)
+    table, _ = score_images(images, info, {**params, "threshold": 0.25})
+    assert table["threshold"].tolist() == [0.25] and table["label"].tolist() == [int(table["probability"][0] >= 0.25)]

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from kedro.io import DatasetError
+from kedro.io import DatasetError, Version
 
 from tests.helpers import free_port, run_pipeline, serve
 
@@ -58,16 +58,19 @@ def test_folder_is_scored_with_the_latest_model_and_its_threshold(trained_projec
     assert errors["bomb.png"].startswith("too_large")
     ok = table[table["error"].isna()]
     assert len(ok) == 4 and ok["probability"].between(0, 1).all()
-    metrics = json.loads(_latest(trained_project, "08_reporting/evaluation_metrics.json").read_text())
-    threshold = metrics["threshold"]["value"]
+    calibration = json.loads(_latest(trained_project, "06_models/calibration.json").read_text())
+    threshold = calibration["threshold"]["value"]  # saved with the model of the same run
+    assert calibration["threshold"]["chosen_on"] == "validation"
     assert np.allclose(ok["threshold"], threshold)
     assert (ok["label"] == (ok["probability"] >= threshold).astype(int)).all()
     assert set(ok["model_version"]) == {_latest(trained_project, "06_models/classifier.keras").parent.name}
     # same preprocessing code path as training: equal to the reporting pipeline's test predictions
     reported = pd.read_parquet(_latest(trained_project, "07_model_output/test_predictions.parquet"))
     expected = reported.set_index("image_index").loc[picks["image_index"], "probability"].to_numpy()
-    got = ok.set_index(ok["file"].map(lambda f: Path(f).name)).loc[picks["image_index"], "probability"]
-    np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    by_name = ok.set_index(ok["file"].map(lambda f: Path(f).name)).loc[picks["image_index"]]
+    np.testing.assert_allclose(by_name["probability"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    raw = reported.set_index("image_index").loc[picks["image_index"], "score"].to_numpy()
+    np.testing.assert_allclose(by_name["score"].to_numpy(), raw, rtol=1e-5, atol=1e-6)  # the raw score, kept
     overlays = sorted(p.name for p in _latest(trained_project, "07_model_output/inference_heatmaps").rglob("*.png"))
     assert len(overlays) == 4 and "scan.png" in overlays
 
@@ -80,6 +83,29 @@ def test_model_from_the_mlflow_registry_gives_the_same_scores(trained_project, s
     assert set(registry["model_version"].dropna()) == {"Cardiomegaly-classifier/1"}
     np.testing.assert_allclose(registry["probability"], catalog_scores["probability"], rtol=1e-5)
     np.testing.assert_array_equal(registry["threshold"], catalog_scores["threshold"])
+
+
+def test_a_model_version_without_its_own_threshold_is_refused(trained_project, scored_folder, tmp_path, monkeypatch):
+    """A newer catalog version that is a bare network (no calibration, no threshold) is not scored with the
+    older model's threshold: it is refused, or scored at an explicit inference.threshold."""
+    from cardio_kedro.datasets import KerasModelDataset
+    from cardio_kedro.modeling import build_model
+    from tests.helpers import TINY_MODEL
+
+    project = tmp_path / "copy"
+    shutil.copytree(trained_project, project, ignore=shutil.ignore_patterns("mlflow.db"))
+    mlflow_yml = project / "conf" / "local" / "mlflow.yml"
+    mlflow_yml.write_text(mlflow_yml.read_text().replace(str(trained_project), str(project)))
+    monkeypatch.chdir(project)
+    bare = KerasModelDataset(
+        str(project / "data/06_models/classifier.keras"), version=Version(None, "9999-12-31T00.00.00.000Z")
+    )
+    bare.save(build_model(32, **TINY_MODEL))
+    folder, _ = scored_folder
+    with pytest.raises(ValueError, match="9999-12-31T00.00.00.000Z .*has no threshold of its own"):
+        run_pipeline(project, "inference", runtime_params={"images_dir": str(folder)})
+    table = _score(project, folder, inference={"threshold": 0.3})
+    assert set(table["threshold"]) == {0.3} and set(table["model_version"]) == {"9999-12-31T00.00.00.000Z"}
 
 
 def test_an_empty_or_missing_folder_fails_clearly(trained_project, tmp_path, monkeypatch):

@@ -6,13 +6,20 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from cardio_kedro.pipelines.model_training.nodes import epoch_metrics, train_model
-from tests.helpers import tiny_params
+from cardio_kedro.calibration import apply_calibration
+from cardio_kedro.pipelines.model_training.nodes import (
+    calibrate_classifier,
+    epoch_metrics,
+    score_validation,
+    train_model,
+)
+from tests.helpers import NO_REBALANCING, tiny_params
 
-NO_WEIGHTS = {"strategy": "undersample", "class_weight": {"0": 1.0, "1": 1.0}}
+NO_WEIGHTS = NO_REBALANCING
 
 
 def test_training_on_a_learnable_set_lowers_the_loss(toy_cache):
@@ -87,3 +94,30 @@ def test_data_parallel_trains_on_two_logical_cpu_devices(toy_cache, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MirroredStrategy over 2 replica(s)" in out.stderr
     assert "EPOCHS 2" in out.stdout
+
+
+def test_calibration_and_threshold_are_fitted_on_validation_and_saved_in_the_model(toy_cache, tmp_path):
+    from cardio_kedro.datasets import KerasModelDataset
+    from cardio_kedro.modeling import operating_threshold, with_score
+
+    params = tiny_params(fine_tune={"epochs": 2})
+    model, _ = train_model(toy_cache["train"], toy_cache["validation"], toy_cache["cache"], NO_WEIGHTS, params)
+    scores = score_validation(model, toy_cache["validation"], toy_cache["cache"], params)
+    assert list(scores.columns) == ["image_index", "patient_id", "target", "score"]
+    rebalancing = {**NO_WEIGHTS, "prevalence": {"natural": 0.05, "trained": 1 / 3}}
+    calibrated, report = calibrate_classifier(model, scores, rebalancing, params)
+    assert report["prior_shift_offset"] < 0  # read at 5% prevalence, scores learnt at 33% come down
+    assert report["threshold"]["chosen_on"] == "validation" and report["threshold"]["scale"] == "calibrated"
+    saved = KerasModelDataset(str(tmp_path / "classifier.keras"))
+    saved.save(calibrated)
+    again = saved.load()
+    assert operating_threshold(again) == report["threshold"]["value"]
+    x = toy_cache["cache"].images(toy_cache["validation"]["path"])[..., None]
+    probability, score = (np.asarray(a).reshape(-1) for a in with_score(again).predict(x, verbose=0))
+    np.testing.assert_allclose(score, scores["score"], rtol=1e-5, atol=1e-6)
+    expected = apply_calibration(scores["score"], report["slope"], report["intercept"])
+    np.testing.assert_allclose(probability, expected, rtol=1e-4, atol=1e-6)
+    prior_only = calibrate_classifier(
+        model, scores, rebalancing, {**params, "calibration": {"method": "prior_shift", "shrinkage": 0}}
+    )[1]
+    assert prior_only["slope"] == 1.0 and prior_only["intercept"] == prior_only["prior_shift_offset"]

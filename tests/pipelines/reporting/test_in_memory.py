@@ -5,9 +5,10 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.json import JSONDataset
+from kedro_datasets.pandas import CSVDataset
 
 from cardio_kedro.datasets import FigureDataset
-from cardio_kedro.modeling import build_model
+from cardio_kedro.modeling import build_model, calibrate
 from cardio_kedro.pipelines.reporting import create_pipeline
 from cardio_kedro.pipelines.reporting.pipeline import REPORT_FIGURES
 from tests.helpers import TINY_MODEL, base_params, tiny_params
@@ -19,10 +20,23 @@ def reported(toy_cache, tmp_path_factory):
     test = pd.concat([validation, train.iloc[:16]], ignore_index=True)
     folder = tmp_path_factory.mktemp("plots")
     kept = {f"{name}_plot": FigureDataset(str(folder / f"{name}.png")) for name in REPORT_FIGURES}
-    for name in ("evaluation_metrics", "attention_localization"):  # consumed inside: kept on disk to look at
-        kept[name] = JSONDataset(filepath=str(folder / f"{name}.json"))
+    for name in ("evaluation_metrics", "attention_localization", "decision_curve"):  # consumed inside: kept
+        kept[name] = (
+            JSONDataset(filepath=str(folder / f"{name}.json"))
+            if name != "decision_curve"
+            else CSVDataset(filepath=str(folder / "decision_curve.csv"))
+        )
     catalog = DataCatalog(datasets=kept)
-    catalog["classifier"] = MemoryDataset(build_model(32, **TINY_MODEL), copy_mode="assign")
+    catalog["classifier"] = MemoryDataset(calibrate(build_model(32, **TINY_MODEL), 1.0, -0.5, 0.3), copy_mode="assign")
+    catalog["calibration"] = {
+        "method": "platt",
+        "shrinkage": 10.0,
+        "prevalence": {"natural": 0.2, "trained": 1 / 3},
+        "prior_shift_offset": -0.69,
+        "slope": 1.0,
+        "intercept": -0.5,
+        "threshold": {"value": 0.3, "method": "youden", "tied_interval": [0.28, 0.32], "validation_separated": True},
+    }
     catalog["pixel_cache"] = MemoryDataset(toy_cache["cache"], copy_mode="assign")
     for name, frame in (("train", train), ("validation", validation), ("test", test)):
         catalog[f"{name}_split"] = frame
@@ -51,7 +65,9 @@ def reported(toy_cache, tmp_path_factory):
 def test_metrics_and_headline_metrics(reported):
     catalog, outputs = reported
     metrics = catalog.load("evaluation_metrics")
-    assert metrics["test"]["n_images"] == 48 and metrics["threshold"]["chosen_on"] == "validation"
+    assert metrics["test"]["n_images"] == 48 and metrics["threshold"]["value"] == 0.3  # the model's own threshold
+    assert set(metrics["test"]["calibration"]) == {"raw_score", "calibrated"} and "baseline" in metrics
+    assert len(catalog.load("decision_curve")) == 99
     headline = outputs["evaluation_headline_metrics"].load()
     assert headline["test_auc"]["value"] == metrics["test"]["roc_auc"]["auc"]
     localization = catalog.load("attention_localization")
@@ -65,6 +81,9 @@ def test_every_figure_and_one_self_contained_report(reported):
     report = outputs["evaluation_report"].load()
     assert report.count('<img alt="') == len(REPORT_FIGURES) and "Model card" in report
     assert "dropped rows: missing: 1" in report and "pointing game" in report
+    assert "The validation split is perfectly separated" in report and "a uniform map scores" in report
+    assert "reference model" in report and "Decision curve" not in report  # the curve is a figure, captioned
+    assert "decision curve" in report
 
 
 def test_report_escapes_what_it_shows(reported):
@@ -73,6 +92,7 @@ def test_report_escapes_what_it_shows(reported):
 
     html = build_report(
         catalog.load("evaluation_metrics"),
+        catalog.load("calibration"),
         {"n_images": 0, "note": "<script>alert(1)</script>"},
         catalog.load("data_quality_report"),
         catalog.load("training_history"),

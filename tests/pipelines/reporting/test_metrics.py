@@ -5,9 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cardio_kedro.decision import choose_threshold
 from cardio_kedro.modeling import predict_with_attention
-from cardio_kedro.pipelines.reporting.metrics import bootstrap_auc, choose_threshold, rates_at
-from cardio_kedro.pipelines.reporting.nodes import evaluation_metrics, headline_metrics, localization_scores
+from cardio_kedro.pipelines.reporting.metrics import bootstrap_auc, calibration_metrics, rates_at
+from cardio_kedro.pipelines.reporting.nodes import (
+    decision_curve,
+    evaluation_metrics,
+    headline_metrics,
+    localization_scores,
+)
 from tests.helpers import base_params
 
 
@@ -47,22 +53,16 @@ def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n():
     assert widths[1] < widths[0] / 2
 
 
-def test_threshold_methods():
-    y = np.array([0, 0, 0, 1, 1, 1])
-    p = np.array([0.1, 0.2, 0.85, 0.5, 0.8, 0.9])
-    assert choose_threshold(y, p, "youden", 0.9) == pytest.approx(0.5)  # J = 1 - 1/3
-    assert choose_threshold(y, p, "sensitivity", 0.6) == pytest.approx(0.8)  # highest t with TPR >= 0.6
-    with pytest.raises(ValueError, match="youden"):
-        choose_threshold(y, p, "best", 0.9)
-
-
 def _predictions(seed, n=400):
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.15).astype(int)
+    score = np.clip(0.25 * y + rng.normal(0.4, 0.15, n), 0.001, 0.999)
     return pd.DataFrame(
         {
+            "image_index": [f"{i}.png" for i in range(n)],
             "target": y,
-            "probability": np.clip(0.25 * y + rng.normal(0.4, 0.15, n), 0, 1),
+            "probability": np.clip(score - 0.2, 0.001, 0.999),
+            "score": score,
             "patient_id": np.arange(n),
             "sex": rng.choice(["M", "F"], n),
             "view": rng.choice(["PA", "AP"], n),
@@ -71,32 +71,84 @@ def _predictions(seed, n=400):
     )
 
 
-def test_threshold_comes_from_validation_not_test():
+def _metrics(val, test, **params):
+    calibration = {"threshold": choose_threshold(val["target"], val["probability"], "youden", 0.9, 0.5)}
+    baseline = test[["image_index", "patient_id", "target"]].assign(
+        probability=np.random.default_rng(9).random(len(test))
+    )
+    return evaluation_metrics(val, test, calibration, baseline, base_params("reporting", **params))
+
+
+def test_the_threshold_is_the_models_and_test_labels_do_not_move_it():
     val, test = _predictions(1), _predictions(2)
-    params = base_params("reporting", n_bootstrap=20, threshold={"method": "youden"})
-    a = evaluation_metrics(val, test, params)
+    a = _metrics(val, test, n_bootstrap=20)
     flipped = test.assign(target=1 - test["target"])  # test labels must not move the threshold
-    b = evaluation_metrics(val, flipped, params)
+    b = _metrics(val, flipped, n_bootstrap=20)
     assert a["threshold"]["value"] == b["threshold"]["value"]
-    assert a["threshold"]["value"] == choose_threshold(val["target"], val["probability"], "youden", 0.9)
+    assert a["threshold"]["value"] == choose_threshold(val["target"], val["probability"], "youden", 0.9, 0.5)["value"]
     assert a["test"]["roc_auc"]["auc"] == pytest.approx(1 - b["test"]["roc_auc"]["auc"])
+    assert a["test"]["threshold"] == a["threshold"]["value"]
     assert a["test_rebalanced_3to1"]["n_images"] == 4 * a["test"]["n_positive"]
     assert set(a["subgroups"]) == {"sex", "view", "age"}
 
 
+def test_calibration_before_and_after_and_the_baseline_verdict():
+    val, test = _predictions(1), _predictions(2)
+    m = _metrics(val, test, n_bootstrap=30)
+    calibration = m["test"]["calibration"]
+    assert set(calibration) == {"raw_score", "calibrated"}
+    for name, column in (("raw_score", "score"), ("calibrated", "probability")):
+        brier = calibration[name]["brier"]
+        assert brier["value"] == pytest.approx(np.mean((test[column] - test["target"]) ** 2))
+        assert brier["ci_low"] <= brier["value"] <= brier["ci_high"]
+    assert m["baseline"]["roc_auc"]["auc"] < 0.65 and m["baseline"]["model_beats_baseline"]  # random baseline
+    same = _metrics(val, test.assign(score=test["probability"]), n_bootstrap=30)
+    assert same["test"]["calibration"]["raw_score"]["ece"] == same["test"]["calibration"]["calibrated"]["ece"]
+
+
+def test_a_model_no_better_than_the_baseline_is_flagged():
+    val, test = _predictions(1), _predictions(2)
+    calibration = {"threshold": choose_threshold(val["target"], val["probability"], "youden", 0.9, 0.5)}
+    baseline = test[["image_index", "patient_id", "target"]].assign(probability=test["probability"])
+    m = evaluation_metrics(val, test, calibration, baseline, base_params("reporting", n_bootstrap=30))
+    assert not m["baseline"]["model_beats_baseline"]
+
+
+def test_patient_level_calibration_intervals():
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.01, 0.99, 3000)
+    y = (rng.random(3000) < p).astype(int)
+    m = calibration_metrics(y, p, np.arange(3000) // 3, 10, 200, 0)
+    assert m["ece"]["value"] < 0.04 and m["calibration_slope"]["ci_low"] < 1 < m["calibration_slope"]["ci_high"]
+    assert m["calibration_intercept"]["ci_low"] < 0 < m["calibration_intercept"]["ci_high"]
+
+
+def test_decision_curve_of_the_test_split():
+    curve = decision_curve(_predictions(2))
+    assert curve["threshold"].iloc[0] == 0.01 and curve["threshold"].iloc[-1] == 0.99 and len(curve) == 99
+    assert set(curve.columns) == {"threshold", "model", "treat_all", "treat_none"}
+
+
 def test_headline_metrics_are_flat_mlflow_metrics():
-    metrics = evaluation_metrics(_predictions(1), _predictions(2), base_params("reporting", n_bootstrap=20))
-    flat = headline_metrics(metrics)
+    metrics = _metrics(_predictions(1), _predictions(2), n_bootstrap=20)
+    localization = {"pointing_game_hit_rate": 0.7, "pointing_game_strict": 0.5, "uniform_pointing_reference": 0.2}
+    localization |= {"attention_mass_in_box": 0.4, "uniform_reference": 0.15}
+    flat = headline_metrics(metrics, localization)
     assert flat["test_auc"] == {"value": metrics["test"]["roc_auc"]["auc"], "step": 0}
     assert flat["threshold"]["value"] == metrics["threshold"]["value"]
     assert "test_rebalanced_3to1_auc" in flat and "subgroup_age_lt40_auc" in flat
+    assert (
+        flat["attention_uniform_reference"]["value"] == 0.15
+        and flat["attention_pointing_game_hit_rate"]["value"] == 0.7
+    )
+    assert {"test_ece", "test_calibration_slope", "baseline_auc", "test_ece_raw_score"} <= set(flat)
     assert all(set(v) == {"value", "step"} for v in flat.values())
 
 
 def test_small_subgroups_are_not_scored():
     val, test = _predictions(1), _predictions(2)
     test.loc[test.index[:3], "view"] = "LL"
-    out = evaluation_metrics(val, test, base_params("reporting", n_bootstrap=10))
+    out = _metrics(val, test, n_bootstrap=10)
     assert out["subgroups"]["view"]["LL"]["auc"] is None
     assert out["subgroups"]["view"]["LL"]["note"] == "n too small"
 
@@ -106,8 +158,18 @@ def test_pointing_game_on_a_hand_made_box():
     maps[0, 2, 3] = 1.0  # peak inside the box
     maps[1, 8, 8] = 1.0  # peak outside
     maps[:, 2:4, 2:5] += 0.1
-    res = localization_scores(maps, np.array([[2, 1, 3, 3], [2, 1, 3, 3]], float))
-    assert res["n_images"] == 2 and res["pointing_game_hit_rate"] == 0.5
+    res = localization_scores(maps, np.array([[2, 1, 3, 3], [2, 1, 3, 3]], float), 0.0)
+    assert res["n_images"] == 2 and res["pointing_game_hit_rate"] == 0.5 == res["pointing_game_strict"]
+    assert res["uniform_reference"] == pytest.approx(9 / 100)  # a uniform map: the box's share of the image
+    near = maps.copy()
+    near[1] = 0
+    near[1, 4, 5] = 1.0  # one pixel outside the box, diagonally off its corner
+    tolerant = localization_scores(near, np.array([[2, 1, 3, 3], [2, 1, 3, 3]], float), 1.0)
+    assert tolerant["pointing_game_hit_rate"] == 1.0 and tolerant["pointing_game_strict"] == 0.5
+    assert tolerant["uniform_pointing_reference"] == pytest.approx(25 / 100)  # the grown box's share
+    uniform = localization_scores(np.ones((2, 10, 10)), np.array([[2, 1, 3, 3], [2, 1, 3, 3]], float), 0.0)
+    assert uniform["attention_mass_in_box"] == pytest.approx(uniform["uniform_reference"])
+    assert uniform["mass_over_uniform"] == pytest.approx(1.0)
     assert res["attention_mass_in_box"] == pytest.approx(((1.6 / 1.6) + (0.6 / 1.6)) / 2)
 
 
@@ -127,4 +189,4 @@ def test_heat_maps_align_with_the_image():
         py, px = np.unravel_index(np.argmax(m), m.shape)
         assert img[py, px] == 255 or np.hypot(*(np.array([py, px]) - np.argwhere(img == 255).mean(0))) < 4
     boxes = np.array([[24, 4, 4, 4], [4, 24, 4, 4]], float)
-    assert localization_scores(maps, boxes)["pointing_game_hit_rate"] == 1.0
+    assert localization_scores(maps, boxes, 0.0)["pointing_game_hit_rate"] == 1.0

@@ -324,7 +324,9 @@ def rebalance(
 
     ``strategy: undersample`` keeps ``neg_per_pos`` negatives per positive (3 -> 25% positive),
     drawn to match the positives' sex mix. ``strategy: class_weight`` keeps every image and
-    returns class weights inversely proportional to the train class frequencies.
+    returns class weights inversely proportional to the train class frequencies. Also records the
+    prevalence before rebalancing (``natural``) and the one the loss sees (``trained``), which
+    calibration needs to read scores at the natural prevalence.
     """
     config = RebalanceParams.model_validate(params)
     rng = np.random.default_rng(config.seed)
@@ -346,4 +348,7 @@ def rebalance(
             int(frame["target"].sum()),
             100 * frame["target"].mean(),
         )
-    return out[0], out[1], {"strategy": config.strategy, "class_weight": weights}
+    natural = float(train["target"].mean())
+    trained = 0.5 if config.strategy == "class_weight" else float(out[0]["target"].mean())
+    prevalence = {"natural": natural, "trained": trained}
+    return out[0], out[1], {"strategy": config.strategy, "class_weight": weights, "prevalence": prevalence}

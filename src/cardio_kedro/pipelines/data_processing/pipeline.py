@@ -55,7 +55,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 rebalance,
                 inputs=["train_split", "validation_split", "params:data_processing.rebalance"],
-                outputs=["train_balanced", "validation_balanced", "class_weights"],
+                outputs=["train_balanced", "validation_balanced", "rebalancing"],
                 name="rebalance",
             ),
         ]

@@ -8,12 +8,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
 
 from cardio_kedro.config import InferenceParams
 from cardio_kedro.imaging import try_load_gray
-from cardio_kedro.modeling import attention_model, encode_png, overlay
+from cardio_kedro.modeling import attention_model, encode_png, overlay, with_score
 from cardio_kedro.parallel import imap_progress
 
 logger = logging.getLogger(__name__)
@@ -36,18 +37,43 @@ def _batches(images: pd.DataFrame, size: int, config: InferenceParams) -> Iterat
         pass
 
 
-def _score_batch(model, pixels: list[np.ndarray], heatmaps: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities of a batch and, with ``heatmaps``, its attention maps."""
-    x = np.stack(pixels)[..., None]
-    if not heatmaps:
-        return np.asarray(model.predict(x, verbose=0)).reshape(-1), None
-    probability, maps = attention_model(model).predict(x, verbose=0)
-    return np.asarray(probability).reshape(-1), np.asarray(maps)[..., 0]
+def _score_batch(scorer, pixels: list[np.ndarray], heatmaps: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Calibrated probabilities, raw scores and, with ``heatmaps``, attention maps of a batch."""
+    out = scorer.predict(np.stack(pixels)[..., None], verbose=0)
+    maps = np.asarray(out[2])[..., 0] if heatmaps else None
+    return np.asarray(out[0]).reshape(-1), np.asarray(out[1]).reshape(-1), maps
+
+
+def _scorer(model, heatmaps: bool):
+    """One model returning ``(probability, score[, attention map])``, sharing ``model``'s weights."""
+    outputs = with_score(model).outputs + (attention_model(model).outputs[1:] if heatmaps else [])
+    return keras.Model(model.inputs, outputs)
+
+
+def _threshold(model_info: dict, config: InferenceParams) -> float:
+    """The threshold saved with the model, or the explicit ``inference.threshold``; never another model's."""
+    if config.threshold is not None:
+        if model_info["threshold"] is not None:
+            logger.warning(
+                "inference.threshold %.3f replaces the threshold %.3f saved with model %s",
+                config.threshold,
+                model_info["threshold"],
+                model_info["version"],
+            )
+        return config.threshold
+    if model_info["threshold"] is None:
+        raise ValueError(
+            f"Model {model_info['version']} ({model_info['source']}) has no threshold of its own: it is not a "
+            "calibrated classifier (the training pipeline's calibrate_classifier node saves one). Score it with an "
+            "explicit threshold, --params=inference.threshold=<probability>, or use a calibrated model."
+        )
+    return model_info["threshold"]
 
 
 def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
-    """Probability and label for every file; unreadable files become rows with an ``error``.
+    """Calibrated probability, label and raw score for every file; unreadable files become rows with an ``error``.
 
+    The label uses the threshold saved with the model (or an explicit ``inference.threshold``).
     Files are decoded on every core and scored in batches as they arrive (memory stays flat);
     with ``heatmaps: true`` the attention overlay of every scored image is returned as
     ``{file.png: PNG bytes}``.
@@ -55,16 +81,17 @@ def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any])
     config = InferenceParams.model_validate(params)
     if images.empty:
         raise ValueError("The images folder holds no PNG, JPEG or DICOM file: nothing to score")
-    model, threshold, version = model_info["model"], float(model_info["threshold"]), model_info["version"]
-    rows, overlays = [], {}
+    model, version = model_info["model"], model_info["version"]
+    threshold = _threshold(model_info, config)
+    scorer, rows, overlays = _scorer(model, config.heatmaps), [], {}
     for files, decoded in _batches(images, int(model.inputs[0].shape[1]), config):
         ok = [i for i, (_, _, error) in enumerate(decoded) if error is None]
-        probs = np.full(len(files), np.nan)
+        probs, scores = np.full(len(files), np.nan), np.full(len(files), np.nan)
         if ok:
-            probs[ok], maps = _score_batch(model, [decoded[i][0] for i in ok], config.heatmaps)
+            probs[ok], scores[ok], maps = _score_batch(scorer, [decoded[i][0] for i in ok], config.heatmaps)
             for j, i in enumerate(ok if maps is not None else []):
                 overlays[str(Path(files[i]).with_suffix(".png"))] = encode_png(overlay(decoded[i][0], maps[j]))
-        for file, probability, (_, _, error) in zip(files, probs, decoded):
+        for file, probability, score, (_, _, error) in zip(files, probs, scores, decoded):
             scored = error is None
             rows.append(
                 {
@@ -72,6 +99,7 @@ def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any])
                     "probability": float(probability) if scored else None,
                     "label": int(probability >= threshold) if scored else None,
                     "threshold": threshold,
+                    "score": float(score) if scored else None,
                     "model_version": version,
                     "error": str(error) if error is not None else None,
                 }

@@ -10,10 +10,12 @@ import keras
 import numpy as np
 import pandas as pd
 
+from cardio_kedro.calibration import apply_calibration, expected_calibration_error, fit_platt, prior_shift_offset
 from cardio_kedro.config import ModelTrainingParams
 from cardio_kedro.datasets import PixelCache
-from cardio_kedro.modeling import build_model
-from cardio_kedro.modeling.feeds import feed
+from cardio_kedro.decision import choose_threshold
+from cardio_kedro.modeling import build_model, calibrate
+from cardio_kedro.modeling.feeds import feed, predict_cached
 from cardio_kedro.modeling.training import (
     HISTORY_METRICS,
     EpochMonitor,
@@ -72,31 +74,40 @@ def _fit_inputs(
     }
 
 
-def _class_weight(class_weights: dict) -> dict[int, float] | None:
+def _class_weight(rebalancing: dict) -> dict[int, float] | None:
     """Keras ``class_weight`` from data_processing's weights (``None`` when they are all 1)."""
-    weights = {int(k): float(v) for k, v in class_weights["class_weight"].items()}
+    weights = {int(k): float(v) for k, v in rebalancing["class_weight"].items()}
     return None if all(w == 1.0 for w in weights.values()) else weights
 
 
-def _run_phases(model: keras.Model, fit: dict[str, Any], monitor: EpochMonitor, config: ModelTrainingParams) -> None:
-    """Phase ``head`` (backbone frozen), then ``fine_tune`` (top backbone layers unfrozen)."""
-    callbacks = [
-        monitor,
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.early_stopping_patience),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_auc", mode="max", factor=config.reduce_lr.factor, patience=config.reduce_lr.patience
-        ),
-    ]
+def _run_phases(
+    model: keras.Model, fit: dict[str, Any], monitor: EpochMonitor, steps_per_epoch: int, config: ModelTrainingParams
+) -> None:
+    """Phase ``head`` (backbone frozen), then ``fine_tune`` (top backbone layers unfrozen).
+
+    The fine-tuning learning rate follows ``fine_tune.schedule``: ``cosine`` decays it to 1% over
+    the phase's epochs (the last epochs take small steps, so the best epoch is rarely a spike);
+    ``plateau`` halves it when val_auc stalls (``reduce_lr``).
+    """
+    stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.early_stopping_patience)
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_auc", mode="max", factor=config.reduce_lr.factor, patience=config.reduce_lr.patience
+    )
     set_trainable(model, 0)
-    compile_model(model, config.head.learning_rate, config.loss, config.jit_compile)
+    compile_model(model, config.head.learning_rate, config.loss, config.jit_compile, config.gradient_clipnorm)
     if config.head.epochs > 0:
-        model.fit(**fit, epochs=config.head.epochs, callbacks=callbacks, verbose=config.verbose)
+        model.fit(**fit, epochs=config.head.epochs, callbacks=[monitor, stop, plateau], verbose=config.verbose)
     fine = config.fine_tune
     if fine.unfreeze_layers == 0 or fine.epochs == 0 or monitor.diverged:
         return
     monitor.phase = "fine_tune"
     logger.info("Fine-tuning the top %d backbone layer(s)", set_trainable(model, fine.unfreeze_layers))
-    compile_model(model, fine.learning_rate, config.loss, config.jit_compile)
+    callbacks = [monitor, stop]
+    if fine.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(fine.learning_rate, fine.epochs * steps_per_epoch, 0.01)
+    else:
+        learning_rate, callbacks = fine.learning_rate, [*callbacks, plateau]
+    compile_model(model, learning_rate, config.loss, config.jit_compile, config.gradient_clipnorm)
     done = len(monitor.records)
     model.fit(**fit, initial_epoch=done, epochs=done + fine.epochs, callbacks=callbacks, verbose=config.verbose)
 
@@ -105,15 +116,15 @@ def train_model(
     train: pd.DataFrame,
     validation: pd.DataFrame,
     pixel_cache: PixelCache,
-    class_weights: dict,
+    rebalancing: dict,
     params: dict[str, Any],
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Train the attention classifier in two phases and return it with the best epoch's weights.
 
     Phase ``head`` trains with the backbone frozen; phase ``fine_tune`` unfreezes the backbone's
     top ``unfreeze_layers`` layers (0 skips it). Images come from the pixel cache; the model sees
-    them at the cache's size. ``class_weights`` apply when data_processing used
-    ``strategy: class_weight``. Returns the model and its per-epoch history.
+    them at the cache's size. The class weights of ``rebalancing`` apply when data_processing used
+    ``strategy: class_weight``. Returns the (uncalibrated) model and its per-epoch history.
     """
     config = ModelTrainingParams.model_validate(params)
     _require_both_classes(train=train, validation=validation)
@@ -122,7 +133,7 @@ def train_model(
     try:
         keras.utils.set_random_seed(config.seed)
         fit = _fit_inputs(train, validation, pixel_cache, config)
-        fit["class_weight"] = _class_weight(class_weights)
+        fit["class_weight"] = _class_weight(rebalancing)
         logger.info(
             "Training on %d images (%d positive), validating on %d; %s at %d px, precision %s, backend %s",
             len(train),
@@ -136,7 +147,7 @@ def train_model(
         with distribution_scope(config.distribution):
             model = build_model(pixel_cache.size, **config.model.model_dump())
             monitor = EpochMonitor(len(train))
-            _run_phases(model, fit, monitor, config)
+            _run_phases(model, fit, monitor, math.ceil(len(train) / config.batch_size), config)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
         keras.distribution.set_distribution(None)
@@ -158,3 +169,69 @@ def epoch_metrics(history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
         if name in history
     }
     return {name: values for name, values in metrics.items() if values}
+
+
+def score_validation(
+    classifier: keras.Model, validation: pd.DataFrame, pixel_cache: PixelCache, params: dict
+) -> pd.DataFrame:
+    """The trained network's raw score for every image of the validation split (natural prevalence)."""
+    config = ModelTrainingParams.model_validate(params)
+    _, score = predict_cached(classifier, pixel_cache.pixels(), pixel_cache.rows(validation["path"]), config.batch_size)
+    return validation[["image_index", "patient_id", "target"]].assign(score=score)
+
+
+def _calibration_map(
+    scores: pd.DataFrame, rebalancing: dict, config: ModelTrainingParams
+) -> tuple[float, float, float]:
+    """``(slope, intercept, prior-shift offset)`` of the calibration ``config.calibration`` asks for."""
+    prevalence = rebalancing["prevalence"]
+    offset = prior_shift_offset(prevalence["trained"], prevalence["natural"])
+    method = config.calibration.method
+    if method == "platt":
+        return (*fit_platt(scores["score"], scores["target"], offset, config.calibration.shrinkage), offset)
+    return (1.0, offset, offset) if method == "prior_shift" else (1.0, 0.0, offset)
+
+
+def calibrate_classifier(
+    classifier: keras.Model, validation_scores: pd.DataFrame, rebalancing: dict, params: dict[str, Any]
+) -> tuple[keras.Model, dict]:
+    """The deployable classifier: the network, its calibration and its operating threshold in one model.
+
+    The calibration reads scores learnt at the rebalanced prevalence at the natural one (the exact
+    prior shift) and, with ``method: platt``, fits Platt scaling on the validation split's scores
+    (natural prevalence), shrunk towards the prior shift. The threshold is then chosen on the
+    calibrated validation probabilities. Test images are never used. Returns the model and a report.
+    """
+    config = ModelTrainingParams.model_validate(params)
+    slope, intercept, offset = _calibration_map(validation_scores, rebalancing, config)
+    y, raw = validation_scores["target"].to_numpy(), validation_scores["score"].to_numpy()
+    calibrated = apply_calibration(raw, slope, intercept)
+    t = config.threshold
+    threshold = choose_threshold(y, calibrated, t.method, t.target_sensitivity, t.target_ppv)
+    logger.info(
+        "Calibration (%s): slope %.3f, intercept %.3f (prior shift %.3f); threshold %.3f (%s)%s",
+        config.calibration.method,
+        slope,
+        intercept,
+        offset,
+        threshold["value"],
+        t.method,
+        "; the validation split is separated: every threshold between the classes ties"
+        if threshold["validation_separated"]
+        else "",
+    )
+    report = {
+        **config.calibration.model_dump(),
+        "prevalence": rebalancing["prevalence"],
+        "prior_shift_offset": offset,
+        "slope": slope,
+        "intercept": intercept,
+        "threshold": {**threshold, **t.model_dump(), "chosen_on": "validation", "scale": "calibrated"},
+        "validation": {
+            "n_images": int(len(y)),
+            "n_positive": int(y.sum()),
+            "ece_raw": expected_calibration_error(y, raw),
+            "ece_calibrated": expected_calibration_error(y, calibrated),
+        },
+    }
+    return calibrate(classifier, slope, intercept, threshold["value"]), report

@@ -1,8 +1,8 @@
-"""model_training: rebalanced splits + pixel cache -> trained attention classifier and its history."""
+"""model_training: rebalanced splits + pixel cache -> the trained network -> the calibrated classifier."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import epoch_metrics, train_model
+from .nodes import calibrate_classifier, epoch_metrics, score_validation, train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -10,16 +10,22 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_model,
-                inputs=[
-                    "train_balanced",
-                    "validation_balanced",
-                    "pixel_cache",
-                    "class_weights",
-                    "params:model_training",
-                ],
-                outputs=["classifier", "training_history"],
+                inputs=["train_balanced", "validation_balanced", "pixel_cache", "rebalancing", "params:model_training"],
+                outputs=["uncalibrated_classifier", "training_history"],
                 name="train_model",
             ),
             Node(epoch_metrics, inputs="training_history", outputs="training_metrics", name="epoch_metrics"),
+            Node(
+                score_validation,
+                inputs=["uncalibrated_classifier", "validation_split", "pixel_cache", "params:model_training"],
+                outputs="validation_scores",
+                name="score_validation",
+            ),
+            Node(
+                calibrate_classifier,
+                inputs=["uncalibrated_classifier", "validation_scores", "rebalancing", "params:model_training"],
+                outputs=["classifier", "calibration"],
+                name="calibrate_classifier",
+            ),
         ]
     )

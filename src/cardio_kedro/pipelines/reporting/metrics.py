@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sklearn.metrics import (
     average_precision_score,
@@ -12,6 +14,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from cardio_kedro.calibration import calibration_slope_intercept, expected_calibration_error
 from cardio_kedro.parallel import Progress
 
 
@@ -23,46 +26,77 @@ def auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p))
 
 
-def bootstrap_auc(
-    y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-) -> dict:
-    """ROC AUC with a percentile CI from resampling *patients* (``groups``) with replacement.
-
-    Images of one patient are correlated, so resampling images would give too narrow an interval.
-    """
-    y, p, groups = np.asarray(y), np.asarray(p), np.asarray(groups)
-    point = auc_or_none(y, p)
+def _patient_resamples(groups: np.ndarray, n_boot: int, seed: int, what: str):
+    """Index arrays of ``n_boot`` resamples of *patients* (``groups``) with replacement."""
     uniq, inverse = np.unique(groups, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     starts = np.searchsorted(inverse[order], np.arange(len(uniq)))
     counts = np.bincount(inverse, minlength=len(uniq))
     rng = np.random.default_rng(seed)
-    aucs = []
-    progress = Progress(int(n_boot), "Bootstrapping the AUC", every=10.0, quiet_if_fast=True)
+    progress = Progress(int(n_boot), what, every=10.0, quiet_if_fast=True)
     for _ in range(int(n_boot)):
         progress.update()
         pick = rng.integers(0, len(uniq), len(uniq))
-        idx = order[np.concatenate([np.arange(s, s + c) for s, c in zip(starts[pick], counts[pick])])]
-        a = auc_or_none(y[idx], p[idx])
-        if a is not None:
-            aucs.append(a)
-    if point is None or len(aucs) < 10:
-        return {"auc": point, "ci_low": None, "ci_high": None, "n_boot": len(aucs)}
-    low, high = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
-    return {"auc": point, "ci_low": float(low), "ci_high": float(high), "n_boot": len(aucs)}
+        yield order[np.concatenate([np.arange(s, s + c) for s, c in zip(starts[pick], counts[pick])])]
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray, method: str, target_sensitivity: float) -> float:
-    """Operating threshold from *validation* scores: Youden's J, or the highest threshold that
-    reaches ``target_sensitivity``."""
-    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
-    thresholds = np.minimum(thresholds, 1.0)
-    if method == "youden":
-        return float(thresholds[int(np.argmax(tpr - fpr))])
-    if method == "sensitivity":
-        ok = np.flatnonzero(tpr >= target_sensitivity)
-        return float(thresholds[ok[0]])
-    raise ValueError(f"threshold method must be 'youden' or 'sensitivity', got '{method}'")
+Statistic = Callable[[np.ndarray, np.ndarray], "float | None | dict[str, float | None]"]
+
+
+def _values(name: str, result) -> dict[str, float | None]:
+    return dict(result) if isinstance(result, dict) else {name: result}
+
+
+def patient_bootstrap(
+    y: np.ndarray, p: np.ndarray, groups: np.ndarray, statistics: dict[str, Statistic], n_boot: int, seed: int
+) -> dict[str, dict]:
+    """Each statistic with a 95% percentile CI from resampling *patients* with replacement.
+
+    Images of one patient are correlated, so resampling images would give too narrow an interval.
+    A statistic returns a number (or ``None`` where it is undefined: one class, a separated
+    resample), or a dict of named numbers computed together. Returns ``{name: {"value", "ci_low",
+    "ci_high", "n_boot"}}``; fewer than 10 valid resamples give no interval.
+    """
+    y, p, groups = np.asarray(y), np.asarray(p), np.asarray(groups)
+    points = {k: v for name, fn in statistics.items() for k, v in _values(name, fn(y, p)).items()}
+    samples: dict[str, list[float]] = {name: [] for name in points}
+    for idx in _patient_resamples(groups, n_boot, seed, f"Bootstrapping {', '.join(points)}"):
+        for name, fn in statistics.items():
+            for key, value in _values(name, fn(y[idx], p[idx])).items():
+                if value is not None and np.isfinite(value):
+                    samples[key].append(value)
+    out = {}
+    for name, point in points.items():
+        ok = point is not None and np.isfinite(point) and len(samples[name]) >= 10
+        low, high = np.quantile(samples[name], [0.025, 0.975]) if ok else (None, None)
+        out[name] = {
+            "value": float(point) if point is not None and np.isfinite(point) else None,
+            "ci_low": None if low is None else float(low),
+            "ci_high": None if high is None else float(high),
+            "n_boot": len(samples[name]),
+        }
+    return out
+
+
+def bootstrap_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """ROC AUC with a patient-level bootstrap CI: ``{"auc", "ci_low", "ci_high", "n_boot"}``."""
+    res = patient_bootstrap(y, p, groups, {"auc": auc_or_none}, n_boot, seed)["auc"]
+    return {"auc": res["value"], "ci_low": res["ci_low"], "ci_high": res["ci_high"], "n_boot": res["n_boot"]}
+
+
+def calibration_metrics(y: np.ndarray, p: np.ndarray, groups: np.ndarray, bins: int, n_boot: int, seed: int) -> dict:
+    """Brier, ECE, calibration slope and calibration-in-the-large, each with a patient-level CI."""
+
+    def slope_and_intercept(yy: np.ndarray, pp: np.ndarray) -> dict[str, float | None]:
+        slope, intercept = calibration_slope_intercept(yy, pp) if yy.min() < yy.max() else (None, None)
+        return {"calibration_slope": slope, "calibration_intercept": intercept}
+
+    statistics: dict[str, Statistic] = {
+        "brier": lambda yy, pp: float(np.mean((pp - yy) ** 2)),
+        "ece": lambda yy, pp: expected_calibration_error(yy, pp, bins),
+        "slope": slope_and_intercept,
+    }
+    return patient_bootstrap(y, p, groups, statistics, n_boot, seed)
 
 
 def rates_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:

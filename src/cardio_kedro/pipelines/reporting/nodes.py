@@ -7,19 +7,24 @@ import io
 import logging
 from typing import Any
 
+import cv2
 import jinja2
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from cardio_kedro.config import ReportingParams
 from cardio_kedro.datasets import PixelCache
+from cardio_kedro.decision import net_benefit
 from cardio_kedro.formatting import fmt, fmt_auc
 from cardio_kedro.modeling import overlay, predict_with_attention
-from cardio_kedro.modeling.feeds import CachedImages
+from cardio_kedro.modeling.feeds import predict_cached
 from cardio_kedro.sampling import undersample
 
 from . import plots
-from .metrics import auc_or_none, bootstrap_auc, choose_threshold, evaluate, roc_band
+from .metrics import auc_or_none, bootstrap_auc, calibration_metrics, evaluate, roc_band
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +40,33 @@ _TEMPLATES.filters.update(fmt=fmt, fmt_auc=fmt_auc)
 
 
 def predict_split(classifier, split: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]) -> pd.DataFrame:
-    """Probability of the target for every image of a split (no augmentation)."""
+    """The calibrated probability and the raw score of every image of a split (no augmentation)."""
     config = ReportingParams.model_validate(params)
-    y = split["target"].to_numpy(np.float32)
-    data = CachedImages(pixel_cache.pixels(), pixel_cache.rows(split["path"]), y, config.batch_size)
-    probability = classifier.predict(data, verbose=0).reshape(-1).astype(float)
-    return split[PREDICTION_COLUMNS].assign(probability=probability)
+    rows = pixel_cache.rows(split["path"])
+    probability, score = predict_cached(classifier, pixel_cache.pixels(), rows, config.batch_size)
+    return split[PREDICTION_COLUMNS].assign(probability=probability, score=score)
+
+
+def _pixel_features(pixel_cache: PixelCache, split: pd.DataFrame, size: int) -> np.ndarray:
+    images = pixel_cache.images(split["path"])
+    return np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) for img in images]).reshape(
+        len(images), -1
+    )
+
+
+def baseline_predictions(
+    train: pd.DataFrame, test: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]
+) -> pd.DataFrame:
+    """The reference model: logistic regression on standardised downsampled pixels, fitted on the
+    same (rebalanced) train split as the network, scored on the test split.
+
+    A network that does not beat this has not learnt more than global pixel statistics.
+    """
+    config = ReportingParams.model_validate(params).baseline
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=config.regularization, max_iter=2000))
+    reference.fit(_pixel_features(pixel_cache, train, config.image_size), train["target"].to_numpy())
+    probability = reference.predict_proba(_pixel_features(pixel_cache, test, config.image_size))[:, 1]
+    return test[["image_index", "patient_id", "target"]].assign(probability=probability)
 
 
 def _scores(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,15 +91,40 @@ def _subgroups(test: pd.DataFrame, config: ReportingParams) -> dict:
     }
 
 
+def _calibration(frame: pd.DataFrame, config: ReportingParams) -> dict:
+    """Calibration of the raw score and of the calibrated probability, each metric with its CI."""
+    y, _, groups = _scores(frame)
+    return {
+        name: calibration_metrics(
+            y, frame[column].to_numpy(), groups, config.calibration_bins, config.n_bootstrap, config.seed
+        )
+        for name, column in (("raw_score", "score"), ("calibrated", "probability"))
+    }
+
+
+def _baseline(model_auc: dict, baseline: pd.DataFrame, config: ReportingParams) -> dict:
+    """The reference model's AUC with its CI, and whether the network beats it (CIs apart)."""
+    auc = bootstrap_auc(*_scores(baseline), config.n_bootstrap, config.seed)
+    beats = model_auc["ci_low"] is not None and auc["ci_high"] is not None and model_auc["ci_low"] > auc["ci_high"]
+    return {
+        "model": f"logistic regression on {config.baseline.image_size}x{config.baseline.image_size} pixels",
+        "roc_auc": auc,
+        "model_beats_baseline": bool(beats),
+    }
+
+
 def evaluation_metrics(
-    validation_predictions: pd.DataFrame, test_predictions: pd.DataFrame, params: dict[str, Any]
+    validation_predictions: pd.DataFrame,
+    test_predictions: pd.DataFrame,
+    calibration: dict,
+    baseline: pd.DataFrame,
+    params: dict[str, Any],
 ) -> dict:
-    """Test metrics at natural prevalence, at the threshold chosen on validation, plus a 3:1 test
-    set as the original used, and subgroup AUCs (sex, view position, age band)."""
+    """Test metrics at natural prevalence and at the model's own threshold (chosen on validation,
+    saved with the model): rates, calibration before and after, the baseline, a 3:1 test set as
+    the original used, and subgroup AUCs (sex, view position, age band)."""
     config = ReportingParams.model_validate(params)
-    threshold = choose_threshold(
-        *_scores(validation_predictions)[:2], config.threshold.method, config.threshold.target_sensitivity
-    )
+    threshold = calibration["threshold"]["value"]
 
     def run(frame: pd.DataFrame) -> dict:
         return evaluate(*_scores(frame), threshold, config.n_bootstrap, config.seed)
@@ -81,18 +132,25 @@ def evaluation_metrics(
     test = run(test_predictions)
     ratio = config.original_neg_per_pos
     rebalanced = run(undersample(test_predictions, ratio, np.random.default_rng(config.seed)))
+    reference = _baseline(test["roc_auc"], baseline, config)
+    test["calibration"] = _calibration(test_predictions, config)
     logger.info(
-        "Test ROC AUC %s, PR AUC %s, sensitivity %s, specificity %s at threshold %.3f",
+        "Test ROC AUC %s (baseline %s), ECE %s, Brier %s, sensitivity %s, specificity %s at threshold %.3f",
         fmt_auc(test["roc_auc"]),
-        fmt(test["pr_auc"]),
+        fmt_auc(reference["roc_auc"]),
+        fmt(test["calibration"]["calibrated"]["ece"]["value"]),
+        fmt(test["brier"]),
         fmt(test["sensitivity"]),
         fmt(test["specificity"]),
         threshold,
     )
+    if not reference["model_beats_baseline"]:
+        logger.warning("The model does not beat the pixel baseline: their test AUC intervals overlap or it is below")
     return {
-        "threshold": {"value": threshold, "chosen_on": "validation", **config.threshold.model_dump()},
+        "threshold": calibration["threshold"],
         "validation_auc": auc_or_none(*_scores(validation_predictions)[:2]),
         "test": test,
+        "baseline": reference,
         f"test_rebalanced_{ratio:g}to1": {
             **rebalanced,
             "note": f"test split with {ratio:g} negatives per positive, for comparison with the original notebook",
@@ -101,11 +159,26 @@ def evaluation_metrics(
     }
 
 
-def headline_metrics(metrics: dict) -> dict[str, dict[str, float]]:
+def decision_curve(test_predictions: pd.DataFrame) -> pd.DataFrame:
+    """Net benefit of the model, of treating all and of treating none, at threshold probabilities 1%-99%."""
+    y, p, _ = _scores(test_predictions)
+    return net_benefit(y, p, np.round(np.arange(0.01, 1.0, 0.01), 2))
+
+
+def headline_metrics(metrics: dict, localization: dict) -> dict[str, dict[str, float]]:
     """The evaluation numbers worth comparing across runs, as MLflow metrics (step 0)."""
     test = metrics["test"]
+    calibrated = test["calibration"]["calibrated"]
     flat = {
         "test_auc": test["roc_auc"]["auc"],
+        "test_ece": calibrated["ece"]["value"],
+        "test_calibration_slope": calibrated["calibration_slope"]["value"],
+        "test_calibration_intercept": calibrated["calibration_intercept"]["value"],
+        "test_ece_raw_score": test["calibration"]["raw_score"]["ece"]["value"],
+        "test_brier_raw_score": test["calibration"]["raw_score"]["brier"]["value"],
+        "baseline_auc": metrics["baseline"]["roc_auc"]["auc"],
+        "baseline_auc_ci_low": metrics["baseline"]["roc_auc"]["ci_low"],
+        "baseline_auc_ci_high": metrics["baseline"]["roc_auc"]["ci_high"],
         "test_auc_ci_low": test["roc_auc"]["ci_low"],
         "test_auc_ci_high": test["roc_auc"]["ci_high"],
         "test_pr_auc": test["pr_auc"],
@@ -117,6 +190,14 @@ def headline_metrics(metrics: dict) -> dict[str, dict[str, float]]:
         "test_f1": test["f1"],
         "threshold": metrics["threshold"]["value"],
     }
+    for key in (
+        "pointing_game_hit_rate",
+        "pointing_game_strict",
+        "uniform_pointing_reference",
+        "attention_mass_in_box",
+        "uniform_reference",
+    ):
+        flat[f"attention_{key}".replace("attention_attention_", "attention_")] = localization.get(key)
     for key, value in metrics.items():
         if key.startswith("test_rebalanced"):
             flat[f"{key}_auc"] = value["roc_auc"]["auc"]
@@ -126,18 +207,21 @@ def headline_metrics(metrics: dict) -> dict[str, dict[str, float]]:
     return {k: {"value": float(v), "step": 0} for k, v in flat.items() if v is not None}
 
 
-def evaluation_plots(test_predictions: pd.DataFrame, metrics: dict, params: dict[str, Any]):
-    """ROC (with band and operating point), confusion matrix, classification report, PR, calibration, subgroups."""
+def evaluation_plots(test_predictions: pd.DataFrame, metrics: dict, curve: pd.DataFrame, params: dict[str, Any]):
+    """ROC (with band and operating point), confusion matrix, classification report, PR, calibration
+    before and after, decision curve, subgroups."""
     config = ReportingParams.model_validate(params)
     y, p, groups = _scores(test_predictions)
     test = metrics["test"]
     band = roc_band(y, p, groups, min(config.n_bootstrap, 200), config.seed)
+    raw = test_predictions["score"].to_numpy()
     return (
         plots.roc(y, p, test["roc_auc"], test, band),
         plots.confusion(test["confusion_matrix"], test["threshold"]),
         plots.report_table(test["classification_report"]),
         plots.precision_recall(y, p, test["pr_auc"]),
-        plots.calibration(y, p, test["brier"]),
+        plots.calibration(y, raw, p, test["calibration"], config.calibration_bins),
+        plots.decision_curve(curve, test["threshold"], test["prevalence"]),
         plots.subgroup_auc(metrics["subgroups"]),
     )
 
@@ -226,25 +310,48 @@ def attention_heatmaps(
     )
 
 
-def localization_scores(maps: np.ndarray, boxes: np.ndarray) -> dict:
-    """Pointing game (attention peak inside the box) and share of attention mass inside the box.
+POINTING_TOLERANCE = 15 / 224  # the pointing game's 15 px at 224 px (Zhang et al. 2016), as a share of the side
 
-    ``maps``: (n, s, s) non-negative; ``boxes``: (n, 4) as x, y, w, h in the maps' pixel frame.
+
+def _box_mask(shape: tuple[int, int], box: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    x, y, w, h = box
+    inside = np.zeros(shape, dtype=bool)
+    y0, y1 = int(np.floor(y - margin)), int(np.ceil(y + h + margin))
+    x0, x1 = int(np.floor(x - margin)), int(np.ceil(x + w + margin))
+    inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+    return inside
+
+
+def localization_scores(maps: np.ndarray, boxes: np.ndarray, tolerance: float) -> dict:
+    """Pointing game and the share of attention mass inside the box, each next to what a uniform map scores.
+
+    Pointing game: a hit when the map's peak lies inside the box grown by ``tolerance`` px (the
+    standard game's tolerance for maps coarser than the image); ``pointing_game_strict`` uses no
+    tolerance. A uniform map's peak is anywhere, so it hits as often as the grown box's share of the
+    image; its mass in the box is the box's share. ``maps``: (n, s, s) non-negative; ``boxes``:
+    (n, 4) as x, y, w, h in the maps' pixel frame.
     """
-    hits, mass = [], []
-    for m, (x, y, w, h) in zip(maps, boxes):
-        inside = np.zeros_like(m, dtype=bool)
-        y0, y1 = int(np.floor(y)), int(np.ceil(y + h))
-        x0, x1 = int(np.floor(x)), int(np.ceil(x + w))
-        inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
-        py, px = np.unravel_index(int(np.argmax(m)), m.shape)
-        hits.append(bool(inside[py, px]))
+    hits, strict, mass, share, grown_share = [], [], [], [], []
+    for m, box in zip(maps, boxes):
+        inside, grown = _box_mask(m.shape, box), _box_mask(m.shape, box, tolerance)
+        peak = np.unravel_index(int(np.argmax(m)), m.shape)
+        hits.append(bool(grown[peak]))
+        strict.append(bool(inside[peak]))
         total = float(m.sum())
         mass.append(float(m[inside].sum() / total) if total > 0 else 0.0)
+        share.append(float(inside.mean()))
+        grown_share.append(float(grown.mean()))
+    if not hits:
+        return {"n_images": 0, "pointing_game_hit_rate": None, "attention_mass_in_box": None, "uniform_reference": None}
     return {
         "n_images": len(hits),
-        "pointing_game_hit_rate": float(np.mean(hits)) if hits else None,
-        "attention_mass_in_box": float(np.mean(mass)) if mass else None,
+        "pointing_game_hit_rate": float(np.mean(hits)),
+        "pointing_game_strict": float(np.mean(strict)),
+        "pointing_tolerance_px": float(tolerance),
+        "uniform_pointing_reference": float(np.mean(grown_share)),
+        "attention_mass_in_box": float(np.mean(mass)),
+        "uniform_reference": float(np.mean(share)),
+        "mass_over_uniform": float(np.mean(mass) / np.mean(share)) if np.mean(share) > 0 else None,
     }
 
 
@@ -263,12 +370,15 @@ def attention_localization(
     b = target_boxes.loc[frame["image_index"], ["x", "y", "w", "h"]].to_numpy(float)
     b = b * np.stack([scale_x, scale_y, scale_x, scale_y], axis=1)
     _, maps = predict_with_attention(classifier, pixel_cache.images(frame["path"]))
-    out = localization_scores(maps, b)
+    out = localization_scores(maps, b, POINTING_TOLERANCE * pixel_cache.size)
     logger.info(
-        "Attention localization on %d boxed test images: pointing game %.3f, mass in box %.3f",
+        "Attention localization on %d boxed test images: pointing game %.3f (a uniform map %.3f), "
+        "mass in box %.3f (a uniform map %.3f)",
         out["n_images"],
         out["pointing_game_hit_rate"],
+        out["uniform_pointing_reference"],
         out["attention_mass_in_box"],
+        out["uniform_reference"],
     )
     return out
 
@@ -279,6 +389,7 @@ def _png_data_uri(png: bytes) -> str:
 
 def build_report(
     metrics: dict,
+    calibration_report: dict,
     localization: dict,
     quality: dict,
     history: pd.DataFrame,
@@ -293,6 +404,7 @@ def build_report(
         target=target_finding,
         image_size=image_size,
         metrics=metrics,
+        calibration=calibration_report,
         test_sets={k: v for k, v in metrics.items() if k.startswith("test")},
         localization=localization,
         quality=quality,

@@ -182,16 +182,38 @@ def precision_recall(y: np.ndarray, p: np.ndarray, pr_auc: float | None) -> plt.
     return fig
 
 
-def calibration(y: np.ndarray, p: np.ndarray, brier: float | None, bins: int = 10) -> plt.Figure:
-    """Reliability curve: observed positive rate per predicted-probability bin."""
-    frac, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="quantile")
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+def calibration(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, metrics: dict, bins: int) -> plt.Figure:
+    """Reliability diagram before (raw score) and after calibration, with the spread of the probabilities."""
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], ls=":", color="gray", label="perfectly calibrated")
-    ax.plot(mean_pred, frac, "o-", color=POS, label=f"model (Brier {brier:.3f})" if brier is not None else "model")
-    ax.set(ylabel="observed positive rate", title="Calibration (test)")
+    for p, name, color, style in ((raw, "raw_score", "#7f7f7f", "s--"), (calibrated, "calibrated", POS, "o-")):
+        frac, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+        m = metrics[name]
+        label = f"{name.replace('_', ' ')}: ECE {m['ece']['value']:.3f}, Brier {m['brier']['value']:.3f}"
+        ax.plot(mean_pred, frac, style, color=color, label=label)
+    ax.set(ylabel="observed positive rate", title="Calibration (test, natural prevalence)", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper left")
+    hist.hist([raw, calibrated], bins=20, range=(0, 1), color=["#7f7f7f", POS], label=["raw score", "calibrated"])
+    hist.set(xlabel="predicted probability", ylabel="images", yscale="log")
+    hist.legend(fontsize=7)
+    return fig
+
+
+def decision_curve(curve: pd.DataFrame, threshold: float, prevalence: float) -> plt.Figure:
+    """Net benefit against threshold probability: the model, treat all, treat none (Vickers & Elkin)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(curve["threshold"], curve["model"], color=POS, lw=2, label="model")
+    ax.plot(curve["threshold"], curve["treat_all"], color=NEG, lw=1.5, ls="--", label="treat all")
+    ax.plot(curve["threshold"], curve["treat_none"], color="black", lw=1, ls=":", label="treat none")
+    ax.axvline(threshold, color=ACCENT, ls="--", lw=1, label=f"operating threshold {threshold:.3f}")
+    ax.set(
+        xlabel="threshold probability",
+        ylabel="net benefit",
+        title="Decision curve (test, natural prevalence)",
+        xlim=(0, 1),
+        ylim=(-0.05 * max(prevalence, 0.05), 1.15 * max(prevalence, 0.01)),
+    )
     ax.legend(fontsize=8)
-    hist.hist(p, bins=20, range=(0, 1), color=NEG)
-    hist.set(xlabel="predicted probability", ylabel="images")
     return fig
 
 
