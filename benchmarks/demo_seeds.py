@@ -9,6 +9,7 @@ largest epoch-to-epoch jump of the validation loss after epoch 3. Then the sprea
 and which targets each seed meets.
 
     python benchmarks/demo_seeds.py --seeds 1 2 3
+    python benchmarks/demo_seeds.py --seeds 1 2 3 --params model_training.model.attention_stride=4
 """
 
 from __future__ import annotations
@@ -41,14 +42,16 @@ def _latest(project: Path, pattern: str) -> Path:
     return sorted(project.glob(f"data/{pattern}/*/*"))[-1]
 
 
-def run_seed(seed: int, cohort: Path | None, work: Path) -> tuple[dict, Path]:
+def run_seed(seed: int, cohort: Path | None, work: Path, extra: str = "") -> tuple[dict, Path]:
     """One demo run with ``model_training.seed`` = ``seed``; returns its figures and the project."""
     project = work / f"seed_{seed}"
     shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
     (project / "src").mkdir()
     shutil.copy(ROOT / "pyproject.toml", project)
-    params = f"model_training.seed={seed}" + (f",cohort_dir={cohort}" if cohort else "")
+    params = (
+        f"model_training.seed={seed}" + (f",cohort_dir={cohort}" if cohort else "") + (f",{extra}" if extra else "")
+    )
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
     start = time.perf_counter()
     with (project / "run.log").open("w") as log:
@@ -91,11 +94,13 @@ def run_seed(seed: int, cohort: Path | None, work: Path) -> tuple[dict, Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--params", default="", help="more --params for every run, e.g. a=1,b=2")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cardio-seeds-"))
+    print(f"projects in {work}; extra parameters: {args.params or 'none'}", flush=True)
     rows, cohort = [], None
     for seed in args.seeds:
-        row, project = run_seed(seed, cohort, work)
+        row, project = run_seed(seed, cohort, work, args.params)
         cohort = cohort or project / "data" / "01_raw" / "phantom"  # the first run generated it
         rows.append(row)
         print(json.dumps(row), flush=True)

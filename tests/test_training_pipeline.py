@@ -1,6 +1,7 @@
 """`kedro run --pipelines=training` end to end on a tiny phantom cohort: outputs, report, MLflow run."""
 
 import json
+import re
 
 import mlflow
 import pytest
@@ -87,7 +88,11 @@ def test_a_failing_run_ends_failed_in_mlflow(tiny_project, phantom_cohort_dir):
     client = _client(tiny_project)
     runs = client.search_runs([client.get_experiment_by_name("Cardiomegaly").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["cardio.end_reason"].startswith("UserValueError: The cohort has only 0 patient")
     assert not list((tiny_project / "data/06_models").glob("classifier.keras/*"))
+    # what the failed run saved is set aside: no later run takes it as the latest version
+    versions = [p for p in (tiny_project / "data").rglob("*") if re.fullmatch(r"\d{4}-\d\d-\d\dT[\d.]+Z", p.name)]
+    assert versions and all(p.parent.name.endswith(".incomplete") for p in versions), versions
 
 
 def test_from_any_data_processing_node_reruns_from_saved_intermediates(trained_project, tmp_path):

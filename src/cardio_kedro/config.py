@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cardio_kedro.errors import UserError
 from cardio_kedro.nih import NIH_FINDINGS
 
 Finding = Literal[NIH_FINDINGS]
@@ -287,8 +288,15 @@ class ReportingParams(Group):
 
 
 # ---- inference -----------------------------------------------------------------------------------
+class ServiceParams(Group):
+    """``inference.service``: limits of the HTTP service, saved with the registered service model."""
+
+    max_images_per_request: int = Field(ge=1, description="images one request may hold (more: a 400)")
+    max_request_mib: float = Field(gt=0, description="MiB of encoded images one request may hold (more: a 400)")
+
+
 class InferenceParams(Group):
-    """``inference``: scoring a folder of images."""
+    """``inference``: scoring a folder of images, and the HTTP service's limits."""
 
     batch_size: int = Field(ge=1, description="images per prediction batch")
     workers: Workers
@@ -298,6 +306,7 @@ class InferenceParams(Group):
         lt=1,
         description="null: the threshold saved with the model; a number: this one (needed for a model without)",
     )
+    service: ServiceParams
 
 
 # ---- everything ----------------------------------------------------------------------------------
@@ -317,7 +326,7 @@ class ProjectParams(Group):
 
 
 # ---- errors that say what to do ------------------------------------------------------------------
-class ParameterError(ValueError):
+class ParameterError(UserError, ValueError):
     """One or more parameters are wrong; the message lists each with where to fix it."""
 
 

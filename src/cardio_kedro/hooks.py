@@ -38,6 +38,7 @@ class MlflowTagHooks:
 
     def __init__(self) -> None:
         self._target = ""
+        self._service_limits: dict = {}
 
     @hook_impl
     def before_pipeline_run(self, pipeline, catalog) -> None:
@@ -46,6 +47,7 @@ class MlflowTagHooks:
         if mlflow.active_run() is None:  # tracking is off for this pipeline
             return
         self._target = catalog.load("params:target_finding")
+        self._service_limits = dict(catalog.load("params:inference")["service"])
         tags = {"git.commit": _git_commit()}
         if TRAINING_PARAMS in pipeline.inputs():
             import keras
@@ -78,17 +80,21 @@ class MlflowTagHooks:
 
     def _register_service(self, model) -> None:
         """Log and register the HTTP-serving pyfunc (base64 images in, probability and label out)."""
+        import base64
+
         import mlflow
+        import numpy as np
         import pandas as pd
         from mlflow.models import infer_signature
 
-        from cardio_kedro.modeling import operating_threshold
+        import cardio_kedro
+        from cardio_kedro.modeling import encode_png, operating_threshold
         from cardio_kedro.serving import XrayClassifierService
 
         name = f"{self._target}-classifier-service"
-        signature = infer_signature(
-            pd.DataFrame({"image": ["aGVsbG8="]}), pd.DataFrame({"probability": [0.5], "label": [1]})
-        )
+        size = int(model.inputs[0].shape[1])
+        example = pd.DataFrame({"image": [base64.b64encode(encode_png(np.zeros((size, size, 3), np.uint8))).decode()]})
+        signature = infer_signature(example, pd.DataFrame({"probability": [0.5], "label": [1]}))
         with tempfile.TemporaryDirectory() as tmp:
             model_file = Path(tmp) / "classifier.keras"
             model.save(model_file)
@@ -97,6 +103,9 @@ class MlflowTagHooks:
                 python_model=XrayClassifierService(),
                 artifacts={"keras_model": str(model_file)},
                 signature=signature,
+                input_example=example,
+                model_config=self._service_limits,
+                code_paths=[str(Path(cardio_kedro.__file__).parent)],  # the model carries the code that serves it
                 registered_model_name=name,
             )
         mlflow.set_tag("registered_service", f"{name}/{info.registered_model_version}")

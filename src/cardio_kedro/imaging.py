@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from pathlib import Path
@@ -29,12 +30,38 @@ class ImageError(ValueError):
         return ImageError, (self.reason, self.detail)
 
 
+def _check_png(head: bytes, tail: bytes, name: str) -> tuple[int, int]:
+    """Size from a PNG's IHDR chunk; a missing IHDR or IEND, or a side over ``MAX_SIDE``, is an ``ImageError``."""
+    if head[12:16] != b"IHDR" or len(head) < 24:
+        raise ImageError("corrupt", f"{name}: no IHDR chunk")
+    width, height = struct.unpack(">II", head[16:24])
+    if tail[-8:] != PNG_END:
+        raise ImageError("truncated", f"{name}: PNG has no IEND chunk")
+    if max(width, height) > MAX_SIDE:
+        raise ImageError("too_large", f"{name}: {width}x{height} exceeds {MAX_SIDE} px")
+    return width, height
+
+
+def _check_jpeg(source, name: str) -> tuple[int, int]:
+    """Size from a JPEG header (a path or a file object), read without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(source) as im:  # reads the header only
+            width, height = im.size
+    except Exception as exc:  # noqa: BLE001 - PIL refuses bombs and broken headers
+        raise ImageError("corrupt", f"{name}: {exc}") from None
+    if max(width, height) > MAX_SIDE:
+        raise ImageError("too_large", f"{name}: {width}x{height} exceeds {MAX_SIDE} px")
+    return width, height
+
+
 def check_image_file(path: str | Path) -> tuple[int, int]:
     """Cheap structural check of a PNG or JPEG file without decoding it.
 
     Reads the header and the last bytes only: a missing file, a non-image named ``.png``, a
     truncated PNG (no ``IEND`` chunk) and oversized images are rejected with an ``ImageError``.
-    Returns ``(width, height)`` where the header gives them (PNG), else ``(0, 0)``.
+    Returns ``(width, height)``.
     """
     path = Path(path)
     try:
@@ -48,26 +75,19 @@ def check_image_file(path: str | Path) -> tuple[int, int]:
     except OSError as exc:
         raise ImageError("unreadable", f"{path}: {exc}") from None
     if head.startswith(PNG_SIGNATURE):
-        if head[12:16] != b"IHDR":
-            raise ImageError("corrupt", f"{path}: no IHDR chunk")
-        width, height = struct.unpack(">II", head[16:24])
-        if tail[-8:] != PNG_END:
-            raise ImageError("truncated", f"{path}: PNG has no IEND chunk")
-        if max(width, height) > MAX_SIDE:
-            raise ImageError("too_large", f"{path}: {width}x{height} exceeds {MAX_SIDE} px")
-        return width, height
+        return _check_png(head, tail, str(path))
     if head.startswith(JPEG_SIGNATURE):
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:  # reads the header only
-                width, height = im.size
-        except Exception as exc:  # noqa: BLE001 - PIL refuses bombs and broken headers
-            raise ImageError("corrupt", f"{path}: {exc}") from None
-        if max(width, height) > MAX_SIDE:
-            raise ImageError("too_large", f"{path}: {width}x{height} exceeds {MAX_SIDE} px")
-        return width, height
+        return _check_jpeg(path, str(path))
     raise ImageError("not_an_image", f"{path}: neither PNG nor JPEG")
+
+
+def check_image_bytes(data: bytes, name: str = "the image") -> tuple[int, int]:
+    """``check_image_file`` for encoded bytes held in memory (an HTTP request): the header, never the pixels."""
+    if data.startswith(PNG_SIGNATURE):
+        return _check_png(data[:24], data[-12:], name)
+    if data.startswith(JPEG_SIGNATURE):
+        return _check_jpeg(io.BytesIO(data), name)
+    raise ImageError("not_an_image", f"{name}: neither PNG nor JPEG")
 
 
 def check_file(path: str) -> tuple[int, int, ImageError | None]:
@@ -101,7 +121,12 @@ def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def decode_bytes(data: bytes, size: int) -> np.ndarray:
-    """Decode encoded PNG/JPEG bytes to a ``size`` x ``size`` uint8 grayscale array."""
+    """Decode encoded PNG/JPEG bytes to a ``size`` x ``size`` uint8 grayscale array.
+
+    The header is checked first (``check_image_bytes``): a decompression bomb is refused before
+    any pixel is allocated.
+    """
+    check_image_bytes(data)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError("corrupt", "the image data could not be decoded")

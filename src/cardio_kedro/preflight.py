@@ -8,6 +8,7 @@ from pathlib import Path
 from kedro.framework.hooks import hook_impl
 
 from cardio_kedro.config import ConfigSources, check_backbone_weights, validate_parameters
+from cardio_kedro.errors import install_excepthook
 from cardio_kedro.hooks import TRAINING_PARAMS
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ class PreflightHooks:
 
     @hook_impl
     def after_context_created(self, context) -> None:
+        install_excepthook()  # a user error ends the command with its message, not 300 lines of traceback
         loader = context.config_loader
         self._sources = ConfigSources(
             conf_source=Path(loader.conf_source),

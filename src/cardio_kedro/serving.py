@@ -3,7 +3,9 @@
 Input: a DataFrame with an ``image`` column of base64-encoded PNG or JPEG files. Output: one row
 per image with ``probability`` (calibrated, at the cohort's natural prevalence) and ``label`` (at the
 operating threshold saved with the model).
-An image that cannot be decoded fails the request with a 400 that names the row and the reason.
+An image that cannot be decoded, or whose header claims more than ``MAX_SIDE`` px (checked before
+any pixel is decoded), fails the request with a 400 that names the row and the reason; so do an
+empty request and one over the limits in ``model_config`` (``inference.service`` when registered).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from cardio_kedro.imaging import ImageError, decode_bytes
 
 MAX_IMAGE_BYTES = 64 * 2**20
+DEFAULT_LIMITS = {"max_images_per_request": 64, "max_request_mib": 64}  # a service logged without model_config
+
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException(message, INVALID_PARAMETER_VALUE)
 
 
 class XrayClassifierService(mlflow.pyfunc.PythonModel):
@@ -33,6 +40,7 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
         if self.threshold is None:
             raise ValueError("the served model has no threshold of its own: serve a calibrated classifier")
         self.size = int(self.model.inputs[0].shape[1])
+        self.limits = {**DEFAULT_LIMITS, **(getattr(context, "model_config", None) or {})}
 
     def _pixels(self, value) -> np.ndarray:
         if not isinstance(value, str) or not value:
@@ -45,14 +53,27 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
             raise ValueError(f"larger than {MAX_IMAGE_BYTES // 2**20} MiB")
         return decode_bytes(data, self.size)
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+    def _check_request(self, model_input: pd.DataFrame) -> None:
         if "image" not in model_input.columns:
-            raise MlflowException("the input needs an 'image' column of base64 PNG/JPEG", INVALID_PARAMETER_VALUE)
+            raise _bad_request("the input needs an 'image' column of base64 PNG/JPEG")
+        n, most = len(model_input), int(self.limits["max_images_per_request"])
+        if n == 0:
+            raise _bad_request("the request holds no image: send one or more rows in the 'image' column")
+        if n > most:
+            raise _bad_request(f"the request holds {n} images, more than max_images_per_request={most}: split it")
+        mib = sum(len(v) for v in model_input["image"] if isinstance(v, str)) * 3 / 4 / 2**20
+        if mib > float(self.limits["max_request_mib"]):
+            raise _bad_request(
+                f"the request holds {mib:.1f} MiB of images, more than max_request_mib={self.limits['max_request_mib']}"
+            )
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        self._check_request(model_input)
         pixels = []
         for i, value in enumerate(model_input["image"]):
             try:
                 pixels.append(self._pixels(value))
             except (ValueError, ImageError) as exc:
-                raise MlflowException(f"row {i}: {exc}", INVALID_PARAMETER_VALUE) from None
+                raise _bad_request(f"row {i}: {exc}") from None
         probability = self.model.predict(np.stack(pixels)[..., None], verbose=0).reshape(-1).astype(float)
         return pd.DataFrame({"probability": probability, "label": (probability >= self.threshold).astype(int)})

@@ -48,6 +48,25 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def walk_files(root: Path, skip_hidden: bool = True) -> Iterator[tuple[Path, str]]:
+    """``(folder, file name)`` for every file under ``root``, in sorted order, following directory symlinks.
+
+    A symlinked folder is walked once: a link back to a folder already being walked (a loop) or
+    already walked is skipped, so nothing is listed twice and no walk runs forever.
+    """
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, names in os.walk(root, followlinks=True):
+        stat = os.stat(dirpath)
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames[:] = sorted(d for d in dirnames if not (skip_hidden and d.startswith(".")))
+        for name in sorted(names):
+            yield Path(dirpath), name
+
+
 def write_files(root: Path, files: Iterable[tuple[str, bytes]]) -> int:
     """Write ``(relative path, bytes)`` pairs under ``root``; returns how many."""
     n = 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
+from cardio_kedro.errors import UserDatasetError
 from cardio_kedro.imaging import IMAGE_SUFFIXES
 from cardio_kedro.nih import (
     BOX_COLUMNS,
@@ -25,7 +25,7 @@ from cardio_kedro.nih import (
     REQUIRED_LABEL_COLUMNS,
 )
 
-from ._files import atomic_file, atomic_folder, write_files
+from ._files import atomic_file, atomic_folder, walk_files, write_files
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def read_label_table(path: str | Path) -> pd.DataFrame:
     names = [n.strip() for n in header.split(",")]
     missing = [c for c in REQUIRED_LABEL_COLUMNS if c not in names]
     if missing:
-        raise DatasetError(
+        raise UserDatasetError(
             f"{path} lacks the required column(s) {missing}; expected the NIH header "
             f"starting with {', '.join(REQUIRED_LABEL_COLUMNS)}"
         )
@@ -74,7 +74,7 @@ def _check_identifiers(raw: pd.DataFrame, path: Path) -> None:
         if len(bad):
             first = int(bad[0])
             value = raw.loc[first, column]
-            raise DatasetError(
+            raise UserDatasetError(
                 f"{path}, line {first + 2} (image '{raw.loc[first, 'Image Index']}'), column '{column}': "
                 f"{'blank' if not value.strip() else repr(value)}; "
                 f"{'an image name' if column == 'Image Index' else 'an integer patient id'} is required "
@@ -117,7 +117,7 @@ class LabelTableDataset(_CohortFile):
         if not self._filepath.is_file():
             folder = self._filepath.parent
             where = "folder does not exist" if not folder.exists() else f"no {self._filepath.name} in it"
-            raise DatasetError(f"No cohort at '{folder}' ({where}). {NO_COHORT_HINT}")
+            raise UserDatasetError(f"No cohort at '{folder}' ({where}). {NO_COHORT_HINT}")
         return read_label_table(self._filepath)
 
 
@@ -175,13 +175,11 @@ class ImageFileIndexDataset(AbstractDataset[Iterable[tuple[str, bytes]], pd.Data
 
     def _load(self) -> pd.DataFrame:
         if not self._path.is_dir():
-            raise DatasetError(f"No cohort folder at '{self._path}'. {NO_COHORT_HINT}")
+            raise UserDatasetError(f"No cohort folder at '{self._path}'. {NO_COHORT_HINT}")
         files: dict[str, str] = {}
-        for dirpath, dirnames, names in os.walk(self._path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(names):
-                if name.lower().endswith(IMAGE_SUFFIXES):
-                    files.setdefault(name, str(Path(dirpath) / name))
+        for folder, name in walk_files(self._path):  # follows symlinked folders, once each
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                files.setdefault(name, str(folder / name))
         return pd.DataFrame({"image_index": list(files), "path": list(files.values())})
 
     def _save(self, images: Iterable[tuple[str, bytes]]) -> None:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 
+from cardio_kedro.errors import UserDatasetError
 from cardio_kedro.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
-from ._files import atomic_folder, version_exists, write_files
+from ._files import atomic_folder, version_exists, walk_files, write_files
 
 SCORED_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 
@@ -28,13 +28,12 @@ class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
 
     def _load(self) -> pd.DataFrame:
         if self._path is None:
-            raise DatasetError("No images folder given: run with --params=images_dir=/path/to/images")
+            raise UserDatasetError("No images folder given: run with --params=images_dir=/path/to/images")
         if not self._path.is_dir():
-            raise DatasetError(f"The images folder '{self._path}' does not exist")
+            raise UserDatasetError(f"The images folder '{self._path}' does not exist")
         files = sorted(
-            Path(root) / name
-            for root, _, names in os.walk(self._path)
-            for name in names
+            folder / name
+            for folder, name in walk_files(self._path, skip_hidden=False)  # follows symlinked folders, once each
             if name.lower().endswith(SCORED_SUFFIXES) or "." not in name
         )
         return pd.DataFrame({"file": [str(f.relative_to(self._path)) for f in files], "path": [str(f) for f in files]})

@@ -8,12 +8,66 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from cardio_kedro.errors import UserDatasetError
+
 logger = logging.getLogger(__name__)
 
 
 def _latest_version(folder: Path) -> Path | None:
-    versions = sorted(p for p in folder.glob("*") if p.is_dir()) if folder.is_dir() else []
+    # a version holds the model file; incomplete/ (runs that did not complete, see run_guard.py) does not
+    versions = sorted(p for p in folder.glob("*") if (p / folder.name).exists()) if folder.is_dir() else []
     return versions[-1] if versions else None
+
+
+MODEL_URI_FORMS = (
+    "models:/<name>/<version>, models:/<name>@<alias>, models:/<name>/latest, models:/<name> (its latest "
+    "version), models:/m-<model id>, runs:/<run id>/<path>"
+)
+
+
+def normalise_model_uri(uri: str) -> str:
+    """``uri`` in a form MLflow resolves: a bare ``models:/<name>`` means its latest version."""
+    if not uri.startswith(("models:/", "runs:/")):
+        raise UserDatasetError(f"model_uri '{uri}' is not an MLflow model URI. Accepted forms: {MODEL_URI_FORMS}")
+    rest = uri[len("models:/") :] if uri.startswith("models:/") else None
+    if rest and "/" not in rest and "@" not in rest and not rest.startswith("m-"):
+        return f"models:/{rest}/latest"
+    return uri
+
+
+def _registry_hint() -> str:
+    """The registered models and their versions and aliases, to show next to an unresolved URI."""
+    from mlflow import MlflowClient
+
+    try:
+        models = MlflowClient().search_registered_models()
+    except Exception:  # noqa: BLE001 - a hint only: the registry may be unreachable
+        return ""
+    if not models:
+        return "The registry holds no model: run 'kedro run --pipelines=training' first."
+    described = []
+    for model in models:
+        latest = max((int(v.version) for v in model.latest_versions or []), default=None)
+        aliases = ", ".join(f"@{a}" for a in (model.aliases or {}))
+        described.append(f"{model.name} (latest version {latest}{'; ' + aliases if aliases else ''})")
+    return "Registered models: " + "; ".join(described) + "."
+
+
+def _label(uri: str, info) -> str:
+    """``<name>/<version>`` for a registry URI, the URI itself otherwise (the ``model_version`` column)."""
+    from mlflow import MlflowClient
+
+    rest = uri[len("models:/") :] if uri.startswith("models:/") else ""
+    if not rest or rest.startswith("m-"):
+        return uri
+    client = MlflowClient()
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return f"{name}/{client.get_model_version_by_alias(name, alias).version}"
+    name, version = rest.split("/", 1)
+    if version == "latest":
+        version = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    return f"{name}/{version}"
 
 
 class InferenceModelDataset(AbstractDataset[None, dict]):
@@ -22,8 +76,8 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
     The threshold is the one saved inside the model (its ``Calibration`` layer), so a model is
     never scored with another model's threshold; it is ``None`` for a model that has none (an
     uncalibrated network), and the inference node then asks for an explicit ``inference.threshold``.
-    With ``model_uri`` (``models:/<finding>-classifier/<version>`` or ``runs:/<id>/model``) the
-    model comes from MLflow; without, the newest version of the catalog's ``classifier``.
+    With ``model_uri`` (any form in ``MODEL_URI_FORMS``, resolved by ``mlflow.models.get_model_info``)
+    the model comes from MLflow; without, the newest version of the catalog's ``classifier``.
     """
 
     def __init__(self, model_path: str, model_uri: str | None = None, metadata: dict[str, Any] | None = None):
@@ -43,7 +97,7 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
     def _load_latest(self):
         version = _latest_version(self._model_path)
         if version is None:
-            raise DatasetError(
+            raise UserDatasetError(
                 f"No trained model in {self._model_path}: run 'kedro run --pipelines=training' first "
                 "or pass --params=model_uri=models:/<finding>-classifier/<version>"
             )
@@ -53,22 +107,25 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
 
     def _load_mlflow(self):
         import mlflow
-        from mlflow.tracking import MlflowClient
+        from mlflow.exceptions import MlflowException
 
         import cardio_kedro.modeling.layers  # noqa: F401 - registers the custom layers for mlflow.keras
 
-        uri = self._model_uri
-        if uri.startswith("models:/"):
-            name, _, version = uri[len("models:/") :].partition("/")
-            if not version or version == "latest":
-                version = max(int(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'"))
-            label = f"{name}/{version}"
-            uri = f"models:/{name}/{version}"
-        elif uri.startswith("runs:/"):
-            label = uri
-        else:
-            raise DatasetError(f"model_uri must start with models:/ or runs:/, got '{uri}'")
-        return mlflow.keras.load_model(uri), label, self._model_uri
+        uri = normalise_model_uri(self._model_uri)
+        try:
+            info = mlflow.models.get_model_info(uri)
+        except (MlflowException, OSError) as exc:
+            raise UserDatasetError(
+                f"model_uri '{self._model_uri}' does not resolve: {str(exc).splitlines()[0]}. {_registry_hint()} "
+                f"Accepted forms: {MODEL_URI_FORMS}"
+            ) from None
+        if "keras" not in info.flavors:
+            raise UserDatasetError(
+                f"model_uri '{self._model_uri}' is not a Keras classifier (flavors: {', '.join(info.flavors)}); "
+                "the pyfunc service model is served with 'mlflow models serve', the batch pipeline scores "
+                "models:/<finding>-classifier/<version>"
+            )
+        return mlflow.keras.load_model(uri), _label(uri, info), self._model_uri
 
     def _save(self, data: None) -> None:
         raise DatasetError("InferenceModelDataset is read-only")

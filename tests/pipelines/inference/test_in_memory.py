@@ -11,6 +11,7 @@ from kedro.runner import SequentialRunner
 from cardio_kedro.calibration import apply_calibration
 from cardio_kedro.modeling import build_model, calibrate, operating_threshold
 from cardio_kedro.pipelines.inference import create_pipeline
+from cardio_kedro.pipelines.inference.nodes import overlay_names
 from tests.helpers import TINY_MODEL, base_params
 
 
@@ -38,6 +39,7 @@ def test_a_folder_is_scored_with_errors_as_rows(toy_cache, tmp_path):
     expected = model.predict(toy_cache["cache"].images(toy_cache["train"]["path"].iloc[:3])[..., None], verbose=0)
     np.testing.assert_allclose(np.sort(scored["probability"]), np.sort(expected.reshape(-1)), rtol=1e-5)
     assert (scored["label"] == (scored["probability"] >= 0.4)).all() and set(scored["model_version"]) == {"v1"}
+    assert str(table["label"].dtype) == "Int64" and table["label"].isna().sum() == 1  # 0/1, empty when unscored
     np.testing.assert_allclose(scored["probability"], apply_calibration(scored["score"], 1.5, -1.0), rtol=1e-4)
     overlays = outputs["inference_heatmaps"].load()
     assert sorted(overlays) == sorted(f"ward/{p.name}" for p in files if p.parent.name == "ward")
@@ -56,3 +58,16 @@ def test_a_model_without_its_own_threshold_is_refused_unless_one_is_given(toy_ca
         score_images(images, info, params)
     table, _ = score_images(images, info, {**params, "threshold": 0.25})
     assert table["threshold"].tolist() == [0.25] and table["label"].tolist() == [int(table["probability"][0] >= 0.25)]
+
+
+def test_overlay_names_stay_unique_when_stems_collide():
+    names = overlay_names(["a.jpg", "a.png", "b.jpeg", "ward/a.dcm", "ward/c.png", "scan"])
+    assert names == {
+        "a.jpg": "a.jpg.png",
+        "a.png": "a.png.png",
+        "b.jpeg": "b.png",
+        "ward/a.dcm": "ward/a.png",
+        "ward/c.png": "ward/c.png",
+        "scan": "scan.png",
+    }
+    assert len(set(names.values())) == len(names)

@@ -8,6 +8,7 @@ import struct
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -85,6 +86,39 @@ def test_model_from_the_mlflow_registry_gives_the_same_scores(trained_project, s
     np.testing.assert_array_equal(registry["threshold"], catalog_scores["threshold"])
 
 
+def test_every_model_uri_form_mlflow_accepts_resolves(trained_project, scored_folder):
+    """Aliases, version-less names, latest, runs:/ and models:/m-<id> all score with the same model;
+    a name or alias that does not exist fails with the registry's contents, not a bare ValueError."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    folder, _ = scored_folder
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
+    MlflowClient().set_registered_model_alias("Cardiomegaly-classifier", "champion", "1")
+    info = mlflow.models.get_model_info("models:/Cardiomegaly-classifier/1")
+    expected = _score(trained_project, folder, model_uri="models:/Cardiomegaly-classifier/1")
+    forms = {
+        "models:/Cardiomegaly-classifier@champion": "Cardiomegaly-classifier/1",
+        "models:/Cardiomegaly-classifier": "Cardiomegaly-classifier/1",
+        "models:/Cardiomegaly-classifier/latest": "Cardiomegaly-classifier/1",
+        f"models:/{info.model_id}": f"models:/{info.model_id}",
+        f"runs:/{info.run_id}/model": f"runs:/{info.run_id}/model",
+    }
+    for uri, label in forms.items():
+        table = _score(trained_project, folder, model_uri=uri)
+        assert set(table["model_version"]) == {label}, uri
+        np.testing.assert_allclose(table["probability"], expected["probability"], rtol=1e-6, err_msg=uri)
+    for uri, message in {
+        "models:/Cardiomegaly-classifier@nobody": "alias nobody not found",
+        "models:/Cardiomegaly-clasifier/1": "Cardiomegaly-clasifier not found",
+        "models:/Cardiomegaly-classifier-service/1": "is not a Keras classifier",
+    }.items():
+        with pytest.raises(DatasetError, match=message) as err:
+            _score(trained_project, folder, model_uri=uri)
+        assert "Cardiomegaly-classifier (latest version 1; @champion)" in str(err.value) or "Keras" in message
+
+
 def test_a_model_version_without_its_own_threshold_is_refused(trained_project, scored_folder, tmp_path, monkeypatch):
     """A newer catalog version that is a bare network (no calibration, no threshold) is not scored with the
     older model's threshold: it is refused, or scored at an explicit inference.threshold."""
@@ -128,6 +162,33 @@ def _post(port: int, images: list[str]) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
+def _png_bomb(side: int) -> bytes:
+    """A valid, all-black 8-bit PNG of ``side`` x ``side`` px: a few hundred KB that decode to ``side**2`` bytes."""
+    import zlib
+
+    chunk = lambda kind, data: (  # noqa: E731
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+    packer, row = zlib.compressobj(9), b"\x00" * (side + 1)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _peak_rss_mib(session: int) -> float:
+    """Sum of the peak resident memory (VmHWM) of every process in the session ``session``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) != session:
+                continue
+            status = (stat.parent / "status").read_text()
+        except (OSError, IndexError, ValueError):
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
+    return total / 1024
+
+
 def test_http_service_answers_like_the_batch_pipeline(trained_project, shared_nih, tmp_path, monkeypatch):
     monkeypatch.chdir(trained_project)
     sample = sorted((shared_nih / "sample").rglob("*.png"))[:6]
@@ -152,7 +213,9 @@ def test_http_service_answers_like_the_batch_pipeline(trained_project, shared_ni
         str(port),
     ]
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{trained_project / 'mlflow.db'}"}
-    with serve(command, trained_project, f"http://127.0.0.1:{port}/ping", env, timeout=180):
+    elsewhere = tmp_path / "elsewhere"  # not the project: the model carries its code (code_paths)
+    elsewhere.mkdir()
+    with serve(command, elsewhere, f"http://127.0.0.1:{port}/ping", env, timeout=180) as server:
         payload = [base64.b64encode(p.read_bytes()).decode() for p in sample]
         status, answer = _post(port, payload)
         assert status == 200, answer
@@ -163,3 +226,37 @@ def test_http_service_answers_like_the_batch_pipeline(trained_project, shared_ni
         assert 400 <= status < 500 and "row 1" in answer.get("message", "")
         status, answer = _post(port, ["%%% not base64 %%%"])
         assert 400 <= status < 500 and "base64" in answer.get("message", "")
+        status, answer = _post(port, [])
+        assert status == 400 and "holds no image" in answer["message"] and "Traceback" not in answer["message"]
+        status, answer = _post(port, payload[:1] * 65)  # inference.service.max_images_per_request: 64
+        assert status == 400 and "max_images_per_request=64" in answer["message"]
+
+        # 30 requests at once: valid images, 30000 px bombs (875 KB, 858 MiB decoded, each) and garbage
+        bomb = base64.b64encode(_png_bomb(30000)).decode()
+        kinds = ["valid", "bomb", "garbage"] * 10
+        bodies = {"valid": [payload[1]], "bomb": [bomb], "garbage": [base64.b64encode(b"garbage").decode()]}
+        before = _peak_rss_mib(server.pid)
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            answers = list(pool.map(lambda kind: _post(port, bodies[kind]), kinds))
+        for kind, (status, answer) in zip(kinds, answers):
+            if kind == "valid":
+                assert status == 200 and answer["predictions"][0]["probability"] == pytest.approx(
+                    batch["probability"].iloc[1], rel=1e-5
+                )
+            else:
+                assert status == 400 and "Error: row 0: " in answer["message"], answer
+                assert "Traceback" not in answer["message"] and "cv2" not in answer["message"]
+                assert "30000x30000 exceeds 8192 px" in answer["message"] if kind == "bomb" else True
+        peak = _peak_rss_mib(server.pid)
+        print(f"service peak memory: {before:.0f} MiB before the 30 requests, {peak:.0f} MiB after")
+        assert peak - before < 300, f"the service's peak memory grew by {peak - before:.0f} MiB"  # one bomb: 858 MiB
+
+    import mlflow
+
+    served_code = Path(
+        mlflow.artifacts.download_artifacts(
+            "models:/Cardiomegaly-classifier-service/1", tracking_uri=env["MLFLOW_TRACKING_URI"]
+        )
+    )
+    assert (served_code / "code" / "cardio_kedro" / "serving.py").is_file()
+    assert (served_code / "serving_input_example.json").is_file()

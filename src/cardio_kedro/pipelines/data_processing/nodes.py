@@ -12,6 +12,7 @@ import pandas as pd
 
 from cardio_kedro.config import DataProcessingParams, RebalanceParams, SplitParams
 from cardio_kedro.datasets import DecodedChunk, PixelCache
+from cardio_kedro.errors import UserValueError
 from cardio_kedro.imaging import check_file, try_load_gray
 from cardio_kedro.nih import NIH_FINDINGS, NO_FINDING
 from cardio_kedro.parallel import imap_progress
@@ -49,7 +50,9 @@ def clean_metadata(labels: pd.DataFrame, target_finding: str, params: dict[str, 
     """
     config = DataProcessingParams.model_validate(params)
     if target_finding not in NIH_FINDINGS:
-        raise ValueError(f"target_finding '{target_finding}' is not an NIH finding; use one of {list(NIH_FINDINGS)}")
+        raise UserValueError(
+            f"target_finding '{target_finding}' is not an NIH finding; use one of {list(NIH_FINDINGS)}"
+        )
     age, implausible = _ages(labels["Patient Age"], config.max_plausible_age)
     finding_labels = labels["Finding Labels"].astype(str).str.strip()
     counts, unknown = _label_counts(finding_labels)
@@ -170,7 +173,7 @@ def decode_images(
     """
     config = DataProcessingParams.model_validate(params)
     if int(image_size) != existing.size:
-        raise ValueError(
+        raise UserValueError(
             f"image_size is {image_size} in the parameters but the pixel cache entry is for {existing.size} px: "
             "set image_size in conf/<env>/globals.yml (or with --params=image_size=...), not in a parameters file"
         )
@@ -252,7 +255,7 @@ def _official_assignment(
 ) -> pd.Series:
     """NIH's test list as test; ``train_val_list.txt``'s patients split into train and validation."""
     if not official:
-        raise ValueError(
+        raise UserValueError(
             "data_processing.split.method 'official' needs train_val_list.txt and test_list.txt in the cohort folder"
         )
     assign = pd.Series("", index=patient_pos.index)
@@ -280,7 +283,7 @@ def split_by_patient(
     patient_pos = decoded.groupby("patient_id")["target"].max()
     n_pos = int(patient_pos.sum())
     if n_pos < len(SPLITS):
-        raise ValueError(
+        raise UserValueError(
             f"The cohort has only {n_pos} patient(s) with {target_finding}; a patient-wise split into "
             f"{len(SPLITS)} splits needs at least {len(SPLITS)}. Use a larger cohort."
         )
@@ -292,7 +295,7 @@ def split_by_patient(
     frames = tuple(decoded[split_of_image == name].reset_index(drop=True) for name in SPLITS)
     for name, frame in zip(SPLITS, frames):
         if frame["target"].sum() == 0:
-            raise ValueError(
+            raise UserValueError(
                 f"The {name} split has no {target_finding} image: the cohort has only {n_pos} patient(s) "
                 f"with {target_finding}. Use a larger cohort or other split fractions."
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cardio_kedro.config import InferenceParams
+from cardio_kedro.errors import UserValueError
 from cardio_kedro.imaging import try_load_gray
 from cardio_kedro.modeling import attention_model, encode_png, overlay, with_score
 from cardio_kedro.parallel import imap_progress
@@ -50,6 +52,14 @@ def _scorer(model, heatmaps: bool):
     return keras.Model(model.inputs, outputs)
 
 
+def overlay_names(files: list[str]) -> dict[str, str]:
+    """The overlay PNG name of each file: ``a.jpg`` -> ``a.png``, unless another file of the same folder
+    would get the same name (``a.jpg`` and ``a.png``): then each keeps its full name, ``a.jpg.png``."""
+    default = {file: str(Path(file).with_suffix(".png")) for file in files}
+    counts = Counter(default.values())
+    return {file: name if counts[name] == 1 else f"{file}.png" for file, name in default.items()}
+
+
 def _threshold(model_info: dict, config: InferenceParams) -> float:
     """The threshold saved with the model, or the explicit ``inference.threshold``; never another model's."""
     if config.threshold is not None:
@@ -62,7 +72,7 @@ def _threshold(model_info: dict, config: InferenceParams) -> float:
             )
         return config.threshold
     if model_info["threshold"] is None:
-        raise ValueError(
+        raise UserValueError(
             f"Model {model_info['version']} ({model_info['source']}) has no threshold of its own: it is not a "
             "calibrated classifier (the training pipeline's calibrate_classifier node saves one). Score it with an "
             "explicit threshold, --params=inference.threshold=<probability>, or use a calibrated model."
@@ -80,17 +90,18 @@ def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any])
     """
     config = InferenceParams.model_validate(params)
     if images.empty:
-        raise ValueError("The images folder holds no PNG, JPEG or DICOM file: nothing to score")
+        raise UserValueError("The images folder holds no PNG, JPEG or DICOM file: nothing to score")
     model, version = model_info["model"], model_info["version"]
     threshold = _threshold(model_info, config)
     scorer, rows, overlays = _scorer(model, config.heatmaps), [], {}
+    names = overlay_names(images["file"].tolist())
     for files, decoded in _batches(images, int(model.inputs[0].shape[1]), config):
         ok = [i for i, (_, _, error) in enumerate(decoded) if error is None]
         probs, scores = np.full(len(files), np.nan), np.full(len(files), np.nan)
         if ok:
             probs[ok], scores[ok], maps = _score_batch(scorer, [decoded[i][0] for i in ok], config.heatmaps)
             for j, i in enumerate(ok if maps is not None else []):
-                overlays[str(Path(files[i]).with_suffix(".png"))] = encode_png(overlay(decoded[i][0], maps[j]))
+                overlays[names[files[i]]] = encode_png(overlay(decoded[i][0], maps[j]))
         for file, probability, score, (_, _, error) in zip(files, probs, scores, decoded):
             scored = error is None
             rows.append(
@@ -104,7 +115,7 @@ def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any])
                     "error": str(error) if error is not None else None,
                 }
             )
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).astype({"label": "Int64"})  # 0/1, empty for unreadable files
     n_err = int(table["error"].notna().sum())
     logger.info(
         "Scored %d image(s) with model %s (threshold %.3f): %d positive, %d unreadable",

@@ -14,6 +14,7 @@ from cardio_kedro.calibration import apply_calibration, expected_calibration_err
 from cardio_kedro.config import ModelTrainingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.decision import choose_threshold
+from cardio_kedro.errors import UserValueError
 from cardio_kedro.modeling import build_model, calibrate
 from cardio_kedro.modeling.feeds import feed, predict_cached
 from cardio_kedro.modeling.training import (
@@ -33,7 +34,7 @@ def _require_both_classes(**splits: pd.DataFrame) -> None:
     for name, frame in splits.items():
         positives = int(frame["target"].sum())
         if positives == 0 or positives == len(frame):
-            raise ValueError(
+            raise UserValueError(
                 f"The {name} split has {positives} positive image(s) of {len(frame)}: training needs both "
                 "classes. Check target_finding and the cohort's labels."
             )
