@@ -6,12 +6,14 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install run test test-fast lint viz mlflow-ui clean-data
+.PHONY: install run test test-fast lint viz mlflow-ui clean-data lock weights
 
-$(BIN)/.installed: pyproject.toml
+# the exact, hash-checked versions of requirements.lock, then the package itself (editable, no deps)
+$(BIN)/.installed: pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
 install: $(BIN)/.installed
@@ -35,6 +37,17 @@ viz: install
 
 mlflow-ui: install
 	$(BIN)/kedro mlflow ui  # the store and the address come from conf/base/mlflow.yml
+
+# refresh requirements.lock from pyproject.toml's ranges (then `make test` before committing it)
+lock: install
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra test --generate-hashes --python-version 3.11 \
+		--custom-compile-command "make lock" -o requirements.lock
+
+# ImageNet weights into the Keras cache ahead of an offline run; prints the file (BACKBONE=vgg16 | densenet121 | ...)
+BACKBONE ?= vgg16
+weights: install
+	$(BIN)/python -m cardio_kedro.modeling.pretrained $(BACKBONE)
 
 clean-data:
 	find data -mindepth 2 ! -name .gitkeep -delete 2>/dev/null || true

@@ -143,6 +143,10 @@ class ModelParams(Group):
     attention_map: Literal["sigmoid", "softmax"] = Field(
         description="sigmoid: each cell in (0, 1) on its own (the seed); softmax: the cells share one unit of attention"
     )
+    global_context: bool = Field(
+        description="also pool the features over the whole image (GAP) beside the attended ones: global cues such "
+        "as the film's view need not draw the attention away from the finding"
+    )
     attention_units: list[Annotated[int, Field(ge=1)]] = Field(
         min_length=1, description="1x1 convolution widths down to the attention map; the last is 1"
     )
@@ -427,17 +431,25 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def check_backbone_weights(params: ProjectParams, sources: ConfigSources) -> None:
-    """A local ``backbone_weights`` file must exist and load into the configured backbone.
+    """A local ``backbone_weights`` file must exist and load into the configured backbone; ``imagenet`` is fetched.
 
     Checked before any data is touched: building the headless backbone and loading the file takes
     seconds, where finding out at the training node would come after data processing.
     """
     model = params.model_training.model
     weights = model.backbone_weights
-    if weights in (None, "imagenet"):
+    if weights is None:
         return
     key = "model_training.model.backbone_weights"
     where = f"(set in {sources.locate(key)})"
+    if weights == "imagenet":  # fetched now, with a timeout and retries, not after data processing
+        from cardio_kedro.modeling.pretrained import fetch_imagenet_weights
+
+        try:
+            fetch_imagenet_weights(model.backbone)
+        except RuntimeError as exc:
+            raise ParameterError(f"'{key}' = 'imagenet' {where}: {exc}") from None
+        return
     path = Path(weights)
     if not path.is_file():
         raise ParameterError(

@@ -21,7 +21,7 @@ class TrainingDiverged(RuntimeError):
 
 
 class EpochMonitor(keras.callbacks.Callback):
-    """Keeps the best weights by ``val_auc`` across phases, logs one line per epoch, stops on NaN.
+    """Keeps the best weights by ``val_auc`` (ties: lower ``val_loss``) across phases, logs each epoch, stops on NaN.
 
     ``records`` holds one dict per epoch (the training history); ``restore()`` puts the best
     epoch's weights back.
@@ -30,7 +30,7 @@ class EpochMonitor(keras.callbacks.Callback):
     def __init__(self, n_train: int):
         super().__init__()
         self.n_train = n_train
-        self.best_auc, self.best_epoch, self.best_weights = -math.inf, -1, None
+        self.best_auc, self.best_loss, self.best_epoch, self.best_weights = -math.inf, math.inf, -1, None
         self.records: list[dict[str, Any]] = []
         self.phase = "head"
         self.diverged: str | None = None
@@ -56,9 +56,13 @@ class EpochMonitor(keras.callbacks.Callback):
             self.diverged = f"loss became {record['loss']} in epoch {epoch + 1}"
             self.model.stop_training = True
         self.records.append(record)
-        improved = math.isfinite(record["val_auc"]) and record["val_auc"] > self.best_auc
+        improved = math.isfinite(record["val_auc"]) and (
+            record["val_auc"] > self.best_auc
+            # a tie (a separated validation split sits at AUC 1.0 for many epochs): the lower loss is better
+            or (record["val_auc"] == self.best_auc and record["val_loss"] < self.best_loss)
+        )
         if improved:
-            self.best_auc, self.best_epoch = record["val_auc"], epoch + 1
+            self.best_auc, self.best_loss, self.best_epoch = record["val_auc"], record["val_loss"], epoch + 1
             self.best_weights = self.model.get_weights()
         logger.info(
             "epoch %d (%s): loss %.4f auc %.4f | val_loss %.4f val_auc %.4f%s | lr %.2e | %.0f img/s",
