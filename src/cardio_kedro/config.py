@@ -143,9 +143,9 @@ class ModelParams(Group):
     attention_map: Literal["sigmoid", "softmax"] = Field(
         description="sigmoid: each cell in (0, 1) on its own (the seed); softmax: the cells share one unit of attention"
     )
-    global_context: bool = Field(
-        description="also pool the features over the whole image (GAP) beside the attended ones: global cues such "
-        "as the film's view need not draw the attention away from the finding"
+    global_context: Literal["none", "mean", "max"] = Field(
+        description="also pool the features over the whole image (mean or max) beside the attended ones: a "
+        "global cue such as the film's view then need not draw the attention away from the finding; none: the seed"
     )
     attention_units: list[Annotated[int, Field(ge=1)]] = Field(
         min_length=1, description="1x1 convolution widths down to the attention map; the last is 1"

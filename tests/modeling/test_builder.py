@@ -100,7 +100,7 @@ def test_attention_pooling_undoes_the_mask_scale():
 
 def test_global_context_puts_the_whole_images_features_beside_the_attended_ones():
     plain = build_model(32, **TINY_MODEL)
-    wide = build_model(32, **{**TINY_MODEL, "global_context": True})
+    wide = build_model(32, **{**TINY_MODEL, "global_context": "max"})
     channels = plain.get_layer("attention_pooling").output.shape[-1]
     assert wide.get_layer("pooled").output.shape[-1] == 2 * channels
     assert wide.get_layer("dense").kernel.shape[0] == 2 * plain.get_layer("dense").kernel.shape[0]
@@ -109,7 +109,7 @@ def test_global_context_puts_the_whole_images_features_beside_the_attended_ones(
 
 
 def test_saved_and_reloaded_model_predicts_identically(tmp_path):
-    model = build_model(32, **{**TINY_MODEL, "augmentation": {"rotation": 5}, "global_context": True})
+    model = build_model(32, **{**TINY_MODEL, "augmentation": {"rotation": 5}, "global_context": "mean"})
     ds = KerasModelDataset(str(tmp_path / "model.keras"), version=None)
     ds.save(model)
     x = np.random.default_rng(2).integers(0, 255, (3, 32, 32, 1)).astype(np.uint8)

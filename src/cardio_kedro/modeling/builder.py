@@ -148,7 +148,7 @@ def build_model(
     attention_stride: int,
     attention_context_stride: int | None,
     attention_map: str,
-    global_context: bool,
+    global_context: str,
     attention_units: Sequence[int],
     attention_activation: str,
     dense_units: int,
@@ -160,8 +160,9 @@ def build_model(
     ``attention_stride`` picks the backbone features the attention head looks at (32: the last
     block; 16 or 8: a finer map, see ``feature_extractor``). ``attention_units`` are the widths of
     the 1x1 convolutions from those features down to the attention map (the last must be 1).
-    ``global_context`` adds the features' mean over the whole image beside the attended mean, so a
-    global cue (the film's view, the patient's size) reaches the head without the attention map.
+    ``global_context`` (``mean`` or ``max``) adds the features pooled over the whole image beside the
+    attended mean, so a global cue (the film's view, the patient's size) reaches the head without
+    the attention map; ``none`` is the seed's head.
     ``batchnorm_momentum`` is set on every BatchNormalization layer (backbone and head): the moving
     statistics used for validation and inference then follow the weights within a few dozen steps.
     ``augmentation`` is the keyword arguments of
@@ -195,9 +196,9 @@ def build_model(
     else:
         raise ValueError(f"attention_map must be 'sigmoid' or 'softmax', got '{attention_map}'")
     pooled = AttentionPooling(name="attention_pooling")([features, mask])
-    if global_context:  # the whole image's mean features beside the attended ones
-        whole = layers.GlobalAveragePooling2D(name="global_pool")(features)
-        pooled = layers.Concatenate(name="pooled")([pooled, whole])
+    if global_context != "none":  # the whole image's mean or max features beside the attended ones
+        pool = {"mean": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}[global_context]
+        pooled = layers.Concatenate(name="pooled")([pooled, pool(name="global_pool")(features)])
     x = layers.Dropout(dropout, name="dropout1")(pooled)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout2")(x)

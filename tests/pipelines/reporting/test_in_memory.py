@@ -72,6 +72,8 @@ def test_metrics_and_headline_metrics(reported):
     assert headline["test_auc"]["value"] == metrics["test"]["roc_auc"]["auc"]
     localization = catalog.load("attention_localization")
     assert localization["n_images"] == 1 and 0 <= localization["attention_mass_in_box"] <= 1
+    (view,) = localization["by_view"]  # the one boxed image's view, with its own scores
+    assert localization["by_view"][view]["attention_mass_in_box"] == localization["attention_mass_in_box"]
 
 
 def test_every_figure_and_one_self_contained_report(reported):

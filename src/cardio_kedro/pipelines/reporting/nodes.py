@@ -358,7 +358,8 @@ def localization_scores(maps: np.ndarray, boxes: np.ndarray, tolerance: float) -
 def attention_localization(
     classifier, test_predictions: pd.DataFrame, pixel_cache: PixelCache, boxes: pd.DataFrame, target_finding: str
 ) -> dict:
-    """Localization of the attention on test images that have a bounding box for the target finding."""
+    """Localization of the attention on test images that have a bounding box for the target finding,
+    overall and by view position (``by_view``)."""
     if boxes.empty:
         return {"n_images": 0, "note": "no BBox_List_2017.csv in the cohort"}
     target_boxes = boxes[boxes["finding"] == target_finding].drop_duplicates("image_index").set_index("image_index")
@@ -370,7 +371,11 @@ def attention_localization(
     b = target_boxes.loc[frame["image_index"], ["x", "y", "w", "h"]].to_numpy(float)
     b = b * np.stack([scale_x, scale_y, scale_x, scale_y], axis=1)
     _, maps = predict_with_attention(classifier, pixel_cache.images(frame["path"]))
-    out = localization_scores(maps, b, POINTING_TOLERANCE * pixel_cache.size)
+    tolerance = POINTING_TOLERANCE * pixel_cache.size
+    out = localization_scores(maps, b, tolerance)
+    views = frame["view"].astype(str).to_numpy()
+    # by view: a model may look at the film's view cues (AP films magnify the heart) instead of the heart
+    out["by_view"] = {v: localization_scores(maps[views == v], b[views == v], tolerance) for v in sorted(set(views))}
     logger.info(
         "Attention localization on %d boxed test images: pointing game %.3f (a uniform map %.3f), "
         "mass in box %.3f (a uniform map %.3f)",
