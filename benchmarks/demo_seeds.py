@@ -83,6 +83,7 @@ def run_seed(seed: int, cohort: Path | None, work: Path, extra: str = "") -> tup
         "pointing": loc["pointing_game_hit_rate"],
         "pointing_strict": loc["pointing_game_strict"],
         "pointing_uniform": loc["uniform_pointing_reference"],
+        **{f"pointing_{view}": v["pointing_game_hit_rate"] for view, v in loc.get("by_view", {}).items()},
         "mass": loc["attention_mass_in_box"],
         "mass_uniform": loc["uniform_reference"],
         "max_jump_after_3": float(jumps.max()) if len(jumps) else float("nan"),
