@@ -61,3 +61,12 @@ def test_slope_and_intercept_of_calibrated_and_overconfident_models():
     slope, _ = calibration_slope_intercept(y, expit(2 * true_logit))  # twice too extreme
     assert slope == pytest.approx(0.5, abs=0.03)
     assert np.isnan(calibration_slope_intercept(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))[0])
+
+
+def test_calibration_in_the_large_converges_for_confident_scores():
+    """Scores of 1e-6 for images that are positive 10% of the time: the intercept is logit(0.1) - logit(1e-6).
+    A plain Newton step there is about 1e5 log-odds and diverges."""
+    y = np.r_[np.ones(10), np.zeros(90)]
+    p = np.full(100, 1e-6)
+    _, intercept = calibration_slope_intercept(y, p)
+    assert intercept == pytest.approx(logit(0.1) - logit(1e-6), abs=1e-6)

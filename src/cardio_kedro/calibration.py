@@ -14,6 +14,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, logit
 
 EPS = 1e-7
+MAX_STEP = 1.0  # largest Newton step (log-odds) of the calibration fits
 MAX_SLOPE = 100.0  # a fitted calibration slope beyond this says the classes are (nearly) separated
 
 
@@ -77,9 +78,12 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     return float(np.sum(gaps) / len(y))
 
 
-def _logistic_fit(x: np.ndarray, y: np.ndarray, free_slope: bool, iterations: int = 50) -> tuple[float, float]:
+def _logistic_fit(x: np.ndarray, y: np.ndarray, free_slope: bool, iterations: int = 200) -> tuple[float, float]:
     """Maximum-likelihood ``(slope, intercept)`` of ``y ~ sigmoid(slope * x + intercept)`` by Newton's method
-    (the slope fixed at 1 unless ``free_slope``). Fast enough to run inside a bootstrap."""
+    (the slope fixed at 1 unless ``free_slope``). Fast enough to run inside a bootstrap.
+
+    Each step is capped at ``MAX_STEP``: with confident scores the curvature is tiny and a full
+    Newton step overshoots by orders of magnitude, so the plain method diverges."""
     slope, intercept = 1.0, 0.0
     for _ in range(iterations):
         p = expit(slope * x + intercept)
@@ -88,10 +92,10 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, free_slope: bool, iterations: in
         if free_slope:
             gradient = np.array([np.sum(r * x), np.sum(r)])
             hessian = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]])
-            step = np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient)
+            step = np.clip(np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient), -MAX_STEP, MAX_STEP)
             slope, intercept = slope + step[0], intercept + step[1]
         else:
-            step = np.array([0.0, np.sum(r) / np.sum(w)])
+            step = np.array([0.0, np.clip(np.sum(r) / np.sum(w), -MAX_STEP, MAX_STEP)])
             intercept += step[1]
         if np.max(np.abs(step)) < 1e-8:
             break
