@@ -61,7 +61,7 @@ TINY_MODEL = {
     "attention_stride": 8,
     "attention_context_stride": None,
     "attention_map": "sigmoid",
-    "global_context": "none",
+    "global_context": "mean",
     "attention_units": [8, 1],
     "attention_activation": "elu",
     "dense_units": 8,

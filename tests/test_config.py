@@ -81,6 +81,14 @@ def test_base_and_nih_configurations_validate(conf):
             ["'model_training.fine_tune.unfreeze_layers' = 'some'", "number of layers (0 or more) or 'all'"],
         ),
         (
+            {"model_training": {"model": {"global_context": "none"}}},  # the view target needs the global branch
+            ["'model_training'", "view_loss_weight > 0 reads the global-context branch"],
+        ),
+        (
+            {"data_processing": {"rebalance": {"strategy": "class_weight"}}},
+            ["view_loss_weight > 0 and data_processing.rebalance.strategy class_weight do not combine"],
+        ),
+        (
             {"model_training": {"model": {"backbone_weights": "imagenet"}}},  # with VGG16-BN from base
             ["'model_training.model'", "backbone_batchnorm: true exist only for backbone vgg16 without imagenet"],
         ),

@@ -245,6 +245,11 @@ class ModelTrainingParams(Group):
     fine_tune: FineTuneParams
     loss: Literal["binary_crossentropy", "focal"] = Field(description="training loss")
     gradient_clipnorm: float | None = Field(gt=0, description="cap on the global gradient norm of a step (null: none)")
+    view_loss_weight: float = Field(
+        ge=0,
+        description="weight of an auxiliary target during training, the film's view (AP or PA) read from the "
+        "global-context branch, so the attention map need not look for the view (0: none)",
+    )
     early_stopping_patience: int = Field(ge=1, description="epochs without a better val_auc before stopping")
     reduce_lr: ReduceLrParams
     calibration: CalibrationParams
@@ -266,6 +271,8 @@ class ModelTrainingParams(Group):
         fine_tunes = self.fine_tune.epochs > 0 and self.fine_tune.unfreeze_layers != 0
         if self.head.epochs == 0 and not fine_tunes:
             raise ValueError("head.epochs is 0 and fine_tune is skipped: nothing would be trained")
+        if self.view_loss_weight > 0 and self.model.global_context == "none":
+            raise ValueError("view_loss_weight > 0 reads the global-context branch: set model.global_context to mean")
         return self
 
 
@@ -327,6 +334,15 @@ class ProjectParams(Group):
     cohort_dir: str | None = Field(default=None, description=RUNTIME_KEYS["cohort_dir"])
     images_dir: str | None = Field(default=None, description=RUNTIME_KEYS["images_dir"])
     model_uri: str | None = Field(default=None, description=RUNTIME_KEYS["model_uri"])
+
+    @model_validator(mode="after")
+    def _view_target_needs_undersampling(self) -> ProjectParams:
+        if self.model_training.view_loss_weight > 0 and self.data_processing.rebalance.strategy == "class_weight":
+            raise ValueError(
+                "model_training.view_loss_weight > 0 and data_processing.rebalance.strategy class_weight do not "
+                "combine (Keras weights the classes of a one-output model only): set one of them differently"
+            )
+        return self
 
 
 # ---- errors that say what to do ------------------------------------------------------------------

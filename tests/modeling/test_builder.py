@@ -99,13 +99,27 @@ def test_attention_pooling_undoes_the_mask_scale():
 
 
 def test_global_context_puts_the_whole_images_features_beside_the_attended_ones():
-    plain = build_model(32, **TINY_MODEL)
+    plain = build_model(32, **{**TINY_MODEL, "global_context": "none"})
     wide = build_model(32, **{**TINY_MODEL, "global_context": "max"})
     channels = plain.get_layer("attention_pooling").output.shape[-1]
     assert wide.get_layer("pooled").output.shape[-1] == 2 * channels
     assert wide.get_layer("dense").kernel.shape[0] == 2 * plain.get_layer("dense").kernel.shape[0]
     with pytest.raises(ValueError):
         plain.get_layer("pooled")  # the seed's head has no global branch
+
+
+def test_the_view_head_shares_the_weights_and_needs_the_global_branch():
+    from cardio_kedro.modeling import with_view_head
+
+    model = build_model(32, **TINY_MODEL)
+    trainer = with_view_head(model)
+    assert [o.name for o in trainer.outputs] == [model.outputs[0].name, trainer.get_layer("view").output.name]
+    x = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 1)).astype(np.uint8)
+    score, view = trainer.predict(x, verbose=0)
+    np.testing.assert_allclose(score, model.predict(x, verbose=0), rtol=1e-6)  # the same network
+    assert view.shape == (2, 1) and trainer.get_layer("dense") is model.get_layer("dense")
+    with pytest.raises(ValueError, match="global_context mean or max"):
+        with_view_head(build_model(32, **{**TINY_MODEL, "global_context": "none"}))
 
 
 def test_saved_and_reloaded_model_predicts_identically(tmp_path):

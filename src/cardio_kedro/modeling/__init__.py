@@ -13,6 +13,7 @@ from .builder import (
     calibrate,
     operating_threshold,
     with_score,
+    with_view_head,
 )
 from .io import load_model
 from .layers import AttentionPooling, Calibration, SpatialSoftmax, XrayAugment, XrayPreprocess
@@ -36,4 +37,5 @@ __all__ = [
     "predict_with_attention",
     "upsample",
     "with_score",
+    "with_view_head",
 ]

@@ -16,6 +16,7 @@ from keras import layers
 from .layers import AttentionPooling, Calibration, SpatialSoftmax, XrayAugment, XrayPreprocess
 
 ATTENTION_LAYER = "attention_map"
+VIEW_OUTPUT = "view"  # the auxiliary output of the training model (with_view_head)
 SCORE_LAYER = "score"  # the trained network's output: a score at the training prevalence
 PROBABILITY_LAYER = "probability"  # the calibrated model's output (a Calibration layer)
 BACKBONE_PREPROCESSING = {
@@ -208,6 +209,22 @@ def build_model(
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = batchnorm_momentum
     return model
+
+
+def with_view_head(model: keras.Model) -> keras.Model:
+    """A training model sharing ``model``'s weights with a second output, ``view`` (the probability of
+    an AP film), read from the global-context branch.
+
+    Trained with the view as an auxiliary target, the global branch carries the film's view, so the
+    attention map is free for the finding: on AP films the heart looks larger (magnified), and a
+    model that must learn the view otherwise spends its one attention map looking for it.
+    """
+    try:
+        whole = model.get_layer("global_pool").output
+    except ValueError:
+        raise ValueError("the view head reads the global-context branch: use global_context mean or max") from None
+    view = layers.Dense(1, activation="sigmoid", dtype="float32", name=VIEW_OUTPUT)(whole)
+    return keras.Model(model.inputs, [model.outputs[0], view], name=f"{model.name}_with_view")
 
 
 def _all_layers(model: keras.Model):

@@ -9,6 +9,8 @@ import numpy as np
 class CachedImages(keras.utils.PyDataset):
     """``(uint8 images (b, s, s, 1), float32 labels (b,))`` batches gathered from the pixel cache.
 
+    ``labels`` may also be a tuple of arrays (one per model output): batches then carry a tuple.
+
     Rows are reshuffled at every epoch when ``shuffle`` is set (seeded: the same seed gives the same
     order). A batch comes in the order of its rows (what ``predict`` needs), read from the memory
     map in ascending cache order.
@@ -25,10 +27,11 @@ class CachedImages(keras.utils.PyDataset):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if len(rows) != len(labels):
+        multi = isinstance(labels, tuple)
+        self.labels = tuple(np.asarray(y, np.float32) for y in labels) if multi else np.asarray(labels, np.float32)
+        if any(len(y) != len(rows) for y in (self.labels if multi else (self.labels,))):
             raise ValueError("rows and labels differ in length")
         self.pixels, self.rows = pixels, np.asarray(rows, np.int64)
-        self.labels = np.asarray(labels, np.float32)
         self.batch_size, self.shuffle = int(batch_size), shuffle
         self._rng = np.random.default_rng(seed)
         self._order = self._rng.permutation(len(self.rows)) if shuffle else np.arange(len(self.rows))
@@ -38,7 +41,8 @@ class CachedImages(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         pick = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        return gather(self.pixels, self.rows[pick]), self.labels[pick]
+        labels = tuple(y[pick] for y in self.labels) if isinstance(self.labels, tuple) else self.labels[pick]
+        return gather(self.pixels, self.rows[pick]), labels
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
@@ -57,7 +61,7 @@ def gather(pixels: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def feed(
     pixels: np.ndarray,
     rows: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | tuple[np.ndarray, ...],
     batch_size: int,
     *,
     loader: str,
@@ -79,7 +83,9 @@ def feed(
     if loader == "memory" or (loader == "auto" and nbytes <= max_loader_memory_gb * 2**30):
         return {
             "x": gather(pixels, rows),
-            "y": np.asarray(labels, np.float32),
+            "y": tuple(np.asarray(y, np.float32) for y in labels)
+            if isinstance(labels, tuple)
+            else np.asarray(labels, np.float32),
             "batch_size": batch_size,
             "shuffle": shuffle,
         }

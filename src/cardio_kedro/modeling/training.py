@@ -13,7 +13,12 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-HISTORY_METRICS = ("loss", "auc", "val_loss", "val_auc", "lr", "images_per_second")
+HISTORY_METRICS = ("loss", "auc", "val_loss", "val_auc", "val_view_accuracy", "lr", "images_per_second")
+
+
+def _scored(name: str) -> str:
+    """Keras' name for a figure of the ``score`` output of a two-output model: ``val_auc`` -> ``val_score_auc``."""
+    return name.replace("val_", "val_score_") if name.startswith("val_") else f"score_{name}"
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,7 +52,9 @@ class EpochMonitor(keras.callbacks.Callback):
         record = {
             "epoch": epoch + 1,
             "phase": self.phase,
-            **{k: float(logs.get(k, np.nan)) for k in ("loss", "auc", "val_loss", "val_auc")},
+            # with the auxiliary view output, Keras names the finding's figures score_*: those are recorded
+            **{k: float(logs.get(_scored(k), logs.get(k, np.nan))) for k in ("loss", "auc", "val_loss", "val_auc")},
+            **{k: float(logs[k]) for k in ("view_accuracy", "val_view_accuracy") if k in logs},
             "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "epoch_seconds": seconds,
             "images_per_second": self.n_train / seconds,
@@ -143,15 +150,29 @@ def compile_model(
     loss: str,
     jit_compile,
     clipnorm: float | None,
+    view_loss_weight: float = 0.0,
 ) -> None:
     """Adam at ``learning_rate`` (a number or a schedule), the named loss, AUC as the metric.
 
     ``clipnorm`` caps the global norm of each step's gradients (``None``: no cap): one batch with a
-    huge gradient can otherwise throw a nearly converged network back by an epoch.
+    huge gradient can otherwise throw a nearly converged network back by an epoch. A model with the
+    auxiliary ``view`` output (``with_view_head``) also gets binary cross-entropy on the view,
+    weighted by ``view_loss_weight``, and its accuracy.
     """
+    if len(model.outputs) == 1:
+        losses, weights, metrics = make_loss(loss), None, [keras.metrics.AUC(name="auc")]
+    else:
+        losses, weights = [make_loss(loss), "binary_crossentropy"], [1.0, view_loss_weight]
+        metrics = [[keras.metrics.AUC(name="auc")], [keras.metrics.BinaryAccuracy(name="accuracy")]]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=clipnorm),
-        loss=make_loss(loss),
-        metrics=[keras.metrics.AUC(name="auc")],
+        loss=losses,
+        loss_weights=weights,
+        metrics=metrics,
         jit_compile=jit_compile,
     )
+
+
+def monitored(model: keras.Model) -> str:
+    """The name Keras gives the validation AUC of the finding for ``model`` (one output or two)."""
+    return "val_auc" if len(model.outputs) == 1 else _scored("val_auc")

@@ -30,6 +30,16 @@ def test_training_on_a_learnable_set_lowers_the_loss(toy_cache):
     assert history["best"].sum() == 1
     assert set(history.columns) >= {"epoch", "loss", "auc", "val_loss", "val_auc", "lr", "images_per_second"}
     assert model.inputs[0].shape[1] == 32  # the size of the pixel cache
+    # trained with the auxiliary view target (conf/base), returned without it: one output, the finding's
+    assert len(model.outputs) == 1 and history["val_view_accuracy"].notna().all()
+    assert history["val_auc"].notna().all() and history["val_loss"].notna().all()
+
+
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_without_the_view_target_nothing_about_views_is_recorded(toy_cache, loader):
+    params = tiny_params(fine_tune={"epochs": 1}, view_loss_weight=0.0, loader=loader)
+    model, history = train_model(toy_cache["train"], toy_cache["validation"], toy_cache["cache"], NO_WEIGHTS, params)
+    assert "val_view_accuracy" not in history and history["val_auc"].notna().all() and len(model.outputs) == 1
 
 
 def test_same_seed_gives_the_same_first_epoch_loss(toy_cache):

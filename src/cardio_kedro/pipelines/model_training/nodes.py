@@ -15,7 +15,7 @@ from cardio_kedro.config import ModelTrainingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.decision import choose_threshold
 from cardio_kedro.errors import UserValueError
-from cardio_kedro.modeling import build_model, calibrate
+from cardio_kedro.modeling import build_model, calibrate, with_view_head
 from cardio_kedro.modeling.feeds import feed, predict_cached
 from cardio_kedro.modeling.training import (
     HISTORY_METRICS,
@@ -23,6 +23,7 @@ from cardio_kedro.modeling.training import (
     TrainingDiverged,
     compile_model,
     distribution_scope,
+    monitored,
     resolve_precision,
     set_trainable,
 )
@@ -40,6 +41,14 @@ def _require_both_classes(**splits: pd.DataFrame) -> None:
             )
 
 
+def _labels(frame: pd.DataFrame, config: ModelTrainingParams) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The finding's labels, and with ``view_loss_weight`` > 0 also the view's (1: AP)."""
+    target = frame["target"].to_numpy(np.float32)
+    if config.view_loss_weight == 0:
+        return target
+    return target, (frame["view"].astype(str).str.upper() == "AP").to_numpy(np.float32)
+
+
 def _fit_inputs(
     train: pd.DataFrame, validation: pd.DataFrame, pixel_cache: PixelCache, config: ModelTrainingParams
 ) -> dict[str, Any]:
@@ -50,11 +59,10 @@ def _fit_inputs(
         "max_loader_memory_gb": config.max_loader_memory_gb,
         "loader_workers": config.loader_workers,
     }
-    train_labels = train["target"].to_numpy(np.float32)
     train_data = feed(
         pixels,
         pixel_cache.rows(train["path"]),
-        train_labels,
+        _labels(train, config),
         config.batch_size,
         **loader,
         shuffle=True,
@@ -63,7 +71,7 @@ def _fit_inputs(
     val = feed(
         pixels,
         pixel_cache.rows(validation["path"]),
-        validation["target"].to_numpy(np.float32),
+        _labels(validation, config),
         config.batch_size,
         **loader,
     )
@@ -90,12 +98,14 @@ def _run_phases(
     the phase's epochs (the last epochs take small steps, so the best epoch is rarely a spike);
     ``plateau`` halves it when val_auc stalls (``reduce_lr``).
     """
-    stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.early_stopping_patience)
+    stop = keras.callbacks.EarlyStopping(monitor=monitored(model), mode="max", patience=config.early_stopping_patience)
     plateau = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_auc", mode="max", factor=config.reduce_lr.factor, patience=config.reduce_lr.patience
+        monitor=monitored(model), mode="max", factor=config.reduce_lr.factor, patience=config.reduce_lr.patience
     )
+    compiled = {"jit_compile": config.jit_compile, "clipnorm": config.gradient_clipnorm}
+    compiled["view_loss_weight"] = config.view_loss_weight
     set_trainable(model, 0)
-    compile_model(model, config.head.learning_rate, config.loss, config.jit_compile, config.gradient_clipnorm)
+    compile_model(model, config.head.learning_rate, config.loss, **compiled)
     if config.head.epochs > 0:
         model.fit(**fit, epochs=config.head.epochs, callbacks=[monitor, stop, plateau], verbose=config.verbose)
     fine = config.fine_tune
@@ -108,7 +118,7 @@ def _run_phases(
         learning_rate = keras.optimizers.schedules.CosineDecay(fine.learning_rate, fine.epochs * steps_per_epoch, 0.01)
     else:
         learning_rate, callbacks = fine.learning_rate, [*callbacks, plateau]
-    compile_model(model, learning_rate, config.loss, config.jit_compile, config.gradient_clipnorm)
+    compile_model(model, learning_rate, config.loss, **compiled)
     done = len(monitor.records)
     model.fit(**fit, initial_epoch=done, epochs=done + fine.epochs, callbacks=callbacks, verbose=config.verbose)
 
@@ -135,6 +145,11 @@ def train_model(
         keras.utils.set_random_seed(config.seed)
         fit = _fit_inputs(train, validation, pixel_cache, config)
         fit["class_weight"] = _class_weight(rebalancing)
+        if fit["class_weight"] and config.view_loss_weight > 0:
+            raise UserValueError(
+                "data_processing.rebalance.strategy class_weight and model_training.view_loss_weight > 0 do not "
+                "combine (Keras weights classes of one output only): set view_loss_weight to 0 or use undersample"
+            )
         logger.info(
             "Training on %d images (%d positive), validating on %d; %s at %d px, precision %s, backend %s",
             len(train),
@@ -147,8 +162,9 @@ def train_model(
         )
         with distribution_scope(config.distribution):
             model = build_model(pixel_cache.size, **config.model.model_dump())
+            trainer = with_view_head(model) if config.view_loss_weight > 0 else model  # shares model's weights
             monitor = EpochMonitor(len(train))
-            _run_phases(model, fit, monitor, math.ceil(len(train) / config.batch_size), config)
+            _run_phases(trainer, fit, monitor, math.ceil(len(train) / config.batch_size), config)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
         keras.distribution.set_distribution(None)
