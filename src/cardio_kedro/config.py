@@ -245,6 +245,12 @@ class ModelTrainingParams(Group):
     fine_tune: FineTuneParams
     loss: Literal["binary_crossentropy", "focal"] = Field(description="training loss")
     gradient_clipnorm: float | None = Field(gt=0, description="cap on the global gradient norm of a step (null: none)")
+    weight_averaging: float | None = Field(
+        gt=0,
+        lt=1,
+        description="momentum of an exponential moving average of the weights, which validation, the best epoch "
+        "and the saved model use (null: the raw weights)",
+    )
     view_loss_weight: float = Field(
         ge=0,
         description="weight of an auxiliary target during training, the film's view (AP or PA) read from the "

@@ -151,13 +151,15 @@ def compile_model(
     jit_compile,
     clipnorm: float | None,
     view_loss_weight: float = 0.0,
+    weight_averaging: float | None = None,
 ) -> None:
     """Adam at ``learning_rate`` (a number or a schedule), the named loss, AUC as the metric.
 
     ``clipnorm`` caps the global norm of each step's gradients (``None``: no cap): one batch with a
     huge gradient can otherwise throw a nearly converged network back by an epoch. A model with the
     auxiliary ``view`` output (``with_view_head``) also gets binary cross-entropy on the view,
-    weighted by ``view_loss_weight``, and its accuracy.
+    weighted by ``view_loss_weight``, and its accuracy. ``weight_averaging`` keeps an exponential
+    moving average of the weights with that momentum (see ``averaged_weights``).
     """
     if len(model.outputs) == 1:
         losses, weights, metrics = make_loss(loss), None, [keras.metrics.AUC(name="auc")]
@@ -165,12 +167,23 @@ def compile_model(
         losses, weights = [make_loss(loss), "binary_crossentropy"], [1.0, view_loss_weight]
         metrics = [[keras.metrics.AUC(name="auc")], [keras.metrics.BinaryAccuracy(name="accuracy")]]
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=clipnorm),
+        optimizer=keras.optimizers.Adam(
+            learning_rate,
+            global_clipnorm=clipnorm,
+            use_ema=weight_averaging is not None,
+            ema_momentum=weight_averaging or 0.99,
+        ),
         loss=losses,
         loss_weights=weights,
         metrics=metrics,
         jit_compile=jit_compile,
     )
+
+
+def averaged_weights(weight_averaging: float | None) -> list[keras.callbacks.Callback]:
+    """With weight averaging, the callback that puts the averaged weights in the model for validation
+    and at each epoch's end (so the epoch monitor keeps them as the best); list it first."""
+    return [] if weight_averaging is None else [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
 
 
 def monitored(model: keras.Model) -> str:

@@ -131,3 +131,14 @@ def test_calibration_and_threshold_are_fitted_on_validation_and_saved_in_the_mod
         model, scores, rebalancing, {**params, "calibration": {"method": "prior_shift", "shrinkage": 0}}
     )[1]
     assert prior_only["slope"] == 1.0 and prior_only["intercept"] == prior_only["prior_shift_offset"]
+
+
+def test_weight_averaging_validates_and_keeps_the_averaged_weights(toy_cache):
+    """The same seed with and without averaging: the raw last step differs from the moving average."""
+    args = (toy_cache["train"], toy_cache["validation"], toy_cache["cache"], NO_WEIGHTS)
+    raw, raw_history = train_model(*args, tiny_params(fine_tune={"epochs": 2}, weight_averaging=None))
+    averaged, history = train_model(*args, tiny_params(fine_tune={"epochs": 2}, weight_averaging=0.5))
+    assert raw_history["loss"].iloc[0] == pytest.approx(history["loss"].iloc[0], rel=1e-6)  # same first epoch
+    assert history["val_loss"].iloc[-1] != pytest.approx(raw_history["val_loss"].iloc[-1], rel=1e-6)
+    dense_raw, dense_avg = raw.get_layer("dense").get_weights()[0], averaged.get_layer("dense").get_weights()[0]
+    assert not np.allclose(dense_raw, dense_avg)

@@ -21,6 +21,7 @@ from cardio_kedro.modeling.training import (
     HISTORY_METRICS,
     EpochMonitor,
     TrainingDiverged,
+    averaged_weights,
     compile_model,
     distribution_scope,
     monitored,
@@ -104,16 +105,23 @@ def _run_phases(
     )
     compiled = {"jit_compile": config.jit_compile, "clipnorm": config.gradient_clipnorm}
     compiled["view_loss_weight"] = config.view_loss_weight
+    compiled["weight_averaging"] = config.weight_averaging
     set_trainable(model, 0)
     compile_model(model, config.head.learning_rate, config.loss, **compiled)
     if config.head.epochs > 0:
-        model.fit(**fit, epochs=config.head.epochs, callbacks=[monitor, stop, plateau], verbose=config.verbose)
+        model.fit(
+            **fit,
+            epochs=config.head.epochs,
+            # the averaging callback first: the monitor then keeps the averaged weights; a new one per phase
+            callbacks=[*averaged_weights(config.weight_averaging), monitor, stop, plateau],
+            verbose=config.verbose,
+        )
     fine = config.fine_tune
     if fine.unfreeze_layers == 0 or fine.epochs == 0 or monitor.diverged:
         return
     monitor.phase = "fine_tune"
     logger.info("Fine-tuning the top %d backbone layer(s)", set_trainable(model, fine.unfreeze_layers))
-    callbacks = [monitor, stop]
+    callbacks = [*averaged_weights(config.weight_averaging), monitor, stop]
     if fine.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(fine.learning_rate, fine.epochs * steps_per_epoch, 0.01)
     else:
