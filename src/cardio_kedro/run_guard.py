@@ -70,6 +70,18 @@ def mark_dead_runs(client, host: str, own_run_id: str | None) -> list:
     return marked
 
 
+def versioned_filepath(catalog, name: str) -> Path | None:
+    """The ``filepath`` (or ``path``) of the catalog entry ``name`` when it is versioned, else ``None``."""
+    if name.startswith("params:") or name == "parameters":
+        return None
+    config = catalog.config_resolver.resolve_pattern(name)
+    inner = config.get("dataset", config)
+    if not isinstance(inner, dict) or not (inner.get("versioned") or config.get("versioned")):
+        return None
+    path = inner.get("filepath") or inner.get("path")
+    return Path(path) if path else None
+
+
 def set_aside_folder(filepath: Path) -> Path:
     """Where the unfinished versions of the dataset at ``filepath`` go: ``<filepath>.incomplete``."""
     return filepath.with_name(filepath.name + INCOMPLETE)
@@ -159,14 +171,7 @@ class RunGuardHooks:
             )
 
     def _versioned_path(self, name: str) -> Path | None:
-        if name.startswith("params:") or name == "parameters":
-            return None
-        config = self._catalog.config_resolver.resolve_pattern(name)
-        inner = config.get("dataset", config)
-        if not isinstance(inner, dict) or not (inner.get("versioned") or config.get("versioned")):
-            return None
-        path = inner.get("filepath") or inner.get("path")
-        return Path(path) if path else None
+        return versioned_filepath(self._catalog, name)
 
     @hook_impl(trylast=True)  # after kedro-mlflow has ended the run FAILED
     def on_pipeline_error(self, error: Exception) -> None:

@@ -10,6 +10,7 @@ from kedro.framework.hooks import hook_impl
 
 from cardio_kedro.formatting import fmt, fmt_auc
 from cardio_kedro.hooks import MODEL_DATASET
+from cardio_kedro.run_guard import versioned_filepath
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,9 @@ class RunSummaryHooks:
 
     def _saved_file(self, name: str) -> Path | None:
         """The file this run saved for a versioned dataset, if it did."""
-        config = self._catalog.config_resolver.resolve_pattern(name)
-        inner = config.get("dataset", config)
-        if not isinstance(inner, dict) or "filepath" not in inner:
+        path = versioned_filepath(self._catalog, name)
+        if path is None:
             return None
-        path = Path(inner["filepath"])
         path = path / self._save_version / path.name
         return path if path.exists() else None
 

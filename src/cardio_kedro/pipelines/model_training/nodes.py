@@ -103,9 +103,12 @@ def _run_phases(
     plateau = keras.callbacks.ReduceLROnPlateau(
         monitor=monitored(model), mode="max", factor=config.reduce_lr.factor, patience=config.reduce_lr.patience
     )
-    compiled = {"jit_compile": config.jit_compile, "clipnorm": config.gradient_clipnorm}
-    compiled["view_loss_weight"] = config.view_loss_weight
-    compiled["weight_averaging"] = config.weight_averaging
+    compiled = {
+        "jit_compile": config.jit_compile,
+        "clipnorm": config.gradient_clipnorm,
+        "view_loss_weight": config.view_loss_weight,
+        "weight_averaging": config.weight_averaging,
+    }
     set_trainable(model, 0)
     compile_model(model, config.head.learning_rate, config.loss, **compiled)
     if config.head.epochs > 0:
