@@ -28,9 +28,26 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# model settings per architecture: the demo's (conf/base) and the NIH run's (conf/nih, without ImageNet weights)
+ARCHITECTURES = {
+    "demo": {},
+    "nih": {"backbone_batchnorm": False, "attention_stride": 16},
+}
 
 
-def scratch_project(args) -> Path:
+def model_params(args) -> dict:
+    """The model parameters of the measured architecture (``--arch``), width and backbone from the command line."""
+    return {
+        **ARCHITECTURES[args.arch],
+        "backbone": args.backbone,
+        "backbone_width": args.width,
+        "backbone_weights": None,
+    }
+
+
+def scratch_project(args, extra: dict | None = None) -> Path:
+    """A copy of the project's conf with the benchmark's phantom cohort and training parameters
+    (``extra``: more ``model_training`` parameters, e.g. ``require_accelerator``)."""
     project = Path(tempfile.mkdtemp(prefix="cardio-bench-"))
     shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
@@ -46,7 +63,7 @@ def scratch_project(args) -> Path:
         },
         "data_processing": {"rebalance": {"neg_per_pos": 3}},
         "model_training": {
-            "model": {"backbone": args.backbone, "backbone_width": args.width, "backbone_weights": None},
+            "model": model_params(args),
             "batch_size": args.batch,
             "head": {"epochs": args.epochs, "learning_rate": 1e-3},
             "fine_tune": {"epochs": args.epochs, "learning_rate": 1e-4, "unfreeze_layers": "all"},
@@ -54,6 +71,7 @@ def scratch_project(args) -> Path:
             "reduce_lr": {"factor": 0.5, "patience": 100},
             "loader_workers": args.loader_workers,
             "verbose": 0,
+            **(extra or {}),
         },
     }
     (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(params))
@@ -95,7 +113,7 @@ def bare_throughput(args, n_train: int, n_val: int) -> dict[str, float]:
     from cardio_kedro.modeling.training import compile_model, resolve_precision, set_trainable
 
     params = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
-    params["model"].update(backbone=args.backbone, backbone_width=args.width, backbone_weights=None)
+    params["model"].update(model_params(args))
     config = ModelTrainingParams.model_validate(params)
     keras.mixed_precision.set_dtype_policy(resolve_precision("auto"))
     rng = np.random.default_rng(0)
@@ -114,6 +132,19 @@ def bare_throughput(args, n_train: int, n_val: int) -> dict[str, float]:
     return out
 
 
+def kedro_vs_bare(histories: dict, bare: dict[str, float], n_train: int) -> list[dict]:
+    """Per loader and phase: the Kedro run's steady-state images/s, the bare model's, and their ratio."""
+    rows = []
+    for loader, history in histories.items():
+        for phase, epochs in history.groupby("phase", sort=False):
+            steady = epochs.iloc[1:] if len(epochs) > 1 else epochs  # the first epoch of a phase compiles
+            e2e = n_train * len(steady) / steady["epoch_seconds"].sum()
+            rows.append(
+                {"loader": loader, "phase": phase, "kedro": e2e, "bare": bare[phase], "ratio": e2e / bare[phase]}
+            )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
@@ -123,6 +154,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per phase (the first is warm-up)")
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="nih", help="model settings of conf/<arch>")
     parser.add_argument("--loader-workers", type=int, default=4, help="threads of the stream loader")
     parser.add_argument("--loaders", default="memory,stream", help="model_training.loader values to run")
     args = parser.parse_args()
@@ -136,14 +168,11 @@ def main() -> int:
     bare = bare_throughput(args, n_train, n_val)
     policy = keras.mixed_precision.dtype_policy().name
     print(f"\ntraining images {n_train} (+{n_val} validated per epoch), {args.size}px, batch {args.batch}")
-    print(f"{policy}, {args.backbone} x{args.width:g}, backend {keras.backend.backend()}")
+    print(f"{policy}, {args.backbone} x{args.width:g} ({args.arch} settings), backend {keras.backend.backend()}")
     print(f"data_processing {timings['data_processing']:.1f}s (phantom generation, checks, decoding, splits)")
     print(f"{'loader':<8} {'phase':<10} {'kedro run img/s':>16} {'bare img/s':>12} {'ratio':>7}")
-    for loader, history in histories.items():
-        for phase, rows in history.groupby("phase", sort=False):
-            steady = rows.iloc[1:] if len(rows) > 1 else rows  # the first epoch of a phase compiles
-            e2e = n_train * len(steady) / steady["epoch_seconds"].sum()
-            print(f"{loader:<8} {phase:<10} {e2e:>16.0f} {bare[phase]:>12.0f} {e2e / bare[phase]:>7.2f}")
+    for row in kedro_vs_bare(histories, bare, n_train):
+        print(f"{row['loader']:<8} {row['phase']:<10} {row['kedro']:>16.0f} {row['bare']:>12.0f} {row['ratio']:>7.2f}")
     for loader, history in histories.items():
         print(f"\nloader {loader}: model_training {timings[loader]:.1f}s")
         print(

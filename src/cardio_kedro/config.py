@@ -264,6 +264,10 @@ class ModelTrainingParams(Group):
         description="auto: mixed_bfloat16 with an accelerator, float32 on CPU"
     )
     distribution: Literal["single", "data_parallel"] = Field(description="data_parallel: every local accelerator")
+    require_accelerator: bool = Field(
+        description="stop before any data is read when the Keras backend sees no GPU or TPU (a run meant for an "
+        "accelerator never falls back to hours on the CPU)"
+    )
     jit_compile: bool | Literal["auto"] = Field(description="XLA compilation (auto: where the backend uses it)")
     loader: Literal["auto", "memory", "stream"] = Field(
         description="memory: the split in RAM once; stream: batches from the memory map; auto: memory if it fits"

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 
-from cardio_kedro.config import ConfigSources, check_backbone_weights, validate_parameters
+from cardio_kedro.config import (
+    ConfigSources,
+    ParameterError,
+    ProjectParams,
+    check_backbone_weights,
+    validate_parameters,
+)
 from cardio_kedro.errors import install_excepthook
 from cardio_kedro.hooks import TRAINING_PARAMS
 
@@ -38,6 +44,7 @@ class PreflightHooks:
     def before_pipeline_run(self, pipeline, catalog) -> None:
         params = validate_parameters(catalog.load("parameters"), self._sources)
         if TRAINING_PARAMS in pipeline.inputs():
+            check_accelerator(params, self._sources)
             check_backbone_weights(params, self._sources)
         if "cohort_labels" in pipeline.inputs() and not catalog.exists("cohort_labels"):
             self._generate_demo_cohort(params, catalog)
@@ -56,3 +63,20 @@ class PreflightHooks:
             params.phantoms.n_patients,
         )
         SequentialRunner().run(pipelines["phantom_cohort"], catalog)
+
+
+def check_accelerator(params: ProjectParams, sources: ConfigSources) -> None:
+    """Log what the run trains on; with ``require_accelerator``, stop now when that is only the CPU."""
+    from cardio_kedro.modeling.devices import accelerator_problem, device_summary, visible_devices
+
+    devices = visible_devices()
+    logger.info("Training on %s", device_summary(devices))
+    if not params.model_training.require_accelerator:
+        return
+    problem = accelerator_problem(devices)
+    if problem:
+        key = "model_training.require_accelerator"
+        raise ParameterError(
+            f"'{key}' is true (set in {sources.locate(key)}) but {problem} "
+            f"To train on the CPU anyway: --params={key}=false"
+        )

@@ -11,6 +11,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from cardio_kedro.modeling.devices import accelerators, visible_devices
+
 logger = logging.getLogger(__name__)
 
 HISTORY_METRICS = ("loss", "auc", "val_loss", "val_auc", "val_view_accuracy", "lr", "images_per_second")
@@ -94,8 +96,7 @@ class EpochMonitor(keras.callbacks.Callback):
 def resolve_precision(setting: str) -> str:
     """``auto`` -> ``mixed_bfloat16`` when an accelerator is present, else ``float32``."""
     if setting == "auto":
-        devices = keras.distribution.list_devices()
-        return "mixed_bfloat16" if any(not d.lower().startswith("cpu") for d in devices) else "float32"
+        return "mixed_bfloat16" if accelerators(visible_devices()) else "float32"
     return setting
 
 
@@ -152,6 +153,7 @@ def compile_model(
     clipnorm: float | None,
     view_loss_weight: float = 0.0,
     weight_averaging: float | None = None,
+    steps_per_execution: int = 1,
 ) -> None:
     """Adam at ``learning_rate`` (a number or a schedule), the named loss, AUC as the metric.
 
@@ -159,7 +161,8 @@ def compile_model(
     huge gradient can otherwise throw a nearly converged network back by an epoch. A model with the
     auxiliary ``view`` output (``with_view_head``) also gets binary cross-entropy on the view,
     weighted by ``view_loss_weight``, and its accuracy. ``weight_averaging`` keeps an exponential
-    moving average of the weights with that momentum (see ``averaged_weights``).
+    moving average of the weights with that momentum (see ``averaged_weights``). ``steps_per_execution``
+    batches run per call of the compiled step.
     """
     if len(model.outputs) == 1:
         losses, weights, metrics = make_loss(loss), None, [keras.metrics.AUC(name="auc")]
@@ -177,6 +180,7 @@ def compile_model(
         loss_weights=weights,
         metrics=metrics,
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
 
 
