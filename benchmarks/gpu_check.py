@@ -170,6 +170,15 @@ def inference_section(figures: dict, sizes: dict) -> None:
         os.chdir(cwd)
     figures.update(result)
     print("\n".join(result["lines"]))
+    # at the seed's 512 px: decoding on every core and the bare predict (a full NIH run's extrapolation)
+    size = 64 if SMOKE_RUN else 512
+    sources = [Path(p) for p in result.pop("sources")]
+    n = sizes["infer_n"] // 2
+    model = it.trained_layout(Path("/tmp"), size, it.NIH_MODEL, save=False)
+    figures[f"decode_{size}"] = it.decode_rate(sources, n, size)
+    figures[f"predict_{size}"] = it.bare_rate(model, sources, n, size)
+    print(f"{size}px: decode on every core {figures[f'decode_{size}']:.1f} img/s, "
+          f"bare predict {figures[f'predict_{size}']:.1f} img/s")  # fmt: skip
 
 
 def bare_train_rate(size: int, phase: str, batch: int, steps_per_execution: int, steps: int, width: float) -> float:

@@ -40,6 +40,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "nih" / "sample"
+NIH_MODEL = {"backbone_width": 1.0, "backbone_batchnorm": False, "attention_stride": 16}  # conf/nih's architecture
 
 
 def scratch_project(size: int) -> Path:
@@ -56,15 +57,17 @@ def scratch_project(size: int) -> Path:
     return project
 
 
-def trained_layout(project: Path, size: int, model_overrides: dict | None = None) -> tuple:
+def trained_layout(project: Path, size: int, model_overrides: dict | None = None, save: bool = True):
     """An untrained model (conf/base's settings updated by ``model_overrides``), calibrated (identity) with
-    threshold 0.5, saved where the catalog looks."""
+    threshold 0.5, saved where the catalog looks: ``(model, file)``; with ``save=False`` the model alone."""
     from cardio_kedro.config import ModelTrainingParams
     from cardio_kedro.modeling import build_model, calibrate
 
     params = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
     params["model"].update(model_overrides or {})
     model = calibrate(build_model(size, **ModelTrainingParams.model_validate(params).model.model_dump()), 1.0, 0.0, 0.5)
+    if not save:
+        return model
     version = "2026-01-01T00.00.00.000Z"
     model_file = project / "data/06_models/classifier.keras" / version / "classifier.keras"
     model_file.parent.mkdir(parents=True)
@@ -204,7 +207,7 @@ def measure(size: int, n: int, source: str, arch: str, requests: int) -> dict:
     """Every figure of this benchmark, with the printed lines under ``lines``."""
     from cardio_kedro.modeling.devices import accelerators, device_summary, visible_devices
 
-    overrides = {"demo": {}, "nih": {"backbone_width": 1.0, "backbone_batchnorm": False, "attention_stride": 16}}
+    overrides = {"demo": {}, "nih": NIH_MODEL}
     project = scratch_project(size)
     model, model_file = trained_layout(project, size, overrides[arch])
     sources = sorted(SAMPLE.rglob("*.png")) if source == "nih" else phantom_sources(project / "phantoms")
@@ -215,6 +218,7 @@ def measure(size: int, n: int, source: str, arch: str, requests: int) -> dict:
     limit = bound(decode, bare, on_accelerator)
     how = "min(decode, predict): they overlap" if on_accelerator else "1/(1/decode + 1/predict): they share the cores"
     out = {"batch": batch, "decode": decode, "predict": bare, "bound": limit, "ratio": batch / limit}
+    out["sources"] = [str(p) for p in sources]
     lines = [
         f"{size}px, {n} {source} PNGs (1024x1024), {arch} model, {device_summary()}, {os.cpu_count()} CPUs",
         f"batch inference (kedro run, PNG on disk -> probabilities): {batch:7.1f} img/s",
