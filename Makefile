@@ -6,7 +6,7 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install run test test-fast lint viz mlflow-ui clean-data lock weights
+.PHONY: install install-gpu run run-gpu test test-fast lint viz mlflow-ui clean-data lock weights
 
 # the exact, hash-checked versions of requirements.lock, then the package itself (editable, no deps)
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -18,8 +18,26 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 
 install: $(BIN)/.installed
 
+# an NVIDIA GPU (Linux x86-64): the same pins plus JAX with its CUDA 12 wheels (requirements-gpu.lock)
+$(BIN)/.installed-gpu: pyproject.toml requirements-gpu.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-gpu.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(BIN)/.installed $@
+
+install-gpu: $(BIN)/.installed-gpu
+
 run: install
 	$(BIN)/kedro run --pipelines=training
+
+# train on a GPU with the JAX backend; stops at once if JAX sees no GPU (make run-gpu ENV=nih COHORT=/data/nih)
+ENV ?= nih
+COHORT ?=
+run-gpu: install-gpu
+	KERAS_BACKEND=jax $(BIN)/kedro run --pipelines=training --env=$(ENV) \
+		--params=model_training.require_accelerator=true$(if $(COHORT),$(comma)cohort_dir=$(COHORT))
+comma := ,
 
 lint: install
 	$(BIN)/ruff check .
@@ -43,6 +61,8 @@ lock: install
 	$(BIN)/python -m pip install -q uv
 	$(BIN)/uv pip compile pyproject.toml --extra test --generate-hashes --python-version 3.11 \
 		--custom-compile-command "make lock" -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra gpu --extra test --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o requirements-gpu.lock
 
 # ImageNet weights into the Keras cache ahead of an offline run; prints the file (BACKBONE=vgg16 | densenet121 | ...)
 BACKBONE ?= vgg16
