@@ -75,5 +75,5 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
                 pixels.append(self._pixels(value))
             except (ValueError, ImageError) as exc:
                 raise _bad_request(f"row {i}: {exc}") from None
-        probability = self.model.predict(np.stack(pixels)[..., None], verbose=0).reshape(-1).astype(float)
+        probability = np.asarray(self.model.predict_on_batch(np.stack(pixels)[..., None])).reshape(-1).astype(float)
         return pd.DataFrame({"probability": probability, "label": (probability >= self.threshold).astype(int)})

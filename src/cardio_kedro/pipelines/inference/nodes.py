@@ -41,7 +41,7 @@ def _batches(images: pd.DataFrame, size: int, config: InferenceParams) -> Iterat
 
 def _score_batch(scorer, pixels: list[np.ndarray], heatmaps: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Calibrated probabilities, raw scores and, with ``heatmaps``, attention maps of a batch."""
-    out = scorer.predict(np.stack(pixels)[..., None], verbose=0)
+    out = scorer.predict_on_batch(np.stack(pixels)[..., None])  # predict() would rebuild its data pipeline per call
     maps = np.asarray(out[2])[..., 0] if heatmaps else None
     return np.asarray(out[0]).reshape(-1), np.asarray(out[1]).reshape(-1), maps
 
