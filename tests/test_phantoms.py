@@ -63,3 +63,25 @@ def test_label_is_not_readable_from_global_image_statistics():
     p = cross_val_predict(LogisticRegression(max_iter=1000), x, y, cv=5, method="predict_proba")[:, 1]
     auc = roc_auc_score(y, p)
     assert auc < 0.65, f"global image statistics predict the label (AUC {auc:.3f}): phantoms have a shortcut"
+
+
+def test_phantoms_follow_each_row_of_a_real_label_table():
+    import pandas as pd
+
+    from cardio_kedro.phantoms import phantoms_for_labels
+
+    labels = pd.DataFrame(
+        {
+            "Image Index": [f"{i:08d}_000.png" for i in range(6)],
+            "Finding Labels": ["Cardiomegaly", "No Finding", "Cardiomegaly|Effusion", "Effusion", "No Finding", "Mass"],
+            "Patient ID": [7, 7, 9, 9, 30805, 30805],  # real IDs: sparse and large
+            "View Position": ["PA", "PA", "AP", "AP", "PA", "AP"],
+        }
+    )
+    drawn = phantoms_for_labels(labels, seed=3)
+    assert list(drawn["ctr"] > CTR_THRESHOLD) == [True, False, True, False, False, False]
+    assert (drawn[list(labels.columns)] == labels).all().all()  # the table's own columns are kept as they are
+    assert drawn.groupby("Patient ID")["thorax"].std().max() < 0.03  # a patient keeps its thorax
+    assert drawn.equals(phantoms_for_labels(labels, seed=3)) and not drawn.equals(phantoms_for_labels(labels, seed=4))
+    image = render_phantom(drawn.iloc[2].to_dict(), 64)
+    assert image.shape == (64, 64) and image.std() > 0

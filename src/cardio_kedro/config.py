@@ -257,6 +257,10 @@ class ModelTrainingParams(Group):
         "global-context branch, so the attention map need not look for the view (0: none)",
     )
     early_stopping_patience: int = Field(ge=1, description="epochs without a better val_auc before stopping")
+    max_batches_per_epoch: int | None = Field(
+        ge=1,
+        description="cap on the training batches of an epoch, for rehearsals and smoke runs (null: the whole split)",
+    )
     reduce_lr: ReduceLrParams
     calibration: CalibrationParams
     threshold: ThresholdParams

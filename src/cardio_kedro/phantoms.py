@@ -64,7 +64,6 @@ def sample_cohort(
             found.append("Cardiomegaly")
         labels.append("|".join(sorted(found)) if found else "No Finding")
 
-    thorax = rng.uniform(0.60, 0.74, n_patients)[patient - 1] + rng.normal(0, 0.005, n)
     return pd.DataFrame(
         {
             "Image Index": [f"{p:08d}_{f:03d}.png" for p, f in zip(patient, follow_up)],
@@ -75,24 +74,53 @@ def sample_cohort(
             "Patient Gender": sex,
             "View Position": view,
             "ctr": ctr,
-            "thorax": thorax,
-            "heart_height": rng.uniform(0.70, 0.85, n),
-            "heart_offset": rng.uniform(0.10, 0.22, n),
-            "apex": rng.uniform(0.10, 0.16, n),
-            "diaphragm": rng.uniform(0.70, 0.78, n),
-            "body": rng.uniform(0.86, 0.98, n),
-            "rotation": rng.normal(0.0, 3.0, n),
-            "shift_x": rng.normal(0.0, 0.02, n),
-            "shift_y": rng.normal(0.0, 0.02, n),
-            "exposure": rng.normal(1.0, 0.15, n),
-            "heart_density": rng.uniform(0.18, 0.34, n),
-            "lung_density": rng.uniform(0.24, 0.36, n),
-            "gamma": rng.uniform(0.75, 1.35, n),
-            "noise": rng.uniform(0.01, 0.04, n),
-            "rib_phase": rng.uniform(0.0, 1.0, n),
-            "seed": rng.integers(0, 2**31 - 1, n),
+            **_anatomy(rng, patient, n_patients),
         }
     )
+
+
+def _anatomy(rng: np.random.Generator, patient: np.ndarray, n_patients: int) -> dict[str, np.ndarray]:
+    """What ``render_phantom`` draws besides the cardiothoracic ratio, per image (``patient``: 1-based index
+    of each image's patient; the thorax width is the patient's, with a small drift)."""
+    n = patient.size
+    thorax = rng.uniform(0.60, 0.74, n_patients)[patient - 1] + rng.normal(0, 0.005, n)
+    return {
+        "thorax": thorax,
+        "heart_height": rng.uniform(0.70, 0.85, n),
+        "heart_offset": rng.uniform(0.10, 0.22, n),
+        "apex": rng.uniform(0.10, 0.16, n),
+        "diaphragm": rng.uniform(0.70, 0.78, n),
+        "body": rng.uniform(0.86, 0.98, n),
+        "rotation": rng.normal(0.0, 3.0, n),
+        "shift_x": rng.normal(0.0, 0.02, n),
+        "shift_y": rng.normal(0.0, 0.02, n),
+        "exposure": rng.normal(1.0, 0.15, n),
+        "heart_density": rng.uniform(0.18, 0.34, n),
+        "lung_density": rng.uniform(0.24, 0.36, n),
+        "gamma": rng.uniform(0.75, 1.35, n),
+        "noise": rng.uniform(0.01, 0.04, n),
+        "rib_phase": rng.uniform(0.0, 1.0, n),
+        "seed": rng.integers(0, 2**31 - 1, n),
+    }
+
+
+def phantoms_for_labels(labels: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The anatomy of a phantom for every row of a real NIH label table, following the row's labels.
+
+    ``labels`` keeps its columns (patients, follow-ups, ages, views, findings); a row labelled
+    Cardiomegaly gets a cardiothoracic ratio above 0.5, any other row one below, each patient with
+    its own margin from the threshold (so some patients are hard) and a small drift between its
+    images. AP rows are magnified when drawn, as in ``sample_cohort``.
+    """
+    rng = np.random.default_rng(seed)
+    patient = pd.factorize(labels["Patient ID"])[0] + 1
+    n_patients = int(patient.max()) if len(patient) else 0
+    margin = (
+        0.012 + np.abs(rng.normal(0.0, 0.05, n_patients))[patient - 1] + np.abs(rng.normal(0.0, 0.004, len(labels)))
+    )
+    positive = labels["Finding Labels"].astype(str).str.contains("Cardiomegaly", regex=False).to_numpy()
+    ctr = np.where(positive, np.clip(CTR_THRESHOLD + margin, 0.512, 0.70), np.clip(CTR_THRESHOLD - margin, 0.34, 0.488))
+    return labels.assign(ctr=ctr, **_anatomy(rng, patient, n_patients))
 
 
 def _soft(x: np.ndarray, width: float) -> np.ndarray:

@@ -142,3 +142,12 @@ def test_weight_averaging_validates_and_keeps_the_averaged_weights(toy_cache):
     assert history["val_loss"].iloc[-1] != pytest.approx(raw_history["val_loss"].iloc[-1], rel=1e-6)
     dense_raw, dense_avg = raw.get_layer("dense").get_weights()[0], averaged.get_layer("dense").get_weights()[0]
     assert not np.allclose(dense_raw, dense_avg)
+
+
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_max_batches_per_epoch_caps_every_epoch(toy_cache, loader):
+    params = tiny_params(fine_tune={"epochs": 0}, view_loss_weight=0.0, loader=loader, max_batches_per_epoch=2)
+    params["head"]["epochs"] = 3
+    model, history = train_model(toy_cache["train"], toy_cache["validation"], toy_cache["cache"], NO_WEIGHTS, params)
+    assert len(toy_cache["train"]) > 2 * params["batch_size"]  # the cap is what stops the epochs
+    assert int(model.optimizer.iterations.numpy()) == 3 * 2 and len(history) == 3

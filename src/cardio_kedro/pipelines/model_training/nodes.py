@@ -174,8 +174,12 @@ def train_model(
         with distribution_scope(config.distribution):
             model = build_model(pixel_cache.size, **config.model.model_dump())
             trainer = with_view_head(model) if config.view_loss_weight > 0 else model  # shares model's weights
-            monitor = EpochMonitor(len(train))
-            _run_phases(trainer, fit, monitor, math.ceil(len(train) / config.batch_size), config)
+            steps = math.ceil(len(train) / config.batch_size)
+            if config.max_batches_per_epoch is not None and config.max_batches_per_epoch < steps:
+                steps = fit["steps_per_epoch"] = config.max_batches_per_epoch
+                logger.info("Each epoch trains on %d batches (model_training.max_batches_per_epoch)", steps)
+            monitor = EpochMonitor(min(len(train), steps * config.batch_size))
+            _run_phases(trainer, fit, monitor, steps, config)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
         keras.distribution.set_distribution(None)
