@@ -206,11 +206,20 @@ def main() -> int:
 
 def measure(size: int, n: int, source: str, arch: str, requests: int) -> dict:
     """Every figure of this benchmark, with the printed lines under ``lines``."""
+    import keras
+
     from cardio_kedro.modeling.devices import accelerators, device_summary, visible_devices
+    from cardio_kedro.modeling.training import resolve_precision
 
     overrides = {"demo": {}, "nih": NIH_MODEL}
     project = scratch_project(size)
-    model, model_file = trained_layout(project, size, overrides[arch])
+    # the precision training would give the model here (mixed_bfloat16 on a GPU): inference keeps the saved policy
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(resolve_precision("auto"))
+    try:
+        model, model_file = trained_layout(project, size, overrides[arch])
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
     sources = sorted(SAMPLE.rglob("*.png")) if source == "nih" else phantom_sources(project / "phantoms")
     batch = batch_rate(project, sources, n)
     decode = decode_rate(sources, n, size)
@@ -221,7 +230,8 @@ def measure(size: int, n: int, source: str, arch: str, requests: int) -> dict:
     out = {"batch": batch, "decode": decode, "predict": bare, "bound": limit, "ratio": batch / limit}
     out["sources"] = [str(p) for p in sources]
     lines = [
-        f"{size}px, {n} {source} PNGs (1024x1024), {arch} model, {device_summary()}, {os.cpu_count()} CPUs",
+        f"{size}px, {n} {source} PNGs (1024x1024), {arch} model ({model.dtype_policy.name}), {device_summary()}, "
+        f"{os.cpu_count()} CPUs",
         f"batch inference (kedro run, PNG on disk -> probabilities): {batch:7.1f} img/s",
         f"decode on every core:                                       {decode:7.1f} img/s",
         f"bare model.predict_on_batch on in-memory uint8 arrays:       {bare:7.1f} img/s",

@@ -104,31 +104,40 @@ def kedro_run(project: Path, loaders: list[str]):
 
 def bare_throughput(args, n_train: int, n_val: int) -> dict[str, float]:
     """images/s of whole epochs (training + validation, like the Kedro run) of ``model.fit`` on
-    random in-memory uint8 arrays, per phase, after one warm-up epoch."""
+    random in-memory uint8 arrays, per phase, after one warm-up epoch.
+
+    The same training computation as the Kedro run (the auxiliary view output, weight averaging,
+    gradient clipping, precision), without its loaders, callbacks and bookkeeping.
+    """
     import keras
     import numpy as np
 
     from cardio_kedro.config import ModelTrainingParams
-    from cardio_kedro.modeling import build_model
+    from cardio_kedro.modeling import build_model, with_view_head
     from cardio_kedro.modeling.training import compile_model, resolve_precision, set_trainable
 
     params = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
     params["model"].update(model_params(args))
     config = ModelTrainingParams.model_validate(params)
+    previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(resolve_precision("auto"))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n_train, args.size, args.size, 1), dtype=np.uint8)
     y = (rng.random(n_train) < 0.25).astype("float32")
-    val = (x[:n_val], y[:n_val])  # validate every epoch on as many images as the Kedro run did
-    out = {}
     model = build_model(args.size, **config.model.model_dump())
+    if config.view_loss_weight > 0:
+        model, y = with_view_head(model), (y, (rng.random(n_train) < 0.4).astype("float32"))
+    val = (x[:n_val], tuple(t[:n_val] for t in y) if isinstance(y, tuple) else y[:n_val])
+    compiled = (config.jit_compile, config.gradient_clipnorm, config.view_loss_weight, config.weight_averaging)
+    out = {}
     for phase, unfreeze in (("head", 0), ("fine_tune", "all")):
         set_trainable(model, unfreeze)
-        compile_model(model, 1e-4, config.loss, config.jit_compile, config.gradient_clipnorm)
+        compile_model(model, 1e-4, config.loss, *compiled)
         model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, validation_data=val)  # compile + warm-up
         start = time.perf_counter()
         model.fit(x, y, batch_size=args.batch, epochs=args.epochs - 1 or 1, verbose=0, validation_data=val)
         out[phase] = n_train * (args.epochs - 1 or 1) / (time.perf_counter() - start)
+    keras.mixed_precision.set_dtype_policy(previous)
     return out
 
 

@@ -40,3 +40,21 @@ def test_batches_keep_the_order_of_their_rows():
     rows = np.array([7, 2, 9, 0, 5])
     data = CachedImages(pixels, rows, np.zeros(5), batch_size=3)
     assert np.concatenate([data[i][0][:, 0, 0, 0] for i in range(len(data))]).tolist() == [7, 2, 9, 0, 5]
+
+
+def test_predict_cached_in_chunks_gives_every_row_in_order(monkeypatch):
+    import keras
+
+    from cardio_kedro.modeling import feeds
+    from cardio_kedro.modeling.builder import SCORE_LAYER
+
+    pixels = np.arange(23 * 4 * 4, dtype=np.uint8).reshape(23, 4, 4) % 251
+    inputs = keras.Input((4, 4, 1), dtype="uint8")
+    mean = keras.layers.Lambda(lambda t: keras.ops.mean(keras.ops.cast(t, "float32"), axis=(1, 2, 3)))(inputs)
+    model = keras.Model(inputs, keras.layers.Reshape((1,), name=SCORE_LAYER)(mean / 255.0))
+    rows = np.array([22, 3, 3, 17, 0, 9, 11, 5, 21, 8, 1])
+    monkeypatch.setattr(feeds, "PREDICT_CHUNK", 4)  # 11 rows: chunks of 4, 4 and 3
+    probability, score = feeds.predict_cached(model, pixels, rows, batch_size=3)
+    expected = pixels[rows].reshape(len(rows), -1).mean(axis=1) / 255.0
+    np.testing.assert_allclose(probability, expected, rtol=1e-5)
+    np.testing.assert_allclose(score, expected, rtol=1e-5)  # an uncalibrated model: the score is the output

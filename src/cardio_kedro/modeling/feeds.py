@@ -92,6 +92,9 @@ def feed(
     return {"x": CachedImages(pixels, rows, labels, batch_size, shuffle=shuffle, seed=seed, workers=loader_workers)}
 
 
+PREDICT_CHUNK = 8192  # images per predict() call of predict_cached
+
+
 def predict_cached(model: keras.Model, pixels: np.ndarray, rows: np.ndarray, batch_size: int):
     """``(probability, raw score)`` for the given cache rows, batch by batch from the memory map.
 
@@ -100,6 +103,13 @@ def predict_cached(model: keras.Model, pixels: np.ndarray, rows: np.ndarray, bat
     """
     from .builder import with_score
 
-    data = CachedImages(pixels, rows, np.zeros(len(rows), np.float32), batch_size)
-    probability, score = with_score(model).predict(data, verbose=0)
-    return np.asarray(probability, float).reshape(-1), np.asarray(score, float).reshape(-1)
+    scorer, rows = with_score(model), np.asarray(rows, np.int64)
+    probability, score = [np.zeros(0)], [np.zeros(0)]
+    # a predict() per chunk: one over a whole split slows down with its length (TensorFlow: 1,894 img/s at
+    # 11,200 images, 1,090 at 22,400); chunks keep it linear
+    for start in range(0, len(rows), PREDICT_CHUNK):
+        chunk = rows[start : start + PREDICT_CHUNK]
+        out = scorer.predict(CachedImages(pixels, chunk, np.zeros(len(chunk), np.float32), batch_size), verbose=0)
+        probability.append(np.asarray(out[0], float).reshape(-1))
+        score.append(np.asarray(out[1], float).reshape(-1))
+    return np.concatenate(probability), np.concatenate(score)

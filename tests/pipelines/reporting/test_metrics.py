@@ -190,3 +190,15 @@ def test_heat_maps_align_with_the_image():
         assert img[py, px] == 255 or np.hypot(*(np.array([py, px]) - np.argwhere(img == 255).mean(0))) < 4
     boxes = np.array([[24, 4, 4, 4], [4, 24, 4, 4]], float)
     assert localization_scores(maps, boxes, 0.0)["pointing_game_hit_rate"] == 1.0
+
+
+def test_patient_resamples_take_whole_patients_as_drawn():
+    from cardio_kedro.pipelines.reporting.metrics import _patient_resamples
+
+    groups = np.array([7, 3, 7, 9, 3, 3, 11, 9, 7])
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(4)  # the same draws as the resampler's
+    for idx in _patient_resamples(groups, 20, 4, "test"):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        expected = np.concatenate([np.flatnonzero(inverse == j) for j in pick])  # patient after patient
+        np.testing.assert_array_equal(idx, expected)

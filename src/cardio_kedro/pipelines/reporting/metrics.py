@@ -37,7 +37,11 @@ def _patient_resamples(groups: np.ndarray, n_boot: int, seed: int, what: str):
     for _ in range(int(n_boot)):
         progress.update()
         pick = rng.integers(0, len(uniq), len(uniq))
-        yield order[np.concatenate([np.arange(s, s + c) for s, c in zip(starts[pick], counts[pick])])]
+        # the images of each picked patient, patient after patient: out[k] = starts[j] + (k - first[j]),
+        # built in one pass (a Python loop over 6,000 test patients x 1,000 resamples took minutes)
+        taken = counts[pick]
+        first = np.cumsum(taken) - taken
+        yield order[np.arange(taken.sum()) + np.repeat(starts[pick] - first, taken)]
 
 
 Statistic = Callable[[np.ndarray, np.ndarray], "float | None | dict[str, float | None]"]
@@ -141,12 +145,8 @@ def evaluate(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: float,
 def roc_band(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int, seed: int, points: int = 101):
     """Pointwise 95% band of the ROC curve (TPR on a FPR grid) from patient-level bootstrap."""
     grid = np.linspace(0, 1, points)
-    uniq = np.unique(groups)
-    by_patient = {g: np.flatnonzero(groups == g) for g in uniq}
-    rng = np.random.default_rng(seed)
     curves = []
-    for _ in range(n_boot):
-        idx = np.concatenate([by_patient[g] for g in rng.choice(uniq, len(uniq))])
+    for idx in _patient_resamples(np.asarray(groups), n_boot, seed, "Bootstrapping the ROC band"):
         if y[idx].min() == y[idx].max():
             continue
         fpr, tpr, _ = roc_curve(y[idx], p[idx])
