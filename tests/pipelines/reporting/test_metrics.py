@@ -202,3 +202,17 @@ def test_patient_resamples_take_whole_patients_as_drawn():
         pick = rng.integers(0, len(uniq), len(uniq))
         expected = np.concatenate([np.flatnonzero(inverse == j) for j in pick])  # patient after patient
         np.testing.assert_array_equal(idx, expected)
+
+
+def test_bootstrap_auc_equals_resorting_every_resample():
+    from cardio_kedro.pipelines.reporting.metrics import auc_or_none, patient_bootstrap
+
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 300, 1200)
+    y = (rng.random(1200) < 0.1).astype(int)
+    p = np.round(y * 0.2 + rng.random(1200) * 0.8, 2)  # rounded: many ties
+    fast = bootstrap_auc(y, p, groups, n_boot=200, seed=3)
+    slow = patient_bootstrap(y, p, groups, {"auc": auc_or_none}, 200, 3)["auc"]
+    assert fast["n_boot"] == slow["n_boot"] == 200
+    for key, other in (("auc", "value"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
+        assert fast[key] == pytest.approx(slow[other], abs=1e-12)

@@ -69,22 +69,57 @@ def patient_bootstrap(
             for key, value in _values(name, fn(y[idx], p[idx])).items():
                 if value is not None and np.isfinite(value):
                     samples[key].append(value)
-    out = {}
-    for name, point in points.items():
-        ok = point is not None and np.isfinite(point) and len(samples[name]) >= 10
-        low, high = np.quantile(samples[name], [0.025, 0.975]) if ok else (None, None)
-        out[name] = {
-            "value": float(point) if point is not None and np.isfinite(point) else None,
-            "ci_low": None if low is None else float(low),
-            "ci_high": None if high is None else float(high),
-            "n_boot": len(samples[name]),
-        }
-    return out
+    return {name: _interval(point, samples[name]) for name, point in points.items()}
+
+
+def _interval(point: float | None, samples: list[float]) -> dict:
+    """The point value with the 95% percentile interval of its resamples (none from fewer than 10)."""
+    ok = point is not None and np.isfinite(point) and len(samples) >= 10
+    low, high = np.quantile(samples, [0.025, 0.975]) if ok else (None, None)
+    return {
+        "value": float(point) if point is not None and np.isfinite(point) else None,
+        "ci_low": None if low is None else float(low),
+        "ci_high": None if high is None else float(high),
+        "n_boot": len(samples),
+    }
+
+
+class _WeightedAuc:
+    """ROC AUC of a resample given as how many times it takes each image: O(n), no sort per resample.
+
+    The Mann-Whitney form (ties count a half), which is what ``roc_auc_score`` computes: the scores
+    are ranked once; a resample only reweights them.
+    """
+
+    def __init__(self, y: np.ndarray, p: np.ndarray):
+        self.values, self.rank = np.unique(np.asarray(p, float), return_inverse=True)
+        self.positive = np.asarray(y).astype(bool)
+
+    def __call__(self, weights: np.ndarray) -> float | None:
+        k = len(self.values)
+        pos = np.bincount(self.rank, weights=weights * self.positive, minlength=k)
+        neg = np.bincount(self.rank, weights=weights * ~self.positive, minlength=k)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos == 0 or n_neg == 0:
+            return None
+        below = np.cumsum(neg) - neg  # negatives scored lower than each value
+        return float(np.dot(pos, below + 0.5 * neg) / (n_pos * n_neg))
 
 
 def bootstrap_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
-    """ROC AUC with a patient-level bootstrap CI: ``{"auc", "ci_low", "ci_high", "n_boot"}``."""
-    res = patient_bootstrap(y, p, groups, {"auc": auc_or_none}, n_boot, seed)["auc"]
+    """ROC AUC with a patient-level bootstrap CI: ``{"auc", "ci_low", "ci_high", "n_boot"}``.
+
+    The same resamples and values as ``patient_bootstrap`` with ``auc_or_none``, computed as weights
+    on the once-ranked scores (22,500 test images: about 10x faster than sorting every resample).
+    """
+    y, p = np.asarray(y), np.asarray(p)
+    auc = _WeightedAuc(y, p)
+    samples = []
+    for idx in _patient_resamples(np.asarray(groups), n_boot, seed, "Bootstrapping auc"):
+        value = auc(np.bincount(idx, minlength=len(y)).astype(float))
+        if value is not None:
+            samples.append(value)
+    res = _interval(auc_or_none(y, p), samples)
     return {"auc": res["value"], "ci_low": res["ci_low"], "ci_high": res["ci_high"], "n_boot": res["n_boot"]}
 
 
