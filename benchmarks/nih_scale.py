@@ -255,6 +255,9 @@ def main() -> int:
     if args.stage:  # one stage, in its own process (run_stages)
         print(json.dumps(run_stage(Path(args.stage[0]), args.stage[1])))
         return 0
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the rendering's progress lines
     if not LABELS.is_file():
         sys.exit(f"{LABELS} is missing: this benchmark needs the real NIH label table in ../shared/data/nih")
 

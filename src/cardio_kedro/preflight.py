@@ -16,6 +16,7 @@ from cardio_kedro.config import (
 )
 from cardio_kedro.errors import install_excepthook
 from cardio_kedro.hooks import TRAINING_PARAMS
+from cardio_kedro.runtime import keep_arrays_on_the_heap
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class PreflightHooks:
     @hook_impl
     def after_context_created(self, context) -> None:
         install_excepthook()  # a user error ends the command with its message, not 300 lines of traceback
+        keep_arrays_on_the_heap()  # before TensorFlow's data ops can freeze malloc's mmap threshold
         loader = context.config_loader
         self._sources = ConfigSources(
             conf_source=Path(loader.conf_source),

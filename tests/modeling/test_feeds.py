@@ -53,8 +53,8 @@ def test_predict_cached_in_chunks_gives_every_row_in_order(monkeypatch):
     mean = keras.layers.Lambda(lambda t: keras.ops.mean(keras.ops.cast(t, "float32"), axis=(1, 2, 3)))(inputs)
     model = keras.Model(inputs, keras.layers.Reshape((1,), name=SCORE_LAYER)(mean / 255.0))
     rows = np.array([22, 3, 3, 17, 0, 9, 11, 5, 21, 8, 1])
-    monkeypatch.setattr(feeds, "PREDICT_CHUNK", 4)  # 11 rows: chunks of 4, 4 and 3
-    probability, score = feeds.predict_cached(model, pixels, rows, batch_size=3)
+    monkeypatch.setattr(feeds, "PREDICT_CHUNK_BYTES", 4 * 16)  # 4 images of 4x4: 11 rows in chunks of 4, 4 and 3
+    probability, score = feeds.predict_cached(model, pixels, rows, batch_size=2)
     expected = pixels[rows].reshape(len(rows), -1).mean(axis=1) / 255.0
     np.testing.assert_allclose(probability, expected, rtol=1e-5)
     np.testing.assert_allclose(score, expected, rtol=1e-5)  # an uncalibrated model: the score is the output
