@@ -105,7 +105,18 @@ class RebalanceParams(Group):
 class DataProcessingParams(Group):
     """``data_processing``: metadata rules, file checks and decoding, splits."""
 
+    @field_validator("views")
+    @classmethod
+    def _some_view(cls, views):
+        if isinstance(views, list) and (not views or len(set(views)) != len(views)):
+            raise ValueError("views is all or a non-empty list of distinct view positions, e.g. [PA]")
+        return views
+
     max_plausible_age: float = Field(gt=0, description="older ages are set to missing and flagged")
+    views: Literal["all"] | list[Literal["PA", "AP"]] = Field(
+        description="the films kept: all, or a list of view positions, e.g. [PA] (AP films magnify the heart); "
+        "the data-quality report counts the rest"
+    )
     workers: Workers
     split: SplitParams
     rebalance: RebalanceParams

@@ -60,6 +60,29 @@ def test_clean_metadata_types_target_and_age_rule(phantom_cohort_dir):
     assert effusion["target"].sum() == labels["Finding Labels"].str.contains("Effusion").sum()
 
 
+@pytest.mark.parametrize("views", [["PA"], ["AP"], ["PA", "AP"]])
+def test_views_keep_those_films_and_the_report_counts_the_rest(phantom_cohort_dir, views):
+    labels = _labels(phantom_cohort_dir)
+    labels.loc[0, "View Position"] = "LL"  # a lateral film: neither view
+    every, report_all = clean_metadata(labels, "Cardiomegaly", PARAMS)
+    kept, report = clean_metadata(labels, "Cardiomegaly", {**PARAMS, "views": views})
+    assert set(kept["view"]) == set(views) and len(kept) == every["view"].isin(views).sum()
+    other = every.loc[~every["view"].isin(views), "view"].value_counts().to_dict()
+    assert report["view_filter"] == {"views": views, "removed_images": len(every) - len(kept), "removed_by_view": other}
+    assert report_all["view_filter"]["removed_images"] == 0 and len(every) == len(labels)
+
+
+def test_views_that_keep_nothing_or_repeat_are_refused(phantom_cohort_dir):
+    from cardio_kedro.config import DataProcessingParams
+
+    labels = _labels(phantom_cohort_dir).assign(**{"View Position": "PA"})
+    with pytest.raises(ValueError, match=r"views = \['AP'\] keeps no image: the cohort's view positions are \['PA'\]"):
+        clean_metadata(labels, "Cardiomegaly", {**PARAMS, "views": ["AP"]})
+    for bad in ([], ["PA", "PA"], ["LATERAL"], "PA"):
+        with pytest.raises(ValueError):
+            DataProcessingParams.model_validate({**PARAMS, "views": bad})
+
+
 def test_unknown_target_finding_is_refused(phantom_cohort_dir):
     with pytest.raises(ValueError, match="not an NIH finding"):
         clean_metadata(_labels(phantom_cohort_dir), "Cardiomegally", PARAMS)

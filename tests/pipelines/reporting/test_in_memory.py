@@ -103,3 +103,15 @@ def test_report_escapes_what_it_shows(reported):
         tiny_params(),
     )
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_report_says_which_views_it_kept(reported):
+    catalog, _ = reported
+    from cardio_kedro.pipelines.reporting.nodes import build_report
+
+    quality = catalog.load("data_quality_report")
+    assert "Views kept" not in catalog.load("evaluation_report")  # views: all
+    quality["view_filter"] = {"views": ["PA"], "removed_images": 1234, "removed_by_view": {"AP": 1200, "LL": 34}}
+    args = (catalog.load("attention_localization"), quality, catalog.load("training_history"), "Cardiomegaly", 32)
+    html = build_report(catalog.load("evaluation_metrics"), catalog.load("calibration"), *args, tiny_params())
+    assert "Views kept: PA\n(1,234 images of other views left out: AP 1,200, LL 34)." in html

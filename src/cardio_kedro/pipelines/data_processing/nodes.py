@@ -73,6 +73,7 @@ def clean_metadata(labels: pd.DataFrame, target_finding: str, params: dict[str, 
     if duplicated.any():
         logger.warning("Dropping %d duplicated image rows", int(duplicated.sum()))
         clean = clean[~duplicated].reset_index(drop=True)
+    clean, view_filter = _keep_views(clean, config.views)
     report = {
         "target_finding": target_finding,
         "rows": int(len(labels)),
@@ -82,6 +83,7 @@ def clean_metadata(labels: pd.DataFrame, target_finding: str, params: dict[str, 
         "finding_counts": {str(k): int(v) for k, v in counts.items()},
         "unknown_labels": unknown,
         "target_positive_images": int(clean["target"].sum()),
+        "view_filter": view_filter,
     }
     logger.info(
         "Metadata: %d images, %d patients, %d %s; %d implausible ages",
@@ -92,6 +94,27 @@ def clean_metadata(labels: pd.DataFrame, target_finding: str, params: dict[str, 
         report["implausible_ages"],
     )
     return clean, report
+
+
+def _keep_views(clean: pd.DataFrame, views: str | list[str]) -> tuple[pd.DataFrame, dict]:
+    """The rows of the kept view positions (``all``: every row) and what the filter removed, by view."""
+    if views == "all":
+        return clean, {"views": "all", "removed_images": 0, "removed_by_view": {}}
+    keep = clean["view"].isin(views)
+    removed = clean.loc[~keep, "view"].value_counts()
+    if not keep.any():
+        raise UserValueError(
+            f"data_processing.views = {views} keeps no image: the cohort's view positions are "
+            f"{sorted(clean['view'].unique())}"
+        )
+    logger.info("Views %s: kept %d images, removed %d (%s)", views, int(keep.sum()), int((~keep).sum()),
+                ", ".join(f"{k} {v}" for k, v in removed.items()))  # fmt: skip
+    report = {
+        "views": list(views),
+        "removed_images": int((~keep).sum()),
+        "removed_by_view": {str(k): int(v) for k, v in removed.items()},
+    }
+    return clean[keep].reset_index(drop=True), report
 
 
 def _dropped(image_index: pd.Series | list, reasons: list[str], details: list[str]) -> pd.DataFrame:
