@@ -13,3 +13,10 @@ def fmt_auc(auc: dict) -> str:
     if auc.get("ci_low") is None:
         return fmt(auc.get("auc"))
     return f"{fmt(auc['auc'])} (95% CI {fmt(auc['ci_low'])}-{fmt(auc['ci_high'])})"
+
+
+def fmt_interval(low: float | None, high: float | None) -> str:
+    """``0.890-0.931``; with a negative bound ``-3.770 to -3.406`` (never ``-3.770--3.406``); ``n/a``."""
+    if low is None or high is None:
+        return "n/a"
+    return f"{fmt(low)} to {fmt(high)}" if min(low, high) < 0 else f"{fmt(low)}-{fmt(high)}"

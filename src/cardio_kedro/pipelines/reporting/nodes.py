@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from cardio_kedro.config import ReportingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.decision import net_benefit
-from cardio_kedro.formatting import fmt, fmt_auc
+from cardio_kedro.formatting import fmt, fmt_auc, fmt_interval
 from cardio_kedro.modeling import overlay, predict_with_attention
 from cardio_kedro.modeling.feeds import predict_cached
 from cardio_kedro.sampling import undersample
@@ -37,6 +37,7 @@ _TEMPLATES = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _TEMPLATES.filters.update(fmt=fmt, fmt_auc=fmt_auc)
+_TEMPLATES.globals.update(fmt_interval=fmt_interval)
 
 
 def predict_split(classifier, split: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]) -> pd.DataFrame:
