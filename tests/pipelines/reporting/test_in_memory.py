@@ -85,6 +85,9 @@ def test_every_figure_and_one_self_contained_report(reported):
     assert "dropped rows: missing: 1" in report and "pointing game" in report
     assert "The validation split is perfectly separated" in report and "a uniform map scores" in report
     assert "reference model" in report and "Decision curve" not in report  # the curve is a figure, captioned
+    views = sorted(catalog.load("evaluation_metrics")["by_view"])
+    for view in views:  # a metrics row and a calibration row per view
+        assert f"<td>test, {view} films</td>" in report and f"<td>calibrated, {view} films</td>" in report
     assert "decision curve" in report
 
 

@@ -216,3 +216,20 @@ def test_bootstrap_auc_equals_resorting_every_resample():
     assert fast["n_boot"] == slow["n_boot"] == 200
     for key, other in (("auc", "value"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
         assert fast[key] == pytest.approx(slow[other], abs=1e-12)
+
+
+def test_every_metric_has_a_per_view_breakdown():
+    from cardio_kedro.pipelines.reporting.metrics import auc_or_none
+
+    val, test = _predictions(1), _predictions(2)
+    m = _metrics(val, test, n_bootstrap=20)
+    assert set(m["by_view"]) == {"AP", "PA"}
+    for view, frame in test.groupby("view"):
+        by_view = m["by_view"][view]
+        assert by_view["n_images"] == len(frame) and by_view["threshold"] == m["threshold"]["value"]
+        assert by_view["roc_auc"]["auc"] == pytest.approx(auc_or_none(frame["target"], frame["probability"]))
+        assert by_view["brier"] == pytest.approx(np.mean((frame["probability"] - frame["target"]) ** 2))
+        assert by_view["calibration"]["brier"]["value"] == pytest.approx(by_view["brier"])
+    headline = headline_metrics(m, {"n_images": 0})
+    assert headline["test_auc.view_AP"]["value"] == m["by_view"]["AP"]["roc_auc"]["auc"]
+    assert headline["test_ece.view_PA"]["value"] == m["by_view"]["PA"]["calibration"]["ece"]["value"]

@@ -114,6 +114,20 @@ def _baseline(model_auc: dict, baseline: pd.DataFrame, config: ReportingParams) 
     }
 
 
+def _by_view(test: pd.DataFrame, run, config: ReportingParams) -> dict:
+    """The test metrics and the calibrated probability's calibration per view position (AP films magnify
+    the heart, so a model can score views differently); a view without both classes gets no AUC."""
+    out = {}
+    for view, frame in test.groupby("view"):
+        y, p, groups = _scores(frame)
+        metrics = run(frame)
+        metrics["calibration"] = calibration_metrics(
+            y, p, groups, config.calibration_bins, config.n_bootstrap, config.seed
+        )
+        out[str(view)] = metrics
+    return out
+
+
 def evaluation_metrics(
     validation_predictions: pd.DataFrame,
     test_predictions: pd.DataFrame,
@@ -157,6 +171,7 @@ def evaluation_metrics(
             "note": f"test split with {ratio:g} negatives per positive, for comparison with the original notebook",
         },
         "subgroups": _subgroups(test_predictions, config),
+        "by_view": _by_view(test_predictions, run, config),
     }
 
 
@@ -191,6 +206,10 @@ def headline_metrics(metrics: dict, localization: dict) -> dict[str, dict[str, f
         "test_f1": test["f1"],
         "threshold": metrics["threshold"]["value"],
     }
+    for view, by_view in metrics.get("by_view", {}).items():  # test_auc.view_AP, test_ece.view_PA, ...
+        flat[f"test_auc.view_{view}"] = by_view["roc_auc"]["auc"]
+        flat[f"test_brier.view_{view}"] = by_view["brier"]
+        flat[f"test_ece.view_{view}"] = by_view["calibration"]["ece"]["value"]
     for key in (
         "pointing_game_hit_rate",
         "pointing_game_strict",
@@ -406,12 +425,20 @@ def build_report(
 ) -> str:
     """One self-contained HTML report (figures embedded) with a model card section."""
     best = history[history["best"].astype(bool)]
+    by_view = metrics.get("by_view", {})  # reports before the per-view breakdown have none
     return _TEMPLATES.get_template("report.html.j2").render(
         target=target_finding,
         image_size=image_size,
         metrics=metrics,
         calibration=calibration_report,
-        test_sets={k: v for k, v in metrics.items() if k.startswith("test")},
+        metric_rows=[
+            *((k, v) for k, v in metrics.items() if k.startswith("test")),
+            *((f"test, {view} films", m) for view, m in by_view.items()),
+        ],
+        calibration_rows=[
+            *metrics["test"]["calibration"].items(),
+            *((f"calibrated, {view} films", m["calibration"]) for view, m in by_view.items()),
+        ],
         localization=localization,
         quality=quality,
         dropped=", ".join(f"{k}: {v['count']}" for k, v in quality["dropped_by_reason"].items()) or "none",
