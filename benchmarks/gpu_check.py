@@ -139,7 +139,7 @@ def kedro_section(figures: dict, sizes: dict) -> None:
         backbone="vgg16",
         width=sizes["width"],
         arch="nih",
-        loader_workers=4,
+        loader_workers=1,  # more threads slowed the stream loader (docs/gpu.md)
     )
     project = tt.scratch_project(args, extra={"require_accelerator": not SMOKE_RUN})
     cwd = os.getcwd()

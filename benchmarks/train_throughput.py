@@ -164,7 +164,7 @@ def main() -> int:
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="nih", help="model settings of conf/<arch>")
-    parser.add_argument("--loader-workers", type=int, default=4, help="threads of the stream loader")
+    parser.add_argument("--loader-workers", type=int, default=1, help="threads of the stream loader")
     parser.add_argument("--loaders", default="memory,stream", help="model_training.loader values to run")
     args = parser.parse_args()
 
