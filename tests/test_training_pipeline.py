@@ -53,7 +53,7 @@ def test_training_pipeline_produces_every_output_and_one_mlflow_run(trained_proj
     assert run.data.metrics["test_auc"] == pytest.approx(metrics["test"]["roc_auc"]["auc"])
     assert "test_auc_ci_low" in run.data.metrics and "threshold" in run.data.metrics
     tags = run.data.tags
-    assert tags["keras.backend"] == "tensorflow" and tags["device"]
+    assert tags["keras.backend"] == "tensorflow" and tags["device"] == "backend tensorflow on cpu:0"
     assert not [t for t in tags if t.startswith(("version.", "kedro.run_id"))]  # kedro-mlflow's run_id tag says it
     # each artifact is logged to MLflow and kept as a catalog version of the same run
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -52,8 +52,10 @@ class MlflowTagHooks:
         if TRAINING_PARAMS in pipeline.inputs():
             import keras
 
+            from cardio_kedro.modeling.devices import device_summary
+
             tags["keras.backend"] = keras.backend.backend()
-            tags["device"] = ",".join(keras.distribution.list_devices())
+            tags["device"] = device_summary()  # e.g. "backend jax on gpu:0 (NVIDIA H200)"
         mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
 
     @hook_impl
