@@ -191,13 +191,14 @@ def bare_train_rate(size: int, phase: str, batch: int, steps_per_execution: int,
     import keras
     import numpy as np
     import yaml
+    from train_throughput import ARCHITECTURES
 
     from cardio_kedro.config import ModelTrainingParams
     from cardio_kedro.modeling import build_model
     from cardio_kedro.modeling.training import compile_model, resolve_precision, set_trainable
 
     conf = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
-    conf["model"].update(backbone_width=width, backbone_weights=None, backbone_batchnorm=False, attention_stride=16)
+    conf["model"].update(backbone_width=width, backbone_weights=None, **ARCHITECTURES["nih"])
     config = ModelTrainingParams.model_validate(conf)
     keras.mixed_precision.set_dtype_policy(resolve_precision("auto"))
     keras.utils.set_random_seed(0)

@@ -37,10 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from train_throughput import ARCHITECTURES
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "nih" / "sample"
-NIH_MODEL = {"backbone_width": 1.0, "backbone_batchnorm": False, "attention_stride": 16}  # conf/nih's architecture
+NIH_MODEL = {"backbone_width": 1.0, **ARCHITECTURES["nih"]}  # conf/nih's architecture at full width
 
 
 def scratch_project(size: int) -> Path:
