@@ -6,7 +6,7 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install install-gpu run run-gpu test test-fast lint viz mlflow-ui clean-data lock weights
+.PHONY: install install-gpu run run-gpu test test-fast lint viz mlflow-ui mlflow-server clean-data lock weights
 
 # the exact, hash-checked versions of requirements.lock, then the package itself (editable, no deps)
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -55,6 +55,13 @@ viz: install
 
 mlflow-ui: install
 	$(BIN)/kedro mlflow ui  # the store and the address come from conf/base/mlflow.yml
+
+# a team's tracking server to try out: PostgreSQL (runs, registry, sweeps) + proxied artifacts in data/team_server;
+# runs go to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) (docs/scaling_out.md). Ctrl-C stops it.
+MLFLOW_PORT ?= 5000
+PG_PORT ?= 5433
+mlflow-server: install
+	$(BIN)/python -m cardio_kedro.team_server --root data/team_server --port $(MLFLOW_PORT) --pg-port $(PG_PORT)
 
 # refresh requirements.lock from pyproject.toml's ranges (then `make test` before committing it)
 lock: install

@@ -28,3 +28,19 @@ def test_nih_environment_overrides_single_keys(tiny_project):
     assert params["image_size"] == 224
     assert params["model_training"]["model"]["backbone_weights"] == "imagenet"
     assert params["model_training"]["model"]["attention_units"] == [128, 32, 16, 1]  # kept from base
+
+
+def test_mlflow_tracking_uri_points_runs_at_a_server(monkeypatch):
+    from kedro.config import OmegaConfigLoader
+
+    from cardio_kedro import settings
+    from tests.helpers import PROJECT_ROOT
+
+    def tracking_uri() -> str:
+        loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **settings.CONFIG_LOADER_ARGS)
+        return loader["mlflow"]["server"]["mlflow_tracking_uri"]
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri() == "sqlite:///mlflow.db"  # the local store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.lab.org:5000")
+    assert tracking_uri() == "http://mlflow.lab.org:5000"

@@ -255,6 +255,9 @@ class ModelTrainingParams(Group):
     head: HeadPhaseParams
     fine_tune: FineTuneParams
     loss: Literal["binary_crossentropy", "focal"] = Field(description="training loss")
+    label_smoothing: float = Field(
+        ge=0, lt=0.5, description="targets pulled towards 0.5 by this much in the finding's loss (0: none)"
+    )
     gradient_clipnorm: float | None = Field(gt=0, description="cap on the global gradient norm of a step (null: none)")
     weight_averaging: float | None = Field(
         gt=0,

@@ -28,6 +28,25 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def create_experiment(tracking_uri: str, name: str, kwargs: Any = None) -> None:
+    """Create the experiment ``name`` unless it exists; safe when several processes do it at once."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(name) is not None:
+        return
+    try:
+        client.create_experiment(
+            name,
+            artifact_location=getattr(kwargs, "artifact_location", None),
+            tags=getattr(kwargs, "tags", None),
+        )
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
 class MlflowTagHooks:
     """Tags (``git.commit``; ``keras.backend`` and ``device`` when the run trains) and model registration.
 
@@ -39,6 +58,22 @@ class MlflowTagHooks:
     def __init__(self) -> None:
         self._target = ""
         self._service_limits: dict = {}
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's own after_context_created looks the experiment up
+    def after_context_created(self, context) -> None:
+        """Create the run's experiment on a tracking server so that runs starting together all find it.
+
+        kedro-mlflow gets the experiment by name and creates it when it is missing: two runs starting
+        at the same moment both miss it and the second create fails. Here the create comes first and
+        an ``already exists`` answer means another run won the race, which is fine.
+        """
+        from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
+
+        config = KedroMlflowConfig.model_validate(context.config_loader["mlflow"])
+        uri = config.server.mlflow_tracking_uri or ""
+        if not uri.startswith(("http://", "https://")):
+            return  # a local store: one user, no race
+        create_experiment(uri, config.tracking.experiment.name, config.tracking.experiment.create_experiment_kwargs)
 
     @hook_impl
     def before_pipeline_run(self, pipeline, catalog) -> None:

@@ -1,5 +1,6 @@
 """Project settings."""
 
+import os
 import warnings
 
 from kedro.config import OmegaConfigLoader
@@ -13,6 +14,12 @@ from cardio_kedro.run_summary import RunSummaryHooks
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
 
+
+def _env(name: str, default: str | None = None) -> str | None:
+    """``${env:NAME,default}`` in conf: an environment variable (MLflow's own ``MLFLOW_TRACKING_URI``)."""
+    return os.environ.get(name) or default
+
+
 HOOKS = (PreflightHooks(), MlflowTagHooks(), RunSummaryHooks(), RunGuardHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
@@ -21,4 +28,6 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # an environment (nih, local) overrides single keys, not whole parameter groups
     "merge_strategy": {"parameters": "soft", "catalog": "soft"},
+    "custom_resolvers": {"env": _env},
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},  # kedro-mlflow's, read by hooks.py too
 }

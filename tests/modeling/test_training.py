@@ -58,3 +58,14 @@ def test_losses_by_name():
     assert isinstance(make_loss("binary_crossentropy"), keras.losses.BinaryCrossentropy)
     with pytest.raises(ValueError, match="loss must be"):
         make_loss("hinge")
+
+
+def test_label_smoothing_moves_the_loss_minimum_off_certainty():
+    y = np.ones((1, 1), np.float32)
+
+    def loss_at(p: float, smoothing: float) -> float:
+        return float(make_loss("binary_crossentropy", smoothing)(y, np.full((1, 1), p, np.float32)))
+
+    assert loss_at(0.999, 0.0) < loss_at(0.95, 0.0)  # unsmoothed: the surer, the better
+    assert loss_at(0.95, 0.1) < loss_at(0.999, 0.1)  # target 0.95: certainty now costs
+    assert make_loss("focal", 0.1).label_smoothing == 0.1

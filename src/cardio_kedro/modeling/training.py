@@ -122,12 +122,13 @@ def distribution_scope(kind: str):
     raise ValueError(f"data_parallel is supported on the tensorflow and jax backends, not {backend}")
 
 
-def make_loss(name: str) -> keras.losses.Loss:
-    """``binary_crossentropy`` or ``focal`` (binary focal cross-entropy, gamma 2)."""
+def make_loss(name: str, label_smoothing: float = 0.0) -> keras.losses.Loss:
+    """``binary_crossentropy`` or ``focal`` (binary focal cross-entropy, gamma 2), with the targets
+    smoothed towards 0.5 by ``label_smoothing`` (0: none)."""
     if name == "focal":
-        return keras.losses.BinaryFocalCrossentropy(gamma=2.0)
+        return keras.losses.BinaryFocalCrossentropy(gamma=2.0, label_smoothing=label_smoothing)
     if name == "binary_crossentropy":
-        return keras.losses.BinaryCrossentropy()
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
     raise ValueError(f"loss must be 'binary_crossentropy' or 'focal', got '{name}'")
 
 
@@ -154,6 +155,7 @@ def compile_model(
     view_loss_weight: float = 0.0,
     weight_averaging: float | None = None,
     steps_per_execution: int = 1,
+    label_smoothing: float = 0.0,
 ) -> None:
     """Adam at ``learning_rate`` (a number or a schedule), the named loss, AUC as the metric.
 
@@ -162,12 +164,12 @@ def compile_model(
     auxiliary ``view`` output (``with_view_head``) also gets binary cross-entropy on the view,
     weighted by ``view_loss_weight``, and its accuracy. ``weight_averaging`` keeps an exponential
     moving average of the weights with that momentum (see ``averaged_weights``). ``steps_per_execution``
-    batches run per call of the compiled step.
+    batches run per call of the compiled step. ``label_smoothing`` applies to the finding's loss.
     """
     if len(model.outputs) == 1:
-        losses, weights, metrics = make_loss(loss), None, [keras.metrics.AUC(name="auc")]
+        losses, weights, metrics = make_loss(loss, label_smoothing), None, [keras.metrics.AUC(name="auc")]
     else:
-        losses, weights = [make_loss(loss), "binary_crossentropy"], [1.0, view_loss_weight]
+        losses, weights = [make_loss(loss, label_smoothing), "binary_crossentropy"], [1.0, view_loss_weight]
         metrics = [[keras.metrics.AUC(name="auc")], [keras.metrics.BinaryAccuracy(name="accuracy")]]
     model.compile(
         optimizer=keras.optimizers.Adam(

@@ -108,6 +108,7 @@ def _run_phases(
         "clipnorm": config.gradient_clipnorm,
         "view_loss_weight": config.view_loss_weight,
         "weight_averaging": config.weight_averaging,
+        "label_smoothing": config.label_smoothing,
     }
     set_trainable(model, 0)
     compile_model(model, config.head.learning_rate, config.loss, **compiled)
