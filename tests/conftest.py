@@ -7,6 +7,8 @@ marked ``slow``; ``make test-fast`` runs the rest.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -15,7 +17,8 @@ import pandas as pd
 import pytest
 
 from cardio_kedro.datasets import DecodedChunk, PixelCacheDataset
-from tests.helpers import SHARED_NIH, make_phantom_cohort, make_tiny_project, run_pipeline
+from cardio_kedro.team_server import MlflowServer, Postgres, postgres_bin
+from tests.helpers import SHARED_NIH, free_port, make_phantom_cohort, make_tiny_project, run_pipeline
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -82,3 +85,40 @@ def toy_cache(tmp_path_factory):
         "train": table.iloc[:64].reset_index(drop=True),
         "validation": table.iloc[64:].reset_index(drop=True),
     }
+
+
+def _postgres_available() -> None:
+    try:
+        postgres_bin("initdb")
+    except RuntimeError as missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {missing}")
+        pytest.skip(str(missing))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 for the whole session (tests make their own databases)."""
+    _postgres_available()
+    # not under pytest's tmp folder: that is private to root, and PostgreSQL runs as its own user
+    root = Path(tempfile.mkdtemp(prefix="cardio-postgres-"))
+    root.chmod(0o755)
+    server = Postgres(root / "db", free_port())
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def team_server(postgres, request):
+    """An MLflow server with proxied artifacts over a PostgreSQL database of this test module's own."""
+    name = "mlflow_" + request.module.__name__.rsplit(".", 1)[-1]
+    root = Path(tempfile.mkdtemp(prefix="cardio-mlflow-"))
+    server = MlflowServer(postgres.create_database(name), root / "artifacts", free_port(), log=root / "mlflow.log")
+    try:
+        yield server.start(), postgres
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

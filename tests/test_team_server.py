@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,37 +22,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from cardio_kedro.team_server import MlflowServer, Postgres, postgres_bin
+from cardio_kedro.team_server import MlflowServer, postgres_bin
 from tests.helpers import free_port, make_tiny_project, serve
 
 pytestmark = pytest.mark.slow
 FINDING = "Cardiomegaly"
-
-
-def _postgres_available() -> None:
-    try:
-        postgres_bin("initdb")
-    except RuntimeError as missing:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {missing}")
-        pytest.skip(str(missing))
-
-
-@pytest.fixture(scope="module")
-def team_server(tmp_path_factory):
-    _postgres_available()
-    # not under pytest's tmp folder: that is private to root, and PostgreSQL runs as its own user
-    root = Path(tempfile.mkdtemp(prefix="cardio-team-server-"))
-    root.chmod(0o755)
-    postgres = Postgres(root / "db", free_port())
-    server = MlflowServer(postgres.uri("mlflow"), root / "artifacts", free_port(), log=root / "mlflow.log")
-    try:
-        postgres.start()
-        yield server.start(), postgres
-    finally:
-        server.stop()
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _kedro(project: Path, cohort: Path, uri: str) -> subprocess.Popen:

@@ -42,6 +42,7 @@ GROUP_FILES = {
     "model_training": "parameters_model_training.yml",
     "reporting": "parameters_reporting.yml",
     "inference": "parameters_inference.yml",
+    "sweep": "parameters_sweep.yml",
 }
 
 
@@ -348,6 +349,49 @@ class InferenceParams(Group):
     service: ServiceParams
 
 
+# ---- sweep ---------------------------------------------------------------------------------------
+class SweepDimension(Group):
+    """One parameter of a sweep's search space: a number range or a list of choices."""
+
+    type: Literal["float", "int", "categorical"] = Field(description="how the values are drawn")
+    low: float | None = Field(default=None, description="float/int: the smallest value")
+    high: float | None = Field(default=None, description="float/int: the largest value")
+    log: bool = Field(default=False, description="float/int: draw on a log scale")
+    choices: list[Any] | None = Field(default=None, description="categorical: the values")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SweepDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} dimension needs low < high, got low {self.low}, high {self.high}")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"a log-scale dimension needs low > 0, got {self.low}")
+        return self
+
+
+class SweepParams(Group):
+    """``sweep``: an Optuna study whose trials are training runs (``python -m cardio_kedro.sweep``)."""
+
+    study_name: str = Field(min_length=1, description="the Optuna study; workers with the same name share it")
+    objective: str = Field(
+        description="the MLflow metric of a run to optimise, at the restored best epoch (a validation metric)"
+    )
+    direction: Literal["maximize", "minimize"] = Field(description="maximize (AUC) or minimize (a loss)")
+    sampler: Literal["tpe", "random"] = Field(description="how trials choose their parameters")
+    trials_per_worker: int = Field(ge=0, description="trials each worker runs (0: only mark dead workers' trials)")
+    heartbeat_s: int = Field(ge=1, description="a worker's heartbeat; a trial silent for 2x this is marked failed")
+    space: dict[str, SweepDimension] = Field(description="dotted parameter -> dimension; each trial draws every one")
+
+    @field_validator("objective")
+    @classmethod
+    def _never_test(cls, value: str) -> str:
+        if value.startswith("test"):
+            raise ValueError(f"'{value}' is measured on the test split: optimise a validation metric (val_auc)")
+        return value
+
+
 # ---- everything ----------------------------------------------------------------------------------
 class ProjectParams(Group):
     """The whole parameter tree."""
@@ -359,6 +403,7 @@ class ProjectParams(Group):
     model_training: ModelTrainingParams
     reporting: ReportingParams
     inference: InferenceParams
+    sweep: SweepParams
     cohort_dir: str | None = Field(default=None, description=RUNTIME_KEYS["cohort_dir"])
     images_dir: str | None = Field(default=None, description=RUNTIME_KEYS["images_dir"])
     model_uri: str | None = Field(default=None, description=RUNTIME_KEYS["model_uri"])
@@ -519,7 +564,7 @@ def _leaves(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
         nested = _fields_at(model, (name,))
-        if nested is not None and name not in ("augmentation",):
+        if nested is not None and name not in ("augmentation", "space"):
             yield from _leaves(nested, f"{key}.")
         else:
             yield key, info

@@ -7,6 +7,7 @@ The other project hooks: ``preflight.py`` (checks before a run) and ``run_summar
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,6 +27,14 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+SWEEP_ENV = {"sweep.study": "CARDIO_SWEEP_STUDY", "sweep.trial": "CARDIO_SWEEP_TRIAL"}  # set by cardio_kedro.sweep
+
+
+def sweep_tags() -> dict[str, str]:
+    """``sweep.study`` and ``sweep.trial`` of a run that a sweep worker started (none otherwise)."""
+    return {tag: os.environ[var] for tag, var in SWEEP_ENV.items() if os.environ.get(var)}
 
 
 def create_experiment(tracking_uri: str, name: str, kwargs: Any = None) -> None:
@@ -83,7 +92,7 @@ class MlflowTagHooks:
             return
         self._target = catalog.load("params:target_finding")
         self._service_limits = dict(catalog.load("params:inference")["service"])
-        tags = {"git.commit": _git_commit()}
+        tags = {"git.commit": _git_commit(), **sweep_tags()}
         if TRAINING_PARAMS in pipeline.inputs():
             import keras
 

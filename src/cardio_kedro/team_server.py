@@ -108,15 +108,20 @@ class Postgres:
             f"starting PostgreSQL on port {self.port} (log: {log})",
         )
         for database in DATABASES:
-            done = subprocess.run(
-                [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", database],
-                capture_output=True,
-                check=False,
-                text=True,
-            )
-            if done.returncode and "already exists" not in done.stderr:
-                raise TeamServerError(f"createdb {database} failed: {done.stderr.strip()}")
+            self.create_database(database)
         return self
+
+    def create_database(self, name: str) -> str:
+        """Create the database ``name`` unless it exists; its URI."""
+        done = subprocess.run(
+            [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name],
+            capture_output=True,
+            check=False,
+            text=True,
+        )
+        if done.returncode and "already exists" not in done.stderr:
+            raise TeamServerError(f"createdb {name} failed: {done.stderr.strip()}")
+        return self.uri(name)
 
     def stop(self) -> None:
         subprocess.run(

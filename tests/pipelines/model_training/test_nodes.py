@@ -72,6 +72,8 @@ def test_epoch_metrics_are_mlflow_histories_by_epoch():
         "loss": [{"value": 0.7, "step": 1}, {"value": 0.5, "step": 2}],
         "val_auc": [{"value": 0.6, "step": 1}],
     }
+    kept = history.assign(best=[False, True])
+    assert epoch_metrics(kept)["best_epoch"] == [{"value": 2.0, "step": 0}]
 
 
 @pytest.mark.slow

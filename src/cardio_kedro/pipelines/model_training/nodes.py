@@ -195,12 +195,15 @@ def train_model(
 
 
 def epoch_metrics(history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
-    """The per-epoch history as MLflow metric histories (step = epoch), finite values only."""
+    """The per-epoch history as MLflow metric histories (step = epoch), finite values only, and
+    ``best_epoch``: the epoch whose weights were kept (a sweep reads its objective there)."""
     metrics = {
         name: [{"value": float(v), "step": int(e)} for e, v in zip(history["epoch"], history[name]) if math.isfinite(v)]
         for name in HISTORY_METRICS
         if name in history
     }
+    if "best" in history and history["best"].any():
+        metrics["best_epoch"] = [{"value": float(history.loc[history["best"], "epoch"].iloc[0]), "step": 0}]
     return {name: values for name, values in metrics.items() if values}
 
 
