@@ -31,6 +31,9 @@ def test_nih_environment_overrides_single_keys(tiny_project):
 
 
 def test_mlflow_tracking_uri_points_runs_at_a_server(monkeypatch):
+    """The variable as the process started names the store; what MLflow writes later does not move it."""
+    import importlib
+
     from kedro.config import OmegaConfigLoader
 
     from cardio_kedro import settings
@@ -40,7 +43,15 @@ def test_mlflow_tracking_uri_points_runs_at_a_server(monkeypatch):
         loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **settings.CONFIG_LOADER_ARGS)
         return loader["mlflow"]["server"]["mlflow_tracking_uri"]
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri() == "sqlite:///mlflow.db"  # the local store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.lab.org:5000")
-    assert tracking_uri() == "http://mlflow.lab.org:5000"
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        importlib.reload(settings)  # as a process started without it
+        assert tracking_uri() == "sqlite:///mlflow.db"  # the local store
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")  # as mlflow.set_tracking_uri does
+        assert tracking_uri() == "sqlite:///mlflow.db"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.lab.org:5000")
+        importlib.reload(settings)  # as a process started with it
+        assert tracking_uri() == "http://mlflow.lab.org:5000"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(settings)

@@ -15,9 +15,16 @@ warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is depreca
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
 
 
+# The environment as the process started. MLflow writes MLFLOW_TRACKING_URI into os.environ when a
+# run sets its store, so a second Kedro session in the same process (a notebook, the tests) would
+# otherwise inherit the first project's store instead of its own.
+_STARTUP_ENVIRON = dict(os.environ)
+
+
 def _env(name: str, default: str | None = None) -> str | None:
-    """``${env:NAME,default}`` in conf: an environment variable (MLflow's own ``MLFLOW_TRACKING_URI``)."""
-    return os.environ.get(name) or default
+    """``${env:NAME,default}`` in conf: an environment variable as the process started (MLflow's own
+    ``MLFLOW_TRACKING_URI`` points runs at a team's server)."""
+    return _STARTUP_ENVIRON.get(name) or default
 
 
 HOOKS = (PreflightHooks(), MlflowTagHooks(), RunSummaryHooks(), RunGuardHooks())

@@ -1,6 +1,12 @@
 """Custom Kedro datasets of the project: they store and load; nodes do the work."""
 
-from .cohort import BoxListDataset, ImageFileIndexDataset, LabelTableDataset, OfficialSplitDataset
+from .cohort import (
+    BoxListDataset,
+    CohortStorageDataset,
+    ImageFileIndexDataset,
+    LabelTableDataset,
+    OfficialSplitDataset,
+)
 from .figure_dataset import FigureDataset
 from .image_folder_dataset import ImageFolderDataset, PngFolderDataset
 from .inference_model_dataset import InferenceModelDataset
@@ -10,6 +16,7 @@ from .pixel_cache_dataset import DecodedChunk, PixelCache, PixelCacheDataset
 
 __all__ = [
     "BoxListDataset",
+    "CohortStorageDataset",
     "DecodedChunk",
     "FigureDataset",
     "ImageFileIndexDataset",

@@ -13,9 +13,11 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import fsspec
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
+from cardio_kedro import storage
 from cardio_kedro.errors import UserDatasetError
 from cardio_kedro.imaging import IMAGE_SUFFIXES
 from cardio_kedro.nih import (
@@ -24,6 +26,7 @@ from cardio_kedro.nih import (
     OFFICIAL_SPLIT_FILES,
     REQUIRED_LABEL_COLUMNS,
 )
+from cardio_kedro.storage import is_remote
 
 from ._files import atomic_file, atomic_folder, walk_files, write_files
 
@@ -35,17 +38,23 @@ NO_COHORT_HINT = (
 )
 
 
-def read_label_table(path: str | Path) -> pd.DataFrame:
+def read_label_table(path: str | Path, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """Read an NIH ``Data_Entry_2017.csv``: the Kaggle file (trailing empty column) or the 2020 revision.
 
     The header's ``OriginalImage[Width,Height]`` contains a comma, so the header is matched by name
     and the values are read positionally. Every row needs an image name and an integer patient id
     (the split is by patient): a row without one is refused with its line number.
     """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8-sig") as fh:
-        header = fh.readline().strip()
+    remote = is_remote(str(path))
+    path = str(path) if remote else Path(path)
+    options = {"storage_options": storage_options or {}} if remote else {}
+    if remote:
+        with fsspec.open(path, "rt", encoding="utf-8-sig", compression="infer", **(storage_options or {})) as fh:
+            header = fh.readline().strip()
+    else:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8-sig") as fh:
+            header = fh.readline().strip()
     names = [n.strip() for n in header.split(",")]
     missing = [c for c in REQUIRED_LABEL_COLUMNS if c not in names]
     if missing:
@@ -54,11 +63,11 @@ def read_label_table(path: str | Path) -> pd.DataFrame:
             f"starting with {', '.join(REQUIRED_LABEL_COLUMNS)}"
         )
     if names[: len(REQUIRED_LABEL_COLUMNS)] == list(REQUIRED_LABEL_COLUMNS):
-        raw = pd.read_csv(path, header=None, skiprows=1, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(path, header=None, skiprows=1, dtype=str, keep_default_na=False, **options)
         raw = raw.iloc[:, : len(LABEL_TABLE_COLUMNS)]
         raw.columns = list(LABEL_TABLE_COLUMNS[: raw.shape[1]])
     else:  # the required columns in another order, without the comma-split extras
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, **options)
         raw = raw[[c for c in raw.columns if not c.startswith("Unnamed")]]
     _check_identifiers(raw, path)
     return raw
@@ -82,30 +91,54 @@ def _check_identifiers(raw: pd.DataFrame, path: Path) -> None:
             )
 
 
-def read_box_list(path: str | Path) -> pd.DataFrame:
+def read_box_list(path: str | Path, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """Read NIH's ``BBox_List_2017.csv`` into ``image_index, finding, x, y, w, h``."""
+    options = {"storage_options": storage_options or {}} if is_remote(str(path)) else {}
     try:
-        raw = pd.read_csv(path, header=None, skiprows=1, usecols=range(len(BOX_COLUMNS)))
+        raw = pd.read_csv(path, header=None, skiprows=1, usecols=range(len(BOX_COLUMNS)), **options)
     except pd.errors.EmptyDataError:  # header only: no boxes
         return pd.DataFrame(columns=list(BOX_COLUMNS))
     raw.columns = list(BOX_COLUMNS)
     return raw
 
 
-class _CohortFile(AbstractDataset[pd.DataFrame, pd.DataFrame]):
-    """A CSV file of the cohort folder, written atomically."""
+class _RemoteAware:
+    """A cohort dataset whose path may be an fsspec URL (``s3://...``), read with ``credentials``."""
 
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
+    def _init_location(self, location: str, credentials: dict[str, Any] | None) -> None:
+        self._remote = is_remote(location)
+        self._url = location.rstrip("/") if self._remote else None
+        self._storage_options = dict(credentials or {})
+
+    def _refuse_remote_write(self) -> None:
+        if self._remote:
+            raise UserDatasetError(
+                f"Writing a cohort to object storage ({self._url}) is not supported: generate it locally "
+                "(kedro run --pipelines=phantom_cohort) and upload the folder"
+            )
+
+
+class _CohortFile(_RemoteAware, AbstractDataset[pd.DataFrame, pd.DataFrame]):
+    """A CSV file of the cohort folder (local, written atomically; or an object in a store)."""
+
+    def __init__(
+        self, filepath: str, credentials: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+    ):
+        self._init_location(str(filepath), credentials)
+        self._filepath = self._url if self._remote else Path(filepath)
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
 
+    def _is_file(self) -> bool:
+        return storage.exists(self._url, self._storage_options) if self._remote else self._filepath.is_file()
+
     def _exists(self) -> bool:
-        return self._filepath.is_file()
+        return self._is_file()
 
     def _save(self, table: pd.DataFrame) -> None:
+        self._refuse_remote_write()
         with atomic_file(self._filepath, ".csv") as tmp:
             table.to_csv(tmp, index=False)
 
@@ -114,6 +147,10 @@ class LabelTableDataset(_CohortFile):
     """``Data_Entry_2017.csv`` as a DataFrame of strings with the NIH column names."""
 
     def _load(self) -> pd.DataFrame:
+        if self._remote:
+            if not self._is_file():
+                raise UserDatasetError(f"No label table at '{self._url}' (or no access to it). {NO_COHORT_HINT}")
+            return read_label_table(self._url, self._storage_options)
         if not self._filepath.is_file():
             folder = self._filepath.parent
             where = "folder does not exist" if not folder.exists() else f"no {self._filepath.name} in it"
@@ -125,26 +162,32 @@ class BoxListDataset(_CohortFile):
     """``BBox_List_2017.csv`` as ``image_index, finding, x, y, w, h`` (empty when the cohort has none)."""
 
     def _load(self) -> pd.DataFrame:
-        if not self._filepath.is_file():
-            logger.info("No %s in the cohort: attention localization is skipped", self._filepath.name)
+        if not self._is_file():
+            logger.info("No %s in the cohort: attention localization is skipped", str(self._filepath).rsplit("/")[-1])
             return pd.DataFrame(columns=list(BOX_COLUMNS))
-        return read_box_list(self._filepath)
+        return read_box_list(self._filepath, self._storage_options)
 
 
-class OfficialSplitDataset(AbstractDataset[None, dict]):
+class OfficialSplitDataset(_RemoteAware, AbstractDataset[None, dict]):
     """NIH's ``train_val_list.txt`` and ``test_list.txt`` as ``{"train_val": [...], "test": [...]}``.
 
     Loads ``{}`` when the cohort folder does not have both lists.
     """
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+    def __init__(self, path: str, credentials: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
+        self._init_location(str(path), credentials)
         self._path = Path(path)
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path)}
+        return {"path": self._url or str(self._path)}
 
     def _load(self) -> dict:
+        if self._remote:
+            urls = {key: storage.join(self._url, name) for key, name in OFFICIAL_SPLIT_FILES.items()}
+            if not all(storage.exists(u, self._storage_options) for u in urls.values()):
+                return {}
+            return {key: storage.read_bytes(u, self._storage_options).decode().split() for key, u in urls.items()}
         files = {key: self._path / name for key, name in OFFICIAL_SPLIT_FILES.items()}
         if not all(p.is_file() for p in files.values()):
             return {}
@@ -154,7 +197,7 @@ class OfficialSplitDataset(AbstractDataset[None, dict]):
         raise DatasetError("OfficialSplitDataset is read-only")
 
 
-class ImageFileIndexDataset(AbstractDataset[Iterable[tuple[str, bytes]], pd.DataFrame]):
+class ImageFileIndexDataset(_RemoteAware, AbstractDataset[Iterable[tuple[str, bytes]], pd.DataFrame]):
     """The image files below a cohort folder, at any depth.
 
     ``load`` returns ``image_index`` (file name) and ``path`` for every PNG/JPEG, the first one
@@ -163,17 +206,32 @@ class ImageFileIndexDataset(AbstractDataset[Iterable[tuple[str, bytes]], pd.Data
     of the cohort only when every file is written.
     """
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+    def __init__(self, path: str, credentials: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
+        self._init_location(str(path), credentials)
         self._path = Path(path)
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path)}
+        return {"path": self._url or str(self._path)}
 
     def _exists(self) -> bool:
-        return self._path.is_dir()
+        return storage.exists(self._url, self._storage_options) if self._remote else self._path.is_dir()
+
+    def _load_remote(self) -> pd.DataFrame:
+        """The listing gives each object's size and time: ``nbytes`` and ``mtime_ns`` come with it."""
+        rows: dict[str, tuple[str, int, int]] = {}
+        for url, nbytes, mtime_ns in storage.list_files(self._url, self._storage_options):
+            name = url.rsplit("/", 1)[-1]
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                rows.setdefault(name, (url, nbytes, mtime_ns))
+        if not rows:
+            raise UserDatasetError(f"No images below '{self._url}' (or no access to it). {NO_COHORT_HINT}")
+        urls, nbytes, mtimes = zip(*rows.values())
+        return pd.DataFrame({"image_index": list(rows), "path": urls, "nbytes": nbytes, "mtime_ns": mtimes})
 
     def _load(self) -> pd.DataFrame:
+        if self._remote:
+            return self._load_remote()
         if not self._path.is_dir():
             raise UserDatasetError(f"No cohort folder at '{self._path}'. {NO_COHORT_HINT}")
         files: dict[str, str] = {}
@@ -183,6 +241,31 @@ class ImageFileIndexDataset(AbstractDataset[Iterable[tuple[str, bytes]], pd.Data
         return pd.DataFrame({"image_index": list(files), "path": list(files.values())})
 
     def _save(self, images: Iterable[tuple[str, bytes]]) -> None:
+        self._refuse_remote_write()
         with atomic_folder(self._path) as tmp:
             n = write_files(tmp, images)
         logger.info("Wrote %d image(s) to %s", n, PurePosixPath(self._path))
+
+
+class CohortStorageDataset(AbstractDataset[None, dict]):
+    """The storage options (``credentials``) of a cohort in object storage, for the decoding node.
+
+    Loads ``{}`` for a local cohort. The options stay in memory: they go to the decoding workers,
+    never into a saved table.
+    """
+
+    def __init__(
+        self, path: str | None, credentials: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+    ):
+        self._path = str(path) if path else None
+        self._credentials = dict(credentials or {})
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._path, "credentials": "***" if self._credentials else None}
+
+    def _load(self) -> dict:
+        return self._credentials if self._path and is_remote(self._path) else {}
+
+    def _save(self, data: None) -> None:
+        raise DatasetError("CohortStorageDataset is read-only")

@@ -10,6 +10,7 @@ from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Ve
 
 from cardio_kedro.errors import UserDatasetError
 from cardio_kedro.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from cardio_kedro.storage import filesystem, is_remote, list_files
 
 from ._files import atomic_folder, version_exists, walk_files, write_files
 
@@ -19,16 +20,33 @@ SCORED_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
     """``load`` lists the images under ``path`` (any depth) as ``file`` (relative) and ``path``."""
 
-    def __init__(self, path: str | None, metadata: dict[str, Any] | None = None):
+    def __init__(
+        self, path: str | None, credentials: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+    ):
+        self._url = str(path).rstrip("/") if path and is_remote(str(path)) else None
         self._path = Path(path) if path else None
+        self._storage_options = dict(credentials or {})
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path)}
+        return {"path": self._url or str(self._path)}
+
+    def _load_remote(self) -> pd.DataFrame:
+        """The objects below an fsspec URL (``s3://bucket/batch``): ``file`` relative to it, ``path`` the URL."""
+        urls = [
+            url
+            for url, _, _ in list_files(self._url, self._storage_options)
+            if url.lower().endswith(SCORED_SUFFIXES) or "." not in url.rsplit("/", 1)[-1]
+        ]
+        fs, root = filesystem(self._url, self._storage_options)
+        files = [fs._strip_protocol(url)[len(root) :].lstrip("/") for url in urls]
+        return pd.DataFrame({"file": files, "path": urls})
 
     def _load(self) -> pd.DataFrame:
         if self._path is None:
             raise UserDatasetError("No images folder given: run with --params=images_dir=/path/to/images")
+        if self._url:
+            return self._load_remote()
         if not self._path.is_dir():
             raise UserDatasetError(f"The images folder '{self._path}' does not exist")
         files = sorted(

@@ -15,6 +15,7 @@ def _catalog(cohort_dir, cache_dir) -> DataCatalog:
     catalog["cohort_labels"] = LabelTableDataset(str(cohort_dir / "Data_Entry_2017.csv")).load()
     catalog["cohort_images"] = ImageFileIndexDataset(str(cohort_dir)).load()
     catalog["official_split"] = {}
+    catalog["cohort_storage"] = {}  # a local cohort
     params = base_params("data_processing", workers=1)
     catalog["params:data_processing"] = params
     catalog["params:data_processing.split"] = params["split"]

@@ -30,6 +30,7 @@ def test_a_folder_is_scored_with_errors_as_rows(toy_cache, tmp_path):
     info = {"model": model, "threshold": operating_threshold(model), "version": "v1", "source": "memory"}
     catalog["inference_model"] = MemoryDataset(info, copy_mode="assign")
     catalog["params:inference"] = base_params("inference", workers=1, batch_size=2, heatmaps=True)
+    catalog["inference_storage"] = {}  # a local folder
     outputs = SequentialRunner().run(create_pipeline(), catalog)
     table = outputs["inference_predictions"].load().set_index("file")
     assert table.loc["notes.png", "error"].startswith("not_an_image") and np.isnan(

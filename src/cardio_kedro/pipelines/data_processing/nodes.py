@@ -17,6 +17,7 @@ from cardio_kedro.imaging import check_file, try_load_gray
 from cardio_kedro.nih import NIH_FINDINGS, NO_FINDING
 from cardio_kedro.parallel import imap_progress
 from cardio_kedro.sampling import undersample
+from cardio_kedro.storage import is_remote, try_load_gray_url
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,11 @@ def resolve_image_files(
     found = paths.notna()
     missing = metadata.loc[~found, "image_index"]
     candidates = metadata[found].assign(path=paths[found].astype(object))
+    if "nbytes" in image_files:  # a cohort in object storage: the listing gave sizes and times, and
+        # decoding reads each object once and checks it then (no request per image here)
+        stamps = image_files.set_index("path")[["nbytes", "mtime_ns"]]
+        resolved = candidates.join(stamps, on="path").reset_index(drop=True)
+        return resolved, _dropped(missing, ["missing"] * len(missing), ["no file"] * len(missing))
     checks = list(
         imap_progress(
             check_file,
@@ -158,12 +164,18 @@ def resolve_image_files(
     return resolved, problems
 
 
-def _decode_chunks(todo: pd.DataFrame, size: int, workers: int | None) -> Iterator[DecodedChunk]:
-    """Decode ``todo``'s files on every core and yield them in chunks of about ``CHUNK_BYTES``."""
+def _decode_chunks(
+    todo: pd.DataFrame, size: int, workers: int | None, storage_options: dict[str, Any] | None = None
+) -> Iterator[DecodedChunk]:
+    """Decode ``todo``'s files (or objects of a store) on every core, in chunks of about ``CHUNK_BYTES``."""
     per_chunk = max(64, CHUNK_BYTES // (size * size))
-    decoded = imap_progress(
-        partial(try_load_gray, size=size), todo["path"].tolist(), len(todo), f"Decoding images to {size}px", workers
+    remote = len(todo) > 0 and is_remote(str(todo["path"].iloc[0]))
+    load = (
+        partial(try_load_gray_url, size=size, storage_options=storage_options)
+        if remote
+        else partial(try_load_gray, size=size)
     )
+    decoded = imap_progress(load, todo["path"].tolist(), len(todo), f"Decoding images to {size}px", workers)
     for start in range(0, len(todo), per_chunk):
         part = todo.iloc[start : start + per_chunk]
         pixels = np.empty((len(part), size, size), np.uint8)  # filled in place: one copy of the chunk in memory
@@ -187,12 +199,17 @@ def _decode_chunks(todo: pd.DataFrame, size: int, workers: int | None) -> Iterat
 
 
 def decode_images(
-    resolved: pd.DataFrame, existing: PixelCache, image_size: int, params: dict[str, Any]
+    resolved: pd.DataFrame,
+    existing: PixelCache,
+    image_size: int,
+    params: dict[str, Any],
+    storage_options: dict[str, Any] | None = None,
 ) -> Iterator[DecodedChunk]:
     """Decode every resolved image not yet in the pixel cache at ``image_size`` px, on every core.
 
     A generator: each chunk is appended to the cache as soon as it is decoded, so an interrupted
     run keeps its progress. Files already cached from the same size and mtime are not decoded again.
+    ``storage_options`` (the catalog's ``cohort_storage``) open a cohort in object storage.
     """
     config = DataProcessingParams.model_validate(params)
     if int(image_size) != existing.size:
@@ -212,7 +229,7 @@ def decode_images(
     if todo.empty:
         yield DecodedChunk.empty(existing.size)
         return
-    yield from _decode_chunks(todo, existing.size, config.workers)
+    yield from _decode_chunks(todo, existing.size, config.workers, storage_options)
 
 
 def select_decoded_images(

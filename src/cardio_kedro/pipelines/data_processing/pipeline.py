@@ -30,7 +30,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 decode_images,
-                inputs=["resolved_images", "existing_pixel_cache", "params:image_size", "params:data_processing"],
+                inputs=[
+                    "resolved_images",
+                    "existing_pixel_cache",
+                    "params:image_size",
+                    "params:data_processing",
+                    "cohort_storage",
+                ],
                 outputs="pixel_cache",
                 name="decode_images",
             ),

@@ -18,14 +18,21 @@ from cardio_kedro.errors import UserValueError
 from cardio_kedro.imaging import try_load_gray
 from cardio_kedro.modeling import attention_model, encode_png, overlay, with_score
 from cardio_kedro.parallel import imap_progress
+from cardio_kedro.storage import is_remote, try_load_gray_url
 
 logger = logging.getLogger(__name__)
 
 
-def _batches(images: pd.DataFrame, size: int, config: InferenceParams) -> Iterator[tuple[list[str], list]]:
-    """``(files, decoded)`` batches; files are decoded on every core while earlier batches are scored."""
+def _batches(
+    images: pd.DataFrame, size: int, config: InferenceParams, storage_options: dict[str, Any] | None = None
+) -> Iterator[tuple[list[str], list]]:
+    """``(files, decoded)`` batches; files are decoded on every core while earlier batches are scored.
+    Objects of a store (``s3://...``) are read once each with ``storage_options``."""
+    remote = len(images) > 0 and is_remote(str(images["path"].iloc[0]))
     decoded = imap_progress(
-        partial(try_load_gray, size=size),
+        partial(try_load_gray_url, size=size, storage_options=storage_options)
+        if remote
+        else partial(try_load_gray, size=size),
         images["path"].tolist(),
         total=len(images),
         what="Decoding and scoring images",
@@ -80,13 +87,15 @@ def _threshold(model_info: dict, config: InferenceParams) -> float:
     return model_info["threshold"]
 
 
-def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
+def score_images(
+    images: pd.DataFrame, model_info: dict, params: dict[str, Any], storage_options: dict[str, Any] | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Calibrated probability, label and raw score for every file; unreadable files become rows with an ``error``.
 
     The label uses the threshold saved with the model (or an explicit ``inference.threshold``).
     Files are decoded on every core and scored in batches as they arrive (memory stays flat);
     with ``heatmaps: true`` the attention overlay of every scored image is returned as
-    ``{file.png: PNG bytes}``.
+    ``{file.png: PNG bytes}``. ``storage_options`` (``inference_storage``) open images in object storage.
     """
     config = InferenceParams.model_validate(params)
     if images.empty:
@@ -95,7 +104,7 @@ def score_images(images: pd.DataFrame, model_info: dict, params: dict[str, Any])
     threshold = _threshold(model_info, config)
     scorer, rows, overlays = _scorer(model, config.heatmaps), [], {}
     names = overlay_names(images["file"].tolist())
-    for files, decoded in _batches(images, int(model.inputs[0].shape[1]), config):
+    for files, decoded in _batches(images, int(model.inputs[0].shape[1]), config, storage_options):
         ok = [i for i, (_, _, error) in enumerate(decoded) if error is None]
         probs, scores = np.full(len(files), np.nan), np.full(len(files), np.nan)
         if ok:

@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 score_images,
-                inputs=["inference_images", "inference_model", "params:inference"],
+                inputs=["inference_images", "inference_model", "params:inference", "inference_storage"],
                 outputs=["inference_predictions", "inference_heatmaps"],
                 name="score_images",
             )
