@@ -282,7 +282,10 @@ class ModelTrainingParams(Group):
     mixed_precision: Literal["auto", "float32", "mixed_bfloat16"] = Field(
         description="auto: mixed_bfloat16 with an accelerator, float32 on CPU"
     )
-    distribution: Literal["single", "data_parallel"] = Field(description="data_parallel: every local accelerator")
+    distribution: Literal["single", "data_parallel", "multi_host"] = Field(
+        description="data_parallel: every local accelerator; multi_host: every device of every process "
+        "(JAX; python -m cardio_kedro.multihost, docs/scaling_out.md)"
+    )
     require_accelerator: bool = Field(
         description="stop before any data is read when the Keras backend sees no GPU or TPU (a run meant for an "
         "accelerator never falls back to hours on the CPU)"
@@ -685,3 +688,14 @@ def deep_merge(into: dict, other: Mapping) -> dict:
 
 if __name__ == "__main__":
     print(parameters_markdown(Path("conf")), end="")
+
+
+def parse_runtime_params(text: str) -> dict:
+    """``--params`` text (``a.b=1,c=x``) as the nested dict ``kedro run`` makes of it."""
+    from omegaconf import OmegaConf
+
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    bad = [item for item in items if "=" not in item or not item.split("=", 1)[0].strip()]
+    if bad:
+        raise ValueError(f"--params items must be key=value, got {bad}")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(items))

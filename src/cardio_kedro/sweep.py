@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cardio_kedro.config import SweepDimension, SweepParams
+from cardio_kedro.config import SweepDimension, SweepParams, parse_runtime_params
 from cardio_kedro.hooks import SWEEP_ENV
 
 logger = logging.getLogger("cardio_kedro.sweep")
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from cardio_kedro.hooks import create_experiment
 
     project = args.project.resolve()
-    runtime = dict(part.split("=", 1) for part in args.params.split(",") if part)
+    runtime = parse_runtime_params(args.params)
     config, finding = load_sweep_params(project, args.env, runtime)
     trials = config.trials_per_worker if args.trials is None else args.trials
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'mlflow.db'}"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 
 from cardio_kedro.modeling.devices import accelerators, visible_devices
 
@@ -100,12 +102,60 @@ def resolve_precision(setting: str) -> str:
     return setting
 
 
+MULTI_HOST_ENV = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
+
+
+def initialize_multi_host() -> tuple[int, int]:
+    """Join the JAX distributed runtime (``keras.distribution.initialize``) once; ``(process id, count)``.
+
+    The coordinator's address, the number of processes and this process's id come from
+    ``KERAS_DISTRIBUTION_JOB_ADDRESSES``, ``KERAS_DISTRIBUTION_NUM_PROCESSES`` and
+    ``KERAS_DISTRIBUTION_PROCESS_ID`` (docs/scaling_out.md shows them set from Slurm or by hand).
+    It must run before JAX computes anything in this process.
+    """
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            f"model_training.distribution multi_host needs the JAX backend (KERAS_BACKEND=jax), not "
+            f"{keras.backend.backend()}: Keras 3 does not support TensorFlow's MultiWorkerMirroredStrategy"
+        )
+    missing = [name for name in MULTI_HOST_ENV if not os.environ.get(name)]
+    if missing:
+        raise ValueError(f"model_training.distribution multi_host: set {', '.join(missing)} (docs/scaling_out.md)")
+    import jax
+
+    if not jax.distributed.is_initialized():
+        keras.distribution.initialize()
+    return jax.process_index(), jax.process_count()
+
+
+def process_shard(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """This process's share of ``frame`` under ``multi_host``: the rows shuffled with ``seed`` (the same
+    order in every process), every process-count-th row from this process's index, all shares equally
+    long (a batch step is collective: every process takes as many as the others)."""
+    import jax
+
+    index, count = jax.process_index(), jax.process_count()
+    order = np.random.default_rng(seed).permutation(len(frame))
+    share = len(frame) // count
+    return frame.iloc[order[index::count][:share]].reset_index(drop=True)
+
+
 def distribution_scope(kind: str):
-    """Context for building and training under ``single`` or ``data_parallel`` distribution."""
+    """Context for building and training under ``single``, ``data_parallel`` or ``multi_host`` distribution."""
     if kind == "single":
         return contextlib.nullcontext()
+    if kind == "multi_host":
+        initialize_multi_host()
+        distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+        distribution.auto_shard_dataset = False  # each process feeds its own shard (process_shard)
+        keras.distribution.set_distribution(distribution)
+        return contextlib.nullcontext()
     if kind != "data_parallel":
-        raise ValueError(f"distribution must be 'single' or 'data_parallel', got '{kind}'")
+        raise ValueError(f"distribution must be 'single', 'data_parallel' or 'multi_host', got '{kind}'")
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf  # the one backend-specific spot: TF's own strategy

@@ -24,7 +24,9 @@ from cardio_kedro.modeling.training import (
     averaged_weights,
     compile_model,
     distribution_scope,
+    initialize_multi_host,
     monitored,
+    process_shard,
     resolve_precision,
     set_trainable,
 )
@@ -151,6 +153,8 @@ def train_model(
     """
     config = ModelTrainingParams.model_validate(params)
     _require_both_classes(train=train, validation=validation)
+    if config.distribution == "multi_host":
+        train, validation, config = _multi_host_share(train, validation, config)
     previous_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(resolve_precision(config.mixed_precision))
     try:
@@ -189,9 +193,37 @@ def train_model(
             f"Training stopped: the {monitor.diverged}. Lower the learning rate or check the inputs."
         )
     monitor.restore()
+    if config.distribution == "multi_host":  # the next nodes run in process 0 alone: a model of its own
+        replicated = model
+        model = build_model(pixel_cache.size, **config.model.model_dump())
+        model.set_weights(replicated.get_weights())
     history = pd.DataFrame(monitor.records)
     history["best"] = history["epoch"] == monitor.best_epoch
     return model, history
+
+
+def _multi_host_share(
+    train: pd.DataFrame, validation: pd.DataFrame, config: ModelTrainingParams
+) -> tuple[pd.DataFrame, pd.DataFrame, ModelTrainingParams]:
+    """This process's shards of both splits and its share of the batch (``distribution: multi_host``)."""
+    index, count = initialize_multi_host()
+    if config.batch_size % count:
+        raise UserValueError(
+            f"model_training.batch_size {config.batch_size} does not split over {count} processes: "
+            f"use a multiple of {count} (each process takes batch_size / {count} images a step)"
+        )
+    shards = process_shard(train, config.seed), process_shard(validation, config.seed + 1)
+    logger.info(
+        "multi_host: process %d of %d trains on %d of %d images and validates on %d of %d, %d a step",
+        index,
+        count,
+        len(shards[0]),
+        len(train),
+        len(shards[1]),
+        len(validation),
+        config.batch_size // count,
+    )
+    return *shards, config.model_copy(update={"batch_size": config.batch_size // count})
 
 
 def epoch_metrics(history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
