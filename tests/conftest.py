@@ -22,6 +22,24 @@ from tests.helpers import SHARED_NIH, free_port, make_phantom_cohort, make_tiny_
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+_SESSION_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _restore_tracking_uri() -> None:
+    if _SESSION_TRACKING_URI is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = _SESSION_TRACKING_URI
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_as_the_session_started():
+    """MLflow writes MLFLOW_TRACKING_URI into os.environ whenever a run sets its store, and the project
+    reads that variable: a `kedro run` that a later test starts in a subprocess would otherwise log
+    to another test's project. Every test starts (and ends) with the variable as the session had it."""
+    _restore_tracking_uri()
+    yield
+    _restore_tracking_uri()
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,8 @@ def test_the_lock_pins_every_dependency_with_hashes(lock_file, extras):
 def test_the_gpu_lock_is_the_cpu_lock_plus_jax_with_cuda():
     cpu, gpu = _pins((ROOT / "requirements.lock").read_text()), _pins((ROOT / "requirements-gpu.lock").read_text())
     assert {k: gpu[k] for k in cpu} == cpu  # the same versions of everything the CPU install has
-    assert {"jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt"} <= set(gpu) - set(cpu)
+    assert {"jax-cuda12-plugin", "jax-cuda12-pjrt", "nvidia-cudnn-cu12"} <= set(gpu) - set(cpu)  # CUDA on top
+    assert {"jax", "jaxlib"} <= set(cpu)  # the CPU build, for the multi-host training test
 
 
 def test_make_run_gpu_installs_the_gpu_lock_and_trains_with_jax_on_a_gpu_only():

@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 from cardio_kedro.sweep import CHAMPION, draw, objective_value, params_argument
-from tests.helpers import make_tiny_project
+from tests.helpers import make_tiny_project, mlflow_store
 
 pytestmark = pytest.mark.slow
 FINDING = "Cardiomegaly"
@@ -92,13 +92,13 @@ def test_two_workers_run_exactly_four_trials_as_four_finished_mlflow_runs(two_wo
     assert len(parameter_sets) == 4  # no duplicates
 
 
-def test_the_best_trial_is_the_champion_that_inference_resolves(two_workers, monkeypatch):
+def test_the_best_trial_is_the_champion_that_inference_resolves(two_workers):
     study, client, _ = two_workers
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
     best_run = study.best_trial.user_attrs["mlflow_run_id"]
     for name in (f"{FINDING}-classifier", f"{FINDING}-classifier-service"):
         assert client.get_model_version_by_alias(name, CHAMPION).run_id == best_run
-    info = mlflow.models.get_model_info(f"models:/{FINDING}-classifier@{CHAMPION}")
+    with mlflow_store(client.tracking_uri):  # as inference resolves model_uri
+        info = mlflow.models.get_model_info(f"models:/{FINDING}-classifier@{CHAMPION}")
     assert info.run_id == best_run
 
 

@@ -23,7 +23,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cardio_kedro.team_server import MlflowServer, postgres_bin
-from tests.helpers import free_port, make_tiny_project, serve
+from tests.helpers import free_port, make_tiny_project, mlflow_store, serve
 
 pytestmark = pytest.mark.slow
 FINDING = "Cardiomegaly"
@@ -68,9 +68,8 @@ def test_two_runs_started_together_both_finish_in_one_experiment(two_runs):
     assert all("test_auc" in run.data.metrics for run in runs)
 
 
-def test_artifacts_download_back_through_the_server(two_runs, tmp_path, monkeypatch):
+def test_artifacts_download_back_through_the_server(two_runs, tmp_path):
     client, _, runs = two_runs
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # as a team member's shell has it
     for run in runs:
         where = tmp_path / run.info.run_id
         where.mkdir()
@@ -83,10 +82,10 @@ def test_artifacts_download_back_through_the_server(two_runs, tmp_path, monkeypa
         assert next((where / "roc_plot").rglob("*.png")).read_bytes()[:4] == b"\x89PNG"
         # the registered Keras model of this run, from the registry through the server
         (version,) = client.search_model_versions(f"name='{FINDING}-classifier' and run_id='{run.info.run_id}'")
-        model = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{FINDING}-classifier/{version.version}",
-            dst_path=str(where / "model"),
-        )
+        with mlflow_store(client.tracking_uri):  # models:/ URIs resolve against this process's registry
+            model = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{FINDING}-classifier/{version.version}", dst_path=str(where / "model")
+            )
         assert (Path(model) / "MLmodel").is_file()
 
 
