@@ -22,21 +22,24 @@ from tests.helpers import SHARED_NIH, free_port, make_phantom_cohort, make_tiny_
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-_SESSION_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+_MLFLOW_STORES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_SESSION_STORES = {name: os.environ.get(name) for name in _MLFLOW_STORES}
 
 
 def _restore_tracking_uri() -> None:
-    if _SESSION_TRACKING_URI is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = _SESSION_TRACKING_URI
+    for name, value in _SESSION_STORES.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)
 def _tracking_uri_as_the_session_started():
-    """MLflow writes MLFLOW_TRACKING_URI into os.environ whenever a run sets its store, and the project
-    reads that variable: a `kedro run` that a later test starts in a subprocess would otherwise log
-    to another test's project. Every test starts (and ends) with the variable as the session had it."""
+    """MLflow writes MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI) into os.environ whenever a run sets
+    its store, and the project reads them: a `kedro run` that a later test starts in a subprocess
+    would otherwise log to another test's project. Every test starts (and ends) with both as the
+    session had them."""
     _restore_tracking_uri()
     yield
     _restore_tracking_uri()

@@ -145,21 +145,6 @@ def run_pipeline(project: Path, pipeline: str, env: str | None = None, runtime_p
         return session.run(pipeline_names=[pipeline], **run)
 
 
-@contextmanager
-def mlflow_store(uri: str):
-    """This process's MLflow tracking and registry store set to ``uri`` for the block, then put back."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now, below 49152 (kedro viz refuses ephemeral ports)."""
     rng = random.Random()

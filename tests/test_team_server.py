@@ -23,7 +23,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cardio_kedro.team_server import MlflowServer, postgres_bin
-from tests.helpers import free_port, make_tiny_project, mlflow_store, serve
+from tests.helpers import free_port, make_tiny_project, serve
 
 pytestmark = pytest.mark.slow
 FINDING = "Cardiomegaly"
@@ -82,10 +82,10 @@ def test_artifacts_download_back_through_the_server(two_runs, tmp_path):
         assert next((where / "roc_plot").rglob("*.png")).read_bytes()[:4] == b"\x89PNG"
         # the registered Keras model of this run, from the registry through the server
         (version,) = client.search_model_versions(f"name='{FINDING}-classifier' and run_id='{run.info.run_id}'")
-        with mlflow_store(client.tracking_uri):  # models:/ URIs resolve against this process's registry
-            model = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{FINDING}-classifier/{version.version}", dst_path=str(where / "model")
-            )
+        source = client.get_model_version_download_uri(f"{FINDING}-classifier", version.version)
+        model = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(where / "model"), tracking_uri=client.tracking_uri
+        )
         assert (Path(model) / "MLmodel").is_file()
 
 
