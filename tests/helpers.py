@@ -145,6 +145,24 @@ def run_pipeline(project: Path, pipeline: str, env: str | None = None, runtime_p
         return session.run(pipeline_names=[pipeline], **run)
 
 
+def mlflow_serve_command(model_uri: str, port: int) -> list[str]:
+    """``mlflow models serve`` of ``model_uri`` in this environment, on 127.0.0.1:``port``."""
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    return [
+        mlflow,
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now, below 49152 (kedro viz refuses ephemeral ports)."""
     rng = random.Random()

@@ -85,25 +85,14 @@ def test_two_processes_train_in_step_with_one_mlflow_run_and_one_saved_model(tmp
 
 def test_multi_host_without_its_environment_says_what_to_set(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_")}
-    env.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    done = subprocess.run(
-        [sys.executable, "-m", "cardio_kedro.multihost"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+
+    def launch(backend: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "cardio_kedro.multihost"]
+        environment = {**env, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+        return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, check=False)
+
+    done = launch("jax")
     assert done.returncode == 2
     assert "set KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES" in done.stderr
-    env["KERAS_BACKEND"] = "tensorflow"
-    done = subprocess.run(
-        [sys.executable, "-m", "cardio_kedro.multihost"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = launch("tensorflow")
     assert done.returncode == 2 and "KERAS_BACKEND=jax" in done.stderr

@@ -15,7 +15,7 @@ from kedro.io import DatasetError, Version
 from kedro_datasets.pandas import ParquetDataset
 
 from cardio_kedro.errors import UserError
-from cardio_kedro.run_guard import INCOMPLETE, mark_dead_runs, quarantine, restore
+from cardio_kedro.run_guard import INCOMPLETE, RunGuardHooks, RunInterrupted, mark_dead_runs, quarantine, restore
 
 SPLIT = "data/05_model_input/train_balanced.parquet"
 
@@ -40,6 +40,29 @@ def test_quarantine_moves_only_that_versions_folders(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "b.parquet"]
     with pytest.raises(UserError, match="no set-aside outputs of version 'V9'"):
         restore(tmp_path, "V9")
+
+
+def test_an_interrupt_swallowed_where_it_landed_is_raised_at_the_next_dataset():
+    """A signal that arrives inside code catching every Exception (a logging handler's emit) still ends
+    the run: the next dataset load, save or node raises it again."""
+    hooks = RunGuardHooks()
+    hooks.after_catalog_created(catalog=None, save_version="v")
+    hooks._install_handlers()
+    try:
+        try:  # as logging.Handler.emit does: handleError() and go on
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        except Exception:  # noqa: BLE001
+            pass
+        with pytest.raises(RunInterrupted, match="SIGINT"):
+            hooks.before_dataset_loaded()
+        with pytest.raises(RunInterrupted):
+            hooks.before_node_run()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a second Ctrl-C acts at once
+    finally:
+        hooks._restore_handlers()
+    hooks.after_catalog_created(catalog=None, save_version="w")  # the next run starts clean
+    hooks.before_dataset_loaded()
 
 
 def test_runs_of_dead_processes_on_this_host_are_marked_killed(tmp_path):

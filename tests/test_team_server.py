@@ -23,7 +23,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cardio_kedro.team_server import MlflowServer, postgres_bin
-from tests.helpers import free_port, make_tiny_project, serve
+from tests.helpers import free_port, make_tiny_project, mlflow_serve_command, serve
 
 pytestmark = pytest.mark.slow
 FINDING = "Cardiomegaly"
@@ -95,17 +95,7 @@ def test_the_registered_service_serves_from_the_server(two_runs, team_server, tm
     versions = client.search_model_versions(f"name='{FINDING}-classifier-service'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        f"models:/{FINDING}-classifier-service/2",
-        "--env-manager",
-        "local",
-        "-p",
-        str(port),
-    ]
+    command = mlflow_serve_command(f"models:/{FINDING}-classifier-service/2", port)
     image = base64.b64encode(cv2.imencode(".png", np.full((48, 48), 90, np.uint8))[1].tobytes()).decode()
     with serve(command, tmp_path, f"http://127.0.0.1:{port}/ping", env={"MLFLOW_TRACKING_URI": server.url}):
         request = urllib.request.Request(

@@ -470,6 +470,11 @@ def _has_key(tree: Any, parts: list[str]) -> bool:
     return True
 
 
+def has_parameter(tree: Mapping, key: str) -> bool:
+    """Whether the dotted ``key`` (``model_training.fine_tune.learning_rate``) is set in ``tree``."""
+    return _has_key(tree, key.split("."))
+
+
 def _fields_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The model class at a location of the tree (``None`` past a leaf)."""
     for part in loc:

@@ -110,10 +110,12 @@ class RunGuardHooks:
         self._saved: list[str] = []
         self._run_id: str | None = None
         self._previous: dict[int, Any] = {}
+        self._pending: int | None = None  # a signal received during this run
 
     @hook_impl
     def after_catalog_created(self, catalog, save_version: str) -> None:
         self._catalog, self._save_version, self._saved = catalog, save_version, []
+        self._pending = None
 
     @hook_impl
     def before_pipeline_run(self, pipeline) -> None:
@@ -137,6 +139,7 @@ class RunGuardHooks:
 
         def interrupt(signum, frame):
             self._restore_handlers()  # a second Ctrl-C acts at once
+            self._pending = signum  # raised again at the next node or dataset, should this raise be swallowed
             raise RunInterrupted(signum)
 
         for signum in HANDLED_SIGNALS:
@@ -147,9 +150,24 @@ class RunGuardHooks:
             signal.signal(signum, handler)
         self._previous = {}
 
+    def _raise_pending(self) -> None:
+        """Raise the interrupt again: a signal that lands inside code that catches every ``Exception``
+        (a logging handler's ``emit``, say) would otherwise be swallowed and the run would go on."""
+        if self._pending is not None:
+            raise RunInterrupted(self._pending)
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        self._raise_pending()
+
+    @hook_impl
+    def before_dataset_loaded(self) -> None:
+        self._raise_pending()
+
     @hook_impl
     def after_dataset_saved(self, dataset_name: str) -> None:
         self._saved.append(dataset_name)
+        self._raise_pending()
 
     @hook_impl
     def after_pipeline_run(self) -> None:

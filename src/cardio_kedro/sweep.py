@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cardio_kedro.config import SweepDimension, SweepParams, parse_runtime_params
+from cardio_kedro.config import SweepDimension, SweepParams, has_parameter, parse_runtime_params
 from cardio_kedro.hooks import SWEEP_ENV
 
 logger = logging.getLogger("cardio_kedro.sweep")
@@ -60,21 +60,13 @@ def load_sweep_params(project: Path, env: str | None, runtime_params: dict[str, 
     with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
         context = session.load_context()
         params = validate_parameters(context.params, ConfigSources(project / "conf", env, "base", runtime_params))
-    missing = [key for key in params.sweep.space if not _is_parameter(context.params, key)]
+    missing = [key for key in params.sweep.space if not has_parameter(context.params, key)]
     if missing:
         raise ValueError(
             f"sweep.space names {missing}, which are not parameters of the project "
             f"(conf/base/parameters_sweep.yml); use dotted keys such as model_training.fine_tune.learning_rate"
         )
     return params.sweep, params.target_finding
-
-
-def _is_parameter(tree: dict, key: str) -> bool:
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return False
-        tree = tree[part]
-    return True
 
 
 def draw(trial, space: dict[str, SweepDimension]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 from kedro.io import DatasetError, Version
 
-from tests.helpers import free_port, run_pipeline, serve
+from tests.helpers import free_port, mlflow_serve_command, run_pipeline, serve
 
 pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
 
@@ -199,19 +198,7 @@ def test_http_service_answers_like_the_batch_pipeline(trained_project, shared_ni
     batch = _score(trained_project, folder).set_index("file").loc[[p.name for p in sample]]
 
     port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        "models:/Cardiomegaly-classifier-service/1",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    command = mlflow_serve_command("models:/Cardiomegaly-classifier-service/1", port)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{trained_project / 'mlflow.db'}"}
     elsewhere = tmp_path / "elsewhere"  # not the project: the model carries its code (code_paths)
     elsewhere.mkdir()
