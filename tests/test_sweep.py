@@ -82,6 +82,7 @@ def test_two_workers_run_exactly_four_trials_as_four_finished_mlflow_runs(two_wo
     runs = _sweep_runs(client, "two-workers")
     assert sorted(int(r.data.tags["sweep.trial"]) for r in runs) == [0, 1, 2, 3]
     assert all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.info.run_name for r in runs) == [f"two-workers trial {n}" for n in range(4)]  # in the UI
     by_trial = {int(r.data.tags["sweep.trial"]): r for r in runs}
     for trial in trials:  # each run trained with its trial's parameters and reported its own val_auc
         run = by_trial[trial.number]

@@ -30,6 +30,7 @@ def _git_commit() -> str | None:
 
 
 SWEEP_ENV = {"sweep.study": "CARDIO_SWEEP_STUDY", "sweep.trial": "CARDIO_SWEEP_TRIAL"}  # set by cardio_kedro.sweep
+RUN_NAME_ENV = "CARDIO_RUN_NAME"  # the MLflow run's name (conf/base/mlflow.yml), set by cardio_kedro.sweep
 
 
 def sweep_tags() -> dict[str, str]:

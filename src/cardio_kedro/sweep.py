@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cardio_kedro.config import SweepDimension, SweepParams, has_parameter, parse_runtime_params
-from cardio_kedro.hooks import SWEEP_ENV
+from cardio_kedro.hooks import RUN_NAME_ENV, SWEEP_ENV
 
 logger = logging.getLogger("cardio_kedro.sweep")
 CHAMPION = "champion"
@@ -139,7 +139,12 @@ def prepare_data(project: Path, env: str | None, params: str, study: str, logs: 
 
 def run_trial(project: Path, env: str | None, params: str, study: str, number: int, log: Path) -> None:
     """The trial's training and reporting (``kedro run --pipelines=model_training,reporting``)."""
-    environment = {**os.environ, SWEEP_ENV["sweep.study"]: study, SWEEP_ENV["sweep.trial"]: str(number)}
+    environment = {
+        **os.environ,
+        SWEEP_ENV["sweep.study"]: study,
+        SWEEP_ENV["sweep.trial"]: str(number),
+        RUN_NAME_ENV: f"{study} trial {number}",
+    }
     try:
         _kedro_run(project, env, params, log, [f"--pipelines={TRIAL_PIPELINES}"], environment)
     except TrialRunFailed as failed:
