@@ -109,3 +109,21 @@ def test_memory_urls_list_and_read_like_a_folder():
     assert table["Patient ID"].tolist() == ["1"]
     assert storage.is_remote("s3://b/k") and storage.is_remote("memory://x") and not storage.is_remote("data/x")
     assert storage.join("s3://b/", "/k") == "s3://b/k"
+
+
+def test_an_inference_folder_in_a_store_lists_relative_names_and_decodes():
+    import cv2
+
+    from cardio_kedro.datasets import CohortStorageDataset, ImageFolderDataset
+
+    fs = fsspec.filesystem("memory")
+    png = cv2.imencode(".png", np.full((40, 30), 200, np.uint8))[1].tobytes()
+    fs.pipe("/batch/ward_a/x.png", png)
+    fs.pipe("/batch/y.jpg.txt", b"not scored")
+    images = ImageFolderDataset("memory://batch").load()
+    assert images["file"].tolist() == ["ward_a/x.png"]
+    assert images["path"].tolist() == ["memory:///batch/ward_a/x.png"]
+    pixels, shape, error = storage.try_load_gray_url(images["path"].iloc[0], 16)
+    assert error is None and shape == (40, 30) and pixels.shape == (16, 16) and int(pixels.mean()) == 200
+    assert CohortStorageDataset("memory://batch", credentials={"k": "v"}).load() == {"k": "v"}
+    assert CohortStorageDataset("data/local", credentials={"k": "v"}).load() == {}  # a local folder needs none
