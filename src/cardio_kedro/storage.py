@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import fsspec
 from kedro.io.core import get_protocol_and_path
 
-from cardio_kedro.imaging import DICOM_SUFFIXES, ImageError, check_image_bytes, decode_bytes
+from cardio_kedro.imaging import DICOM_SUFFIXES, ImageError, check_image_bytes, decode_bytes, try_load_gray
 
 LOCAL_PROTOCOLS = ("file", "local")
 
@@ -94,6 +95,14 @@ def try_load_gray_url(
         return None, (0, 0), ImageError("missing", url)
     except Exception as exc:  # noqa: BLE001 - any store or decoder failure is a data-quality entry
         return None, (0, 0), ImageError("corrupt", f"{url}: {exc}")
+
+
+def image_loader(paths: list[str], size: int, storage_options: dict[str, Any] | None = None):
+    """The per-file decoder for ``paths`` (picklable for worker processes): ``imaging.try_load_gray`` for
+    local files, ``try_load_gray_url`` with ``storage_options`` for objects of a store."""
+    if paths and is_remote(str(paths[0])):
+        return partial(try_load_gray_url, size=size, storage_options=storage_options)
+    return partial(try_load_gray, size=size)
 
 
 def _source_shape(data: bytes) -> tuple[int, int]:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import cardio_kedro.pipelines.data_processing.nodes as dp
+from cardio_kedro import storage
 from cardio_kedro.datasets import DecodedChunk, PixelCacheDataset
 from tests.helpers import base_params
 
@@ -26,13 +27,13 @@ def images(tmp_path):
 @pytest.fixture
 def decode_counter(monkeypatch):
     calls = []
-    real = dp.try_load_gray
+    real = storage.try_load_gray  # the local decoder that storage.image_loader hands the decoding node
 
     def counting(path, size):
         calls.append(path)
         return real(path, size)
 
-    monkeypatch.setattr(dp, "try_load_gray", counting)
+    monkeypatch.setattr(storage, "try_load_gray", counting)
     return calls
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -13,11 +12,11 @@ import pandas as pd
 from cardio_kedro.config import DataProcessingParams, RebalanceParams, SplitParams
 from cardio_kedro.datasets import DecodedChunk, PixelCache
 from cardio_kedro.errors import UserValueError
-from cardio_kedro.imaging import check_file, try_load_gray
+from cardio_kedro.imaging import check_file
 from cardio_kedro.nih import NIH_FINDINGS, NO_FINDING
 from cardio_kedro.parallel import imap_progress
 from cardio_kedro.sampling import undersample
-from cardio_kedro.storage import is_remote, try_load_gray_url
+from cardio_kedro.storage import image_loader
 
 logger = logging.getLogger(__name__)
 
@@ -169,13 +168,9 @@ def _decode_chunks(
 ) -> Iterator[DecodedChunk]:
     """Decode ``todo``'s files (or objects of a store) on every core, in chunks of about ``CHUNK_BYTES``."""
     per_chunk = max(64, CHUNK_BYTES // (size * size))
-    remote = len(todo) > 0 and is_remote(str(todo["path"].iloc[0]))
-    load = (
-        partial(try_load_gray_url, size=size, storage_options=storage_options)
-        if remote
-        else partial(try_load_gray, size=size)
-    )
-    decoded = imap_progress(load, todo["path"].tolist(), len(todo), f"Decoding images to {size}px", workers)
+    paths = todo["path"].tolist()
+    load = image_loader(paths, size, storage_options)
+    decoded = imap_progress(load, paths, len(todo), f"Decoding images to {size}px", workers)
     for start in range(0, len(todo), per_chunk):
         part = todo.iloc[start : start + per_chunk]
         pixels = np.empty((len(part), size, size), np.uint8)  # filled in place: one copy of the chunk in memory

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,9 @@ import pandas as pd
 
 from cardio_kedro.config import InferenceParams
 from cardio_kedro.errors import UserValueError
-from cardio_kedro.imaging import try_load_gray
 from cardio_kedro.modeling import attention_model, encode_png, overlay, with_score
 from cardio_kedro.parallel import imap_progress
-from cardio_kedro.storage import is_remote, try_load_gray_url
+from cardio_kedro.storage import image_loader
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +26,10 @@ def _batches(
 ) -> Iterator[tuple[list[str], list]]:
     """``(files, decoded)`` batches; files are decoded on every core while earlier batches are scored.
     Objects of a store (``s3://...``) are read once each with ``storage_options``."""
-    remote = len(images) > 0 and is_remote(str(images["path"].iloc[0]))
+    paths = images["path"].tolist()
     decoded = imap_progress(
-        partial(try_load_gray_url, size=size, storage_options=storage_options)
-        if remote
-        else partial(try_load_gray, size=size),
-        images["path"].tolist(),
+        image_loader(paths, size, storage_options),
+        paths,
         total=len(images),
         what="Decoding and scoring images",
         workers=config.workers,
