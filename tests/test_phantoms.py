@@ -13,9 +13,28 @@ def test_labels_follow_the_cardiothoracic_ratio():
     cohort = sample_cohort(400, prevalence=0.3, mean_follow_ups=0.6, seed=1)
     positive = cohort["Finding Labels"].str.contains("Cardiomegaly")
     assert (positive == (cohort["ctr"] > CTR_THRESHOLD)).all()
+    assert set(cohort["p_cardiomegaly"]) == {0.0, 1.0}
     # CTRs straddle the threshold closely, so some cases are hard
     assert (np.abs(cohort["ctr"] - CTR_THRESHOLD) < 0.02).mean() > 0.1
     assert 0.2 < cohort.groupby("Patient ID")["ctr"].max().gt(CTR_THRESHOLD).mean() < 0.4
+
+
+def test_reader_error_makes_labels_near_the_cut_off_uncertain_with_a_known_probability():
+    exact = sample_cohort(3000, prevalence=0.3, mean_follow_ups=0.6, seed=3)
+    read = sample_cohort(3000, prevalence=0.3, mean_follow_ups=0.6, seed=3, reader_sd=0.01)
+    assert np.array_equal(exact["ctr"], read["ctr"])  # the anatomy does not move with the reader
+    positive = read["Finding Labels"].str.contains("Cardiomegaly").to_numpy()
+    p, distance = read["p_cardiomegaly"].to_numpy(), (read["ctr"] - CTR_THRESHOLD).to_numpy()
+    assert np.allclose(p[np.abs(distance) < 1e-4], 0.5, atol=0.01)
+    assert (p[distance > 0.03] > 0.998).all() and (p[distance < -0.03] < 0.002).all()
+    # the labels are drawn at that probability: in each band, positives match its mean probability
+    for band in [(-0.01, -0.003), (-0.003, 0.003), (0.003, 0.01)]:
+        inside = (distance > band[0]) & (distance <= band[1])
+        assert inside.sum() > 80
+        assert abs(positive[inside].mean() - p[inside].mean()) < 0.1
+    assert (positive != (distance > 0)).sum() > 20  # some images are read across the cut-off
+    with pytest.raises(ValueError, match="reader_sd"):
+        sample_cohort(10, 0.3, 0.5, seed=1, reader_sd=-0.01)
 
 
 def test_follow_ups_other_findings_and_no_finding_present():

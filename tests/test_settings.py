@@ -11,14 +11,20 @@ def _resolved(project, runtime_params=None):
     bootstrap_project(project)
     with KedroSession.create(project_path=project, runtime_params=runtime_params or {}) as session:
         context = session.load_context()
-        return context.params["target_finding"], context.config_loader["mlflow"]["tracking"]["experiment"]["name"]
+        return context.params["target_findings"], context.config_loader["mlflow"]["tracking"]["experiment"]["name"]
 
 
-def test_target_finding_names_the_experiment(tiny_project):
+def test_target_findings_name_the_experiment(tiny_project):
     assert _resolved(tiny_project) == ("Cardiomegaly", "Cardiomegaly")
-    (tiny_project / "conf" / "local" / "globals.yml").write_text("target_finding: Effusion\n")
+    (tiny_project / "conf" / "local" / "globals.yml").write_text("target_findings: Effusion\n")
     assert _resolved(tiny_project) == ("Effusion", "Effusion")
-    assert _resolved(tiny_project, {"target_finding": "Edema"}) == ("Edema", "Edema")
+    assert _resolved(tiny_project, {"target_findings": "Edema"}) == ("Edema", "Edema")
+    # several findings: the command-line form (NIH's separator), a YAML list, and all 14
+    both = "Effusion|Cardiomegaly"
+    assert _resolved(tiny_project, {"target_findings": both}) == (both, "Cardiomegaly+Effusion")
+    (tiny_project / "conf" / "local" / "globals.yml").write_text("target_findings: [Edema, Mass]\n")
+    assert _resolved(tiny_project) == (["Edema", "Mass"], "Edema+Mass")
+    assert _resolved(tiny_project, {"target_findings": "all"}) == ("all", "all-findings")
 
 
 def test_nih_environment_overrides_single_keys(tiny_project):

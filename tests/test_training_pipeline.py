@@ -45,7 +45,7 @@ def test_training_pipeline_produces_every_output_and_one_mlflow_run(trained_proj
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["model_training.batch_size"] == "16"
-    assert run.data.params["image_size"] == "32" and run.data.params["target_finding"] == "Cardiomegaly"
+    assert run.data.params["image_size"] == "32" and run.data.params["target_findings"] == "Cardiomegaly"
     history = client.get_metric_history(run.info.run_id, "val_auc")
     assert [m.step for m in history] == [1, 2]
     for name in ("loss", "auc", "val_loss", "lr", "images_per_second"):

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cardio_kedro.errors import UserError
+from cardio_kedro.findings import parse_target_findings
 from cardio_kedro.nih import NIH_FINDINGS
 
 Finding = Literal[NIH_FINDINGS]
@@ -61,6 +62,12 @@ class PhantomParams(Group):
     mean_follow_ups: float = Field(ge=0, description="Poisson mean of follow-up images per patient")
     prevalence: float = Field(gt=0, lt=1, description="share of patients whose cardiothoracic ratio exceeds 0.5")
     ap_fraction: float = Field(ge=0, le=1, description="share of AP films (they magnify the heart by 12%)")
+    reader_sd: float = Field(
+        ge=0,
+        le=0.1,
+        description="sd of the reader's cardiothoracic-ratio error: near 0.5 the label is Phi((ctr - 0.5) / sd);"
+        " 0 labels by the drawn ratio exactly",
+    )
     native_size: int = Field(ge=32, le=4096, description="px of the written PNGs (NIH: 1024)")
     images_per_folder: int = Field(ge=1, description="images per images_00N/images/ folder")
     seed: Seed
@@ -399,7 +406,22 @@ class SweepParams(Group):
 class ProjectParams(Group):
     """The whole parameter tree."""
 
-    target_finding: Finding = Field(description="the NIH finding that is the positive class")
+    target_findings: str | list[str] = Field(
+        description="what the model learns (set it in globals.yml): one NIH finding (the binary mode), several "
+        "(a list, or one string such as `Cardiomegaly|Effusion|Edema`) or `all` (the 14 NIH findings)"
+    )
+
+    @field_validator("target_findings")
+    @classmethod
+    def _known_findings(cls, value: str | list[str]) -> str | list[str]:
+        parse_target_findings(value)
+        return value
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        """The findings ``target_findings`` names, in NIH's order."""
+        return parse_target_findings(self.target_findings)
+
     image_size: int = Field(ge=32, le=2048, description="px the model sees (set it in globals.yml)")
     phantoms: PhantomParams
     data_processing: DataProcessingParams

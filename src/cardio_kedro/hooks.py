@@ -15,6 +15,8 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from cardio_kedro.findings import findings_name
+
 logger = logging.getLogger(__name__)
 
 MODEL_DATASET = "classifier"  # the calibrated classifier: registered as <finding>-classifier(-service) when saved
@@ -91,7 +93,7 @@ class MlflowTagHooks:
 
         if mlflow.active_run() is None:  # tracking is off for this pipeline
             return
-        self._target = catalog.load("params:target_finding")
+        self._target = findings_name(catalog.load("params:target_findings"))
         self._service_limits = dict(catalog.load("params:inference")["service"])
         tags = {"git.commit": _git_commit(), **sweep_tags()}
         if TRAINING_PARAMS in pipeline.inputs():

@@ -3,7 +3,11 @@
 Each phantom is drawn in a patient coordinate frame (unit square, rotated and shifted per image):
 body outline, dark lung fields, spine and mediastinum, heart silhouette, diaphragm domes, ribs and
 clavicles, then exposure, gamma and noise. The label follows the clinical definition: Cardiomegaly
-when the cardiothoracic ratio (widest heart / widest inner thorax) exceeds 0.5. AP films magnify the
+when the cardiothoracic ratio (widest heart / widest inner thorax) exceeds 0.5, as a reader measures
+it: the reader's ratio differs from the drawn one by a normal error (``reader_sd``), so an image
+near the cut-off is labelled positive with probability Phi((ctr - 0.5) / reader_sd), as real readers
+disagree near it. That probability is known for every phantom, so calibration can be checked
+against the truth. AP films magnify the
 heart (the film is farther from the heart) without changing the true ratio, as in real AP films.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 
 from cardio_kedro.nih import NIH_MARGINAL_RATES
 
@@ -27,15 +32,19 @@ def sample_cohort(
     mean_follow_ups: float,
     seed: int,
     ap_fraction: float = 0.4,
+    reader_sd: float = 0.0,
 ) -> pd.DataFrame:
     """Draw the per-image metadata of a phantom cohort (no pixels).
 
     Returns one row per image with the NIH columns plus the drawn anatomy (``ctr``, ``thorax``,
-    ``rotation`` ...) that ``render_phantom`` needs. Patients keep their anatomy across follow-ups
-    with a small drift, so a follow-up can cross the threshold.
+    ``rotation`` ...) that ``render_phantom`` needs, and ``p_cardiomegaly``, the probability that a
+    reader labels the image positive. Patients keep their anatomy across follow-ups with a small
+    drift, so a follow-up can cross the threshold. ``reader_sd`` 0 labels by the drawn ratio exactly.
     """
     if not 0 < prevalence < 1:
         raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
+    if reader_sd < 0:
+        raise ValueError(f"reader_sd must be >= 0, got {reader_sd}")
     rng = np.random.default_rng(seed)
     n_images = 1 + rng.poisson(mean_follow_ups, size=n_patients)
     patient = np.repeat(np.arange(1, n_patients + 1), n_images)
@@ -43,8 +52,8 @@ def sample_cohort(
     n = patient.size
 
     positive_patient = rng.random(n_patients) < prevalence
-    # Margin from the threshold: never zero, mostly small, so some cases are hard.
-    margin = 0.012 + np.abs(rng.normal(0.0, 0.05, n_patients))
+    # Margin from the threshold: mostly small, so some cases are hard.
+    margin = np.abs(rng.normal(0.0, 0.05, n_patients))
     base_ctr = np.where(positive_patient, CTR_THRESHOLD + margin, CTR_THRESHOLD - margin)
     ctr = base_ctr[patient - 1] + rng.normal(0.0, 0.006, n) * (follow_up > 0)
     ctr = np.clip(ctr, 0.34, 0.70)
@@ -54,13 +63,16 @@ def sample_cohort(
     age = age0[patient - 1] + follow_up // 3
     view = np.where(rng.random(n) < ap_fraction, "AP", "PA")
 
+    p_cardiomegaly = reader_probability(ctr, reader_sd)
+    # one uniform per image, drawn whatever reader_sd is, so the rest of the cohort does not move with it
+    read_positive = rng.random(n) < p_cardiomegaly
     labels = []
     others = np.array(list(OTHER_FINDING_RATES))
     rates = np.array(list(OTHER_FINDING_RATES.values()))
     has_other = rng.random((n, rates.size)) < rates
     for i in range(n):
         found = list(others[has_other[i]])
-        if ctr[i] > CTR_THRESHOLD:
+        if read_positive[i]:
             found.append("Cardiomegaly")
         labels.append("|".join(sorted(found)) if found else "No Finding")
 
@@ -74,9 +86,19 @@ def sample_cohort(
             "Patient Gender": sex,
             "View Position": view,
             "ctr": ctr,
+            "p_cardiomegaly": p_cardiomegaly,
             **_anatomy(rng, patient, n_patients),
         }
     )
+
+
+def reader_probability(ctr: np.ndarray, reader_sd: float) -> np.ndarray:
+    """The probability that a reader whose ratio has a normal error of ``reader_sd`` calls
+    Cardiomegaly (reads the ratio above 0.5); a step at 0.5 when ``reader_sd`` is 0."""
+    ctr = np.asarray(ctr, np.float64)
+    if reader_sd == 0:
+        return (ctr > CTR_THRESHOLD).astype(np.float64)
+    return ndtr((ctr - CTR_THRESHOLD) / reader_sd)
 
 
 def _anatomy(rng: np.random.Generator, patient: np.ndarray, n_patients: int) -> dict[str, np.ndarray]:

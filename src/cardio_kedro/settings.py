@@ -5,6 +5,7 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
+from cardio_kedro.findings import findings_name
 from cardio_kedro.hooks import MlflowTagHooks
 from cardio_kedro.preflight import PreflightHooks
 from cardio_kedro.run_guard import RunGuardHooks
@@ -27,6 +28,14 @@ def _env(name: str, default: str | None = None) -> str | None:
     return _STARTUP_ENVIRON.get(name) or default
 
 
+def _findings_name(value) -> str:
+    """``${findings_name:...}`` in conf: the experiment name of ``target_findings`` (``Cardiomegaly``,
+    ``Cardiomegaly+Effusion``, ``all-findings``)."""
+    from omegaconf import ListConfig, OmegaConf
+
+    return findings_name(OmegaConf.to_container(value) if isinstance(value, ListConfig) else value)
+
+
 HOOKS = (PreflightHooks(), MlflowTagHooks(), RunSummaryHooks(), RunGuardHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
@@ -35,6 +44,6 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # an environment (nih, local) overrides single keys, not whole parameter groups
     "merge_strategy": {"parameters": "soft", "catalog": "soft"},
-    "custom_resolvers": {"env": _env},
+    "custom_resolvers": {"env": _env, "findings_name": _findings_name},
     "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},  # kedro-mlflow's, read by hooks.py too
 }

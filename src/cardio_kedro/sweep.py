@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cardio_kedro.config import SweepDimension, SweepParams, has_parameter, parse_runtime_params
+from cardio_kedro.findings import findings_name
 from cardio_kedro.hooks import RUN_NAME_ENV, SWEEP_ENV
 
 logger = logging.getLogger("cardio_kedro.sweep")
@@ -66,7 +67,7 @@ def load_sweep_params(project: Path, env: str | None, runtime_params: dict[str, 
             f"sweep.space names {missing}, which are not parameters of the project "
             f"(conf/base/parameters_sweep.yml); use dotted keys such as model_training.fine_tune.learning_rate"
         )
-    return params.sweep, params.target_finding
+    return params.sweep, findings_name(params.target_findings)
 
 
 def draw(trial, space: dict[str, SweepDimension]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ def _catalog(cohort_dir, cache_dir) -> DataCatalog:
     catalog["params:data_processing"] = params
     catalog["params:data_processing.split"] = params["split"]
     catalog["params:data_processing.rebalance"] = params["rebalance"]
-    catalog["params:target_finding"] = "Cardiomegaly"
+    catalog["params:target_findings"] = "Cardiomegaly"
     catalog["params:image_size"] = 32
     return catalog
 

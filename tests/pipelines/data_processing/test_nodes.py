@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from cardio_kedro.datasets import ImageFileIndexDataset, LabelTableDataset, PixelCacheDataset
+from cardio_kedro.findings import target_columns
 from cardio_kedro.pipelines.data_processing.nodes import (
     build_quality_report,
     check_disjoint_patients,
@@ -138,7 +139,7 @@ def test_disjoint_check_catches_a_shared_patient():
 def test_too_few_positive_patients_is_a_clear_error():
     table = _table(50, pos_share=0.0)
     table.loc[0, "target"] = 1
-    with pytest.raises(ValueError, match="only 1 patient"):
+    with pytest.raises(ValueError, match=r"Too few patients with Cardiomegaly \(1\)"):
         split_by_patient(table, {}, "Cardiomegaly", SPLIT)
 
 
@@ -158,7 +159,7 @@ def test_official_split_uses_nih_lists():
 def test_rebalance_to_three_negatives_per_positive_matching_sex():
     train, val = _table(400, seed=3), _table(100, seed=4)
     train.loc[train["target"] == 1, "sex"] = np.where(np.arange((train["target"] == 1).sum()) % 4 == 0, "F", "M")
-    tb, vb, weights = rebalance(train, val, REBALANCE)
+    tb, vb, weights = rebalance(train, val, "Cardiomegaly", REBALANCE)
     for before, after in ((train, tb), (val, vb)):
         assert after["target"].sum() == before["target"].sum()
         assert (after["target"] == 0).sum() == 3 * after["target"].sum()
@@ -172,10 +173,68 @@ def test_rebalance_to_three_negatives_per_positive_matching_sex():
 
 def test_class_weight_strategy_keeps_everything():
     train, val = _table(200, seed=5), _table(50, seed=6)
-    tb, vb, weights = rebalance(train, val, {**REBALANCE, "strategy": "class_weight"})
+    tb, vb, weights = rebalance(train, val, "Cardiomegaly", {**REBALANCE, "strategy": "class_weight"})
     assert len(tb) == len(train) and len(vb) == len(val)
     assert sorted(tb["image_index"]) == sorted(train["image_index"])
     pos = train["target"].mean()
     assert weights["class_weight"]["1"] == pytest.approx(0.5 / pos)
     assert weights["class_weight"]["0"] == pytest.approx(0.5 / (1 - pos))
     assert weights["prevalence"]["trained"] == 0.5  # weighted classes: the loss sees them as balanced
+
+
+# ---- several target findings ----------------------------------------------------------------------
+FINDINGS = ["Cardiomegaly", "Effusion", "Edema"]
+
+
+def _multi_table(n_patients=300, rates=(0.2, 0.3, 0.05), seed=0):
+    rng = np.random.default_rng(seed)
+    table = _table(n_patients, pos_share=0.0, seed=seed)
+    labels = pd.DataFrame(rng.random((len(table), 3)) < rates, columns=target_columns(FINDINGS)).astype("int8")
+    table = pd.concat([table, labels], axis=1)
+    table["target"] = labels.max(axis=1)
+    return table
+
+
+def test_clean_metadata_with_several_findings_has_a_column_per_finding(phantom_cohort_dir):
+    labels = _labels(phantom_cohort_dir)
+    clean, report = clean_metadata(labels, "Effusion|Cardiomegaly|Edema", PARAMS)
+    for finding in FINDINGS:
+        expected = labels["Finding Labels"].str.split("|").apply(lambda s, f=finding: f in s).astype(int)
+        assert (clean[f"target.{finding}"] == expected).all()
+        assert report["positive_images_by_finding"][finding] == expected.sum()
+    assert (clean["target"] == clean[target_columns(FINDINGS)].max(axis=1)).all()
+    single, _ = clean_metadata(labels, "Cardiomegaly", PARAMS)
+    assert not any(c.startswith("target.") for c in single.columns)  # the binary mode's table is unchanged
+
+
+def test_several_findings_split_stratified_and_patient_disjoint():
+    table = _multi_table()
+    frames = split_by_patient(table, {}, "|".join(FINDINGS), SPLIT)
+    check_disjoint_patients(*frames)
+    patients = table.groupby("patient_id")[target_columns(FINDINGS)].max().sum()
+    for frame, share in zip(frames, (0.7, 0.1, 0.2)):
+        got = frame.groupby("patient_id")[target_columns(FINDINGS)].max().sum() / patients
+        assert (abs(got - share) < 0.03).all(), got.to_dict()
+
+
+def test_a_finding_with_too_few_patients_is_named():
+    table = _multi_table(rates=(0.2, 0.3, 0.0))
+    table.loc[table["patient_id"].isin([1, 2]), "target.Edema"] = 1
+    with pytest.raises(ValueError, match=r"Too few patients with Edema \(2\).*leave it out of target_findings"):
+        split_by_patient(table, {}, FINDINGS, SPLIT)
+
+
+def test_several_findings_get_per_finding_weights_and_no_undersampling():
+    train, val = _multi_table(seed=1), _multi_table(100, seed=2)
+    with pytest.raises(ValueError, match="strategy=class_weight"):
+        rebalance(train, val, FINDINGS, REBALANCE)
+    tb, vb, weights = rebalance(train, val, FINDINGS, {**REBALANCE, "strategy": "class_weight"})
+    assert sorted(tb["image_index"]) == sorted(train["image_index"]) and vb.equals(val)
+    for finding in FINDINGS:
+        pos = train[f"target.{finding}"].mean()
+        assert weights["class_weight"][finding]["1"] == pytest.approx(0.5 / pos)
+        assert weights["class_weight"][finding]["0"] == pytest.approx(0.5 / (1 - pos))
+        assert weights["prevalence"]["natural"][finding] == pytest.approx(pos)
+    # the rarer the finding, the heavier its positives
+    ratio = {f: w["1"] / w["0"] for f, w in weights["class_weight"].items()}
+    assert ratio["Edema"] > ratio["Cardiomegaly"] > ratio["Effusion"]

@@ -38,7 +38,7 @@ def test_real_nih_metadata_splits_by_patient_and_rebalances_3_to_1(shared_nih):
     train, val, test = split_by_patient(clean, {}, "Cardiomegaly", params["split"])
     check_disjoint_patients(train, val, test)
     assert len(train) + len(val) + len(test) == 112_120
-    train_b, val_b, _ = rebalance(train, val, params["rebalance"])
+    train_b, val_b, _ = rebalance(train, val, "Cardiomegaly", params["rebalance"])
     assert (train_b["target"] == 0).sum() == 3 * train_b["target"].sum()
     assert train_b["target"].sum() == train["target"].sum()
     assert abs(test["target"].mean() - 2_776 / 112_120) < 0.005  # natural prevalence kept

@@ -55,7 +55,7 @@ def reported(toy_cache, tmp_path_factory):
         "dropped_by_reason": {"missing": {"count": 1}},
     }
     catalog["params:reporting"] = base_params("reporting", n_bootstrap=20, heatmaps_per_group=2, examples_per_class=2)
-    catalog["params:target_finding"] = "Cardiomegaly"
+    catalog["params:target_findings"] = "Cardiomegaly"
     catalog["params:image_size"] = 32
     catalog["params:model_training"] = tiny_params()
     outputs = SequentialRunner().run(create_pipeline(), catalog)

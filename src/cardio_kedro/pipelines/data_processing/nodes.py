@@ -12,6 +12,7 @@ import pandas as pd
 from cardio_kedro.config import DataProcessingParams, RebalanceParams, SplitParams
 from cardio_kedro.datasets import DecodedChunk, PixelCache
 from cardio_kedro.errors import UserValueError
+from cardio_kedro.findings import label_matrix, parse_target_findings, stratified_patient_split, target_columns
 from cardio_kedro.imaging import check_file
 from cardio_kedro.nih import NIH_FINDINGS, NO_FINDING
 from cardio_kedro.parallel import imap_progress
@@ -41,21 +42,23 @@ def _label_counts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
     return counts, unknown
 
 
-def clean_metadata(labels: pd.DataFrame, target_finding: str, params: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
-    """Type the NIH columns, derive the binary ``target`` and flag implausible ages.
+def clean_metadata(
+    labels: pd.DataFrame, target_findings: str | list[str], params: dict[str, Any]
+) -> tuple[pd.DataFrame, dict]:
+    """Type the NIH columns, derive the targets and flag implausible ages.
 
+    One finding: the binary ``target``. Several (``target_findings``, see ``cardio_kedro.findings``):
+    one 0/1 ``target.<finding>`` column each, and ``target`` is 1 when the image has any of them.
     Age rule: an age above ``max_plausible_age`` (NIH has a few, e.g. 148 or 412) or below 0 is set
     to missing and flagged ``age_implausible``; the image is kept, since age is not a model input.
     Returns the clean table and a label report (counts per finding, unknown labels).
     """
     config = DataProcessingParams.model_validate(params)
-    if target_finding not in NIH_FINDINGS:
-        raise UserValueError(
-            f"target_finding '{target_finding}' is not an NIH finding; use one of {list(NIH_FINDINGS)}"
-        )
+    findings = parse_target_findings(target_findings)
     age, implausible = _ages(labels["Patient Age"], config.max_plausible_age)
     finding_labels = labels["Finding Labels"].astype(str).str.strip()
     counts, unknown = _label_counts(finding_labels)
+    targets = label_matrix(finding_labels, findings)
     clean = pd.DataFrame(
         {
             "image_index": labels["Image Index"].astype(str).str.strip(),
@@ -66,9 +69,11 @@ def clean_metadata(labels: pd.DataFrame, target_finding: str, params: dict[str, 
             "sex": labels["Patient Gender"].astype(str).str.strip().str.upper().str[:1],
             "view": labels["View Position"].astype(str).str.strip().str.upper(),
             "labels": finding_labels,
-            "target": finding_labels.str.split("|").apply(lambda s: target_finding in [x.strip() for x in s]),
+            "target": targets.max(axis=1).astype("int8"),
+            **({} if len(findings) == 1 else targets),
         }
-    ).astype({"target": "int8"})
+    )
+    target_finding = "|".join(findings)
     duplicated = clean["image_index"].duplicated()
     if duplicated.any():
         logger.warning("Dropping %d duplicated image rows", int(duplicated.sum()))
@@ -83,6 +88,7 @@ def clean_metadata(labels: pd.DataFrame, target_finding: str, params: dict[str, 
         "finding_counts": {str(k): int(v) for k, v in counts.items()},
         "unknown_labels": unknown,
         "target_positive_images": int(clean["target"].sum()),
+        **({} if len(findings) == 1 else {"positive_images_by_finding": _positives(clean, findings)}),
         "view_filter": view_filter,
     }
     logger.info(
@@ -94,6 +100,10 @@ def clean_metadata(labels: pd.DataFrame, target_finding: str, params: dict[str, 
         report["implausible_ages"],
     )
     return clean, report
+
+
+def _positives(frame: pd.DataFrame, findings: tuple[str, ...]) -> dict[str, int]:
+    return {f: int(frame[col].sum()) for f, col in zip(findings, target_columns(findings))}
 
 
 def _keep_views(clean: pd.DataFrame, views: str | list[str]) -> tuple[pd.DataFrame, dict]:
@@ -304,46 +314,65 @@ def _official_assignment(
 
 
 def split_by_patient(
-    decoded: pd.DataFrame, official_split: dict, target_finding: str, params: dict[str, Any]
+    decoded: pd.DataFrame, official_split: dict, target_findings: str | list[str], params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split images into train/validation/test so that no patient is in two splits.
 
-    ``method: random`` stratifies patients by whether any of their images is positive;
+    ``method: random`` stratifies patients by whether any of their images is positive; with several
+    findings, by every finding at once (iterative stratification, ``stratified_patient_split``), so
+    that each split holds its share of each finding's patients.
     ``method: official`` takes NIH's ``test_list.txt`` as test and splits ``train_val_list.txt``
     by patient into train and validation.
     """
     config = SplitParams.model_validate(params)
+    findings = parse_target_findings(target_findings)
     fractions = [config.fractions.train, config.fractions.validation, config.fractions.test]
     rng = np.random.default_rng(config.seed)
-    patient_pos = decoded.groupby("patient_id")["target"].max()
-    n_pos = int(patient_pos.sum())
-    if n_pos < len(SPLITS):
-        raise UserValueError(
-            f"The cohort has only {n_pos} patient(s) with {target_finding}; a patient-wise split into "
-            f"{len(SPLITS)} splits needs at least {len(SPLITS)}. Use a larger cohort."
-        )
+    columns = ["target"] if len(findings) == 1 else target_columns(findings)
+    patient_labels = decoded.groupby("patient_id")[columns].max()
+    _enough_patients(patient_labels, findings, fractions)
+    patient_pos = patient_labels.max(axis=1)
     if config.method == "official":
         assign = _official_assignment(decoded, patient_pos, official_split, fractions, rng)
-    else:
+    elif len(findings) == 1:
         assign = _random_assignment(patient_pos, fractions, rng)
+    else:
+        codes = stratified_patient_split(patient_labels, fractions, rng)
+        assign = pd.Series(np.asarray(SPLITS)[codes], index=patient_labels.index)
     split_of_image = decoded["patient_id"].map(assign)
     frames = tuple(decoded[split_of_image == name].reset_index(drop=True) for name in SPLITS)
     for name, frame in zip(SPLITS, frames):
-        if frame["target"].sum() == 0:
-            raise UserValueError(
-                f"The {name} split has no {target_finding} image: the cohort has only {n_pos} patient(s) "
-                f"with {target_finding}. Use a larger cohort or other split fractions."
-            )
+        for finding, column in zip(findings, columns):
+            if frame[column].sum() == 0:
+                n_pos = int(patient_labels[column].sum())
+                raise UserValueError(
+                    f"The {name} split has no {finding} image: the cohort has only {n_pos} patient(s) "
+                    f"with {finding}. Use a larger cohort, other split fractions, or leave {finding} out of "
+                    "target_findings."
+                )
         logger.info(
-            "%s: %d images, %d patients, %d positive (%.1f%%)",
+            "%s: %d images, %d patients, %s",
             name,
             len(frame),
             frame["patient_id"].nunique(),
-            int(frame["target"].sum()),
-            100 * frame["target"].mean(),
+            ", ".join(f"{int(frame[c].sum())} {f} ({100 * frame[c].mean():.1f}%)" for f, c in zip(findings, columns)),
         )
     check_disjoint_patients(*frames)
     return frames
+
+
+def _enough_patients(patient_labels: pd.DataFrame, findings: tuple[str, ...], fractions: list[float]) -> None:
+    """Refuse findings with fewer positive patients than a patient-wise split needs: one per split
+    (whether each split got one is checked after splitting)."""
+    need = len(SPLITS)
+    few = {f: int(n) for f, n in zip(findings, patient_labels.sum()) if n < need}
+    if few:
+        listed = ", ".join(f"{f} ({n})" for f, n in few.items())
+        raise UserValueError(
+            f"Too few patients with {listed}: a patient-wise split into {len(SPLITS)} splits with fractions "
+            f"{fractions} needs at least {need} per finding. Use a larger cohort or leave "
+            f"{'it' if len(few) == 1 else 'them'} out of target_findings."
+        )
 
 
 def check_disjoint_patients(*splits: pd.DataFrame) -> None:
@@ -356,7 +385,7 @@ def check_disjoint_patients(*splits: pd.DataFrame) -> None:
 
 
 def rebalance(
-    train: pd.DataFrame, validation: pd.DataFrame, params: dict[str, Any]
+    train: pd.DataFrame, validation: pd.DataFrame, target_findings: str | list[str], params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Rebalance train and validation; the test split is never touched.
 
@@ -365,8 +394,15 @@ def rebalance(
     returns class weights inversely proportional to the train class frequencies. Also records the
     prevalence before rebalancing (``natural``) and the one the loss sees (``trained``), which
     calibration needs to read scores at the natural prevalence.
+
+    With several findings, undersampling is ill-defined (an image is positive for one finding and
+    negative for another), so only ``class_weight`` is accepted: every finding gets its own pair of
+    weights, and ``class_weight``, ``prevalence.natural`` and ``prevalence.trained`` are dicts by finding.
     """
     config = RebalanceParams.model_validate(params)
+    findings = parse_target_findings(target_findings)
+    if len(findings) > 1:
+        return _multi_label_weights(train, validation, findings, config)
     rng = np.random.default_rng(config.seed)
     if config.strategy == "undersample":
         out = (
@@ -376,8 +412,7 @@ def rebalance(
         weights = {"0": 1.0, "1": 1.0}
     else:
         out = (train.iloc[rng.permutation(len(train))].reset_index(drop=True), validation)
-        n, pos = len(train), int(train["target"].sum())
-        weights = {"0": n / (2.0 * (n - pos)), "1": n / (2.0 * pos)}
+        weights = _balanced_weights(train["target"])
     for name, frame in zip(("train", "validation"), out):
         logger.info(
             "Rebalanced %s: %d images, %d positive (%.1f%%)",
@@ -390,3 +425,30 @@ def rebalance(
     trained = 0.5 if config.strategy == "class_weight" else float(out[0]["target"].mean())
     prevalence = {"natural": natural, "trained": trained}
     return out[0], out[1], {"strategy": config.strategy, "class_weight": weights, "prevalence": prevalence}
+
+
+def _balanced_weights(target: pd.Series) -> dict[str, float]:
+    """Loss weights of negatives (``"0"``) and positives (``"1"``) that give both classes equal weight."""
+    n, pos = len(target), int(target.sum())
+    return {"0": n / (2.0 * (n - pos)), "1": n / (2.0 * pos)}
+
+
+def _multi_label_weights(
+    train: pd.DataFrame, validation: pd.DataFrame, findings: tuple[str, ...], config: RebalanceParams
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    if config.strategy != "class_weight":
+        raise UserValueError(
+            f"data_processing.rebalance.strategy '{config.strategy}' needs one target finding; with "
+            f"{len(findings)} findings set it to class_weight (per-finding positive weights in the loss): "
+            "--params=data_processing.rebalance.strategy=class_weight"
+        )
+    shuffled = train.iloc[np.random.default_rng(config.seed).permutation(len(train))].reset_index(drop=True)
+    columns = target_columns(findings)
+    weights = {f: _balanced_weights(train[c]) for f, c in zip(findings, columns)}
+    natural = {f: float(train[c].mean()) for f, c in zip(findings, columns)}
+    logger.info(
+        "Per-finding positive weights (negatives per positive in train): %s",
+        ", ".join(f"{f} {w['1'] / w['0']:.1f}" for f, w in weights.items()),
+    )
+    prevalence = {"natural": natural, "trained": dict.fromkeys(findings, 0.5)}
+    return shuffled, validation, {"strategy": "class_weight", "class_weight": weights, "prevalence": prevalence}

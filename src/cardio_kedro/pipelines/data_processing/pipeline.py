@@ -18,7 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 clean_metadata,
-                inputs=["cohort_labels", "params:target_finding", "params:data_processing"],
+                inputs=["cohort_labels", "params:target_findings", "params:data_processing"],
                 outputs=["clean_metadata", "label_report"],
                 name="clean_metadata",
             ),
@@ -54,13 +54,23 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 split_by_patient,
-                inputs=["model_input_table", "official_split", "params:target_finding", "params:data_processing.split"],
+                inputs=[
+                    "model_input_table",
+                    "official_split",
+                    "params:target_findings",
+                    "params:data_processing.split",
+                ],
                 outputs=["train_split", "validation_split", "test_split"],
                 name="split_by_patient",
             ),
             Node(
                 rebalance,
-                inputs=["train_split", "validation_split", "params:data_processing.rebalance"],
+                inputs=[
+                    "train_split",
+                    "validation_split",
+                    "params:target_findings",
+                    "params:data_processing.rebalance",
+                ],
                 outputs=["train_balanced", "validation_balanced", "rebalancing"],
                 name="rebalance",
             ),

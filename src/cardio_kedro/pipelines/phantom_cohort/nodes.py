@@ -31,13 +31,15 @@ def _image_stream(drawn: pd.DataFrame, config: PhantomParams) -> Iterator[tuple[
 
 
 def _label_table(drawn: pd.DataFrame, size: int) -> pd.DataFrame:
-    """The NIH columns (``OriginalImage[Width,Height]`` written as two header cells, as NIH does) plus ``CTR``."""
+    """The NIH columns (``OriginalImage[Width,Height]`` written as two header cells, as NIH does) plus ``CTR``
+    and ``Reader P`` (the probability that a reader calls Cardiomegaly: the true calibrated probability)."""
     labels = drawn[list(REQUIRED_LABEL_COLUMNS)].copy()
     labels["OriginalImage[Width"] = size
     labels["Height]"] = size
     labels["OriginalImagePixelSpacing[x"] = round(0.143 * 1024 / size, 4)
     labels["y]"] = labels["OriginalImagePixelSpacing[x"]
     labels["CTR"] = drawn["ctr"].round(4)  # the drawn cardiothoracic ratio, for reference
+    labels["Reader P"] = drawn["p_cardiomegaly"].round(4)
     return labels
 
 
@@ -66,6 +68,7 @@ def generate_phantom_cohort(params: dict[str, Any]) -> tuple[Iterator[tuple[str,
         mean_follow_ups=config.mean_follow_ups,
         seed=config.seed,
         ap_fraction=config.ap_fraction,
+        reader_sd=config.reader_sd,
     )
     size = config.native_size
     return _image_stream(drawn, config), _box_list(drawn, size), _label_table(drawn, size)
