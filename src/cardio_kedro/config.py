@@ -62,6 +62,9 @@ class PhantomParams(Group):
     mean_follow_ups: float = Field(ge=0, description="Poisson mean of follow-up images per patient")
     prevalence: float = Field(gt=0, lt=1, description="share of patients whose cardiothoracic ratio exceeds 0.5")
     ap_fraction: float = Field(ge=0, le=1, description="share of AP films (they magnify the heart by 12%)")
+    ctr_spread: float = Field(
+        gt=0, le=0.2, description="sd of a patient's cardiothoracic-ratio distance from the 0.5 cut-off (half-normal)"
+    )
     reader_sd: float = Field(
         ge=0,
         le=0.1,

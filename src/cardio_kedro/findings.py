@@ -17,6 +17,8 @@ from cardio_kedro.nih import NIH_FINDINGS
 
 ALL = "all"
 TARGET_PREFIX = "target."
+SCORE_PREFIX = "score."  # a multi-label model's raw score of one finding
+PROBABILITY_PREFIX = "probability."  # and its calibrated probability
 
 
 def parse_target_findings(value: str | Sequence[str]) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ def sample_cohort(
     seed: int,
     ap_fraction: float = 0.4,
     reader_sd: float = 0.0,
+    ctr_spread: float = 0.05,
 ) -> pd.DataFrame:
     """Draw the per-image metadata of a phantom cohort (no pixels).
 
@@ -40,6 +41,8 @@ def sample_cohort(
     ``rotation`` ...) that ``render_phantom`` needs, and ``p_cardiomegaly``, the probability that a
     reader labels the image positive. Patients keep their anatomy across follow-ups with a small
     drift, so a follow-up can cross the threshold. ``reader_sd`` 0 labels by the drawn ratio exactly.
+    ``ctr_spread`` is the sd of a patient's distance from the 0.5 cut-off (half-normal): the smaller,
+    the more patients sit near it.
     """
     if not 0 < prevalence < 1:
         raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
@@ -53,7 +56,7 @@ def sample_cohort(
 
     positive_patient = rng.random(n_patients) < prevalence
     # Margin from the threshold: mostly small, so some cases are hard.
-    margin = np.abs(rng.normal(0.0, 0.05, n_patients))
+    margin = np.abs(rng.normal(0.0, ctr_spread, n_patients))
     base_ctr = np.where(positive_patient, CTR_THRESHOLD + margin, CTR_THRESHOLD - margin)
     ctr = base_ctr[patient - 1] + rng.normal(0.0, 0.006, n) * (follow_up > 0)
     ctr = np.clip(ctr, 0.34, 0.70)

@@ -149,3 +149,64 @@ def test_a_calibrated_model_carries_its_calibration_and_threshold(tmp_path):
     np.testing.assert_allclose(probability, apply_calibration(score, 1.7, -2.1), rtol=1e-4)
     np.testing.assert_allclose(again.predict(x, verbose=0).reshape(-1), probability, rtol=1e-6)
     assert attention_model(again).outputs[1].shape[1:3] == (4, 4)  # the attention map is still reachable
+
+
+# ---- the multi-label model ------------------------------------------------------------------------
+FINDINGS = ("Cardiomegaly", "Edema", "Effusion")
+
+
+@pytest.mark.parametrize("attention_map", ["sigmoid", "softmax"])
+def test_the_multi_label_model_has_one_map_and_one_head_per_finding(attention_map):
+    settings = {**TINY_MODEL, "attention_map": attention_map, "global_context": "mean"}
+    model = build_model(32, **settings, findings=FINDINGS)
+    x = np.random.default_rng(5).integers(0, 255, (2, 32, 32, 1)).astype(np.uint8)
+    assert model.predict(x, verbose=0).shape == (2, 3)
+    probabilities, maps = attention_model(model).predict(x, verbose=0)
+    assert maps.shape == (2, 4, 4, 3)
+    if attention_map == "softmax":  # every finding's map is its own distribution over the cells
+        np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, rtol=1e-4)
+    # each finding has its own head weights: changing one finding's slice moves that column only
+    before = model.predict(x, verbose=0)
+    kernel, bias = model.get_layer("score").get_weights()
+    bias[1] += 3.0
+    model.get_layer("score").set_weights([kernel, bias])
+    after = model.predict(x, verbose=0)
+    np.testing.assert_allclose(after[:, [0, 2]], before[:, [0, 2]], rtol=1e-6)
+    assert (after[:, 1] > before[:, 1]).all()
+    assert model_supports_jit(model)
+
+
+def test_finding_attention_pooling_pools_each_map_on_its_own():
+    from cardio_kedro.modeling import FindingAttentionPooling
+
+    features = np.zeros((1, 4, 4, 2), np.float32)
+    features[0, 0, 0] = [10.0, 1.0]
+    features[0, 3, 3] = [2.0, 20.0]
+    maps = np.zeros((1, 4, 4, 2), np.float32)
+    maps[0, 0, 0, 0] = 1.0  # finding 0 looks at the top-left cell, finding 1 at the bottom-right one
+    maps[0, 3, 3, 1] = 1.0
+    out = keras.ops.convert_to_numpy(FindingAttentionPooling()([features, maps]))
+    np.testing.assert_allclose(out, [[[10.0, 1.0], [2.0, 20.0]]], rtol=1e-4)
+    single = keras.ops.convert_to_numpy(AttentionPooling()([features, maps[..., :1]]))
+    np.testing.assert_allclose(out[:, 0], single, rtol=1e-5)  # one map: the binary model's pooling
+
+
+def test_the_multi_label_model_saves_reloads_and_keeps_per_finding_calibration(tmp_path):
+    from cardio_kedro.calibration import apply_calibration
+    from cardio_kedro.modeling import calibrate, model_findings, operating_threshold, with_score
+
+    augmentation = {"rotation": 5, "translation": 0.05}
+    raw = build_model(32, **{**TINY_MODEL, "augmentation": augmentation, "global_context": "max"}, findings=FINDINGS)
+    slopes, intercepts, thresholds = [1.0, 0.5, 2.0], [-1.0, 0.0, 0.3], [0.2, 0.5, 0.7]
+    model = calibrate(raw, slopes, intercepts, thresholds, findings=FINDINGS)
+    ds = KerasModelDataset(str(tmp_path / "classifier.keras"), version=None)
+    ds.save(model)
+    again = ds.load()  # safe_mode: every layer registered
+    assert model_findings(again) == list(FINDINGS) and operating_threshold(again) == thresholds
+    x = np.random.default_rng(6).integers(0, 255, (4, 32, 32, 1)).astype(np.uint8)
+    probability, score = with_score(again).predict(x, verbose=0)
+    np.testing.assert_allclose(score, raw.predict(x, verbose=0), rtol=1e-5)
+    for j in range(3):
+        expected = apply_calibration(score[:, j], slopes[j], intercepts[j])
+        np.testing.assert_allclose(probability[:, j], expected, rtol=1e-4)
+    assert model_findings(calibrate(build_model(32, **TINY_MODEL), 1.0, 0.0, 0.5)) is None

@@ -11,18 +11,27 @@ from .builder import (
     build_backbone,
     build_model,
     calibrate,
+    model_findings,
     operating_threshold,
     with_score,
     with_view_head,
 )
 from .io import load_model
-from .layers import AttentionPooling, Calibration, SpatialSoftmax, XrayAugment, XrayPreprocess
+from .layers import (
+    AttentionPooling,
+    Calibration,
+    FindingAttentionPooling,
+    SpatialSoftmax,
+    XrayAugment,
+    XrayPreprocess,
+)
 
 __all__ = [
     "ATTENTION_LAYER",
     "BACKBONE_PREPROCESSING",
     "AttentionPooling",
     "Calibration",
+    "FindingAttentionPooling",
     "SpatialSoftmax",
     "XrayAugment",
     "XrayPreprocess",
@@ -32,6 +41,7 @@ __all__ = [
     "calibrate",
     "encode_png",
     "load_model",
+    "model_findings",
     "operating_threshold",
     "overlay",
     "predict_with_attention",

@@ -13,7 +13,14 @@ from typing import Any
 import keras
 from keras import layers
 
-from .layers import AttentionPooling, Calibration, SpatialSoftmax, XrayAugment, XrayPreprocess
+from .layers import (
+    AttentionPooling,
+    Calibration,
+    FindingAttentionPooling,
+    SpatialSoftmax,
+    XrayAugment,
+    XrayPreprocess,
+)
 
 ATTENTION_LAYER = "attention_map"
 VIEW_OUTPUT = "view"  # the auxiliary output of the training model (with_view_head)
@@ -155,8 +162,16 @@ def build_model(
     dense_units: int,
     dropout: float,
     augmentation: Mapping[str, float] | None,
+    findings: Sequence[str] | None = None,
 ) -> keras.Model:
     """Build the attention classifier.
+
+    ``findings``: ``None`` or one finding builds the binary model (one map, one ``(B, 1)`` score).
+    Several build the multi-label model on the same backbone and 1x1 convolutions: the last
+    convolution gives one attention map per finding, each map pools the features for its own finding
+    (``FindingAttentionPooling``), and each finding has its own dense head (``EinsumDense`` with a
+    weight slice per finding), so the score is ``(B, K)`` in the order of ``findings``. Findings share
+    evidence through the trunk; each still looks where its own sign is.
 
     ``attention_stride`` picks the backbone features the attention head looks at (32: the last
     block; 16 or 8: a finer map, see ``feature_extractor``). ``attention_units`` are the widths of
@@ -186,16 +201,29 @@ def build_model(
         attention_context_stride,
     )
     features = layers.BatchNormalization(name="feature_norm")(features_model(x))
+    k = 1 if findings is None else len(findings)
     a = features
     for i, n in enumerate(units[:-1]):
         a = layers.Conv2D(n, 1, padding="same", activation=attention_activation, name=f"attention_conv{i + 1}")(a)
     if attention_map == "sigmoid":  # the seed's map: each cell in (0, 1) on its own
-        mask = layers.Conv2D(1, 1, padding="same", activation="sigmoid", name=ATTENTION_LAYER)(a)
-    elif attention_map == "softmax":  # the cells compete for one unit of attention
-        logits = layers.Conv2D(1, 1, padding="same", name="attention_logits")(a)
+        mask = layers.Conv2D(k, 1, padding="same", activation="sigmoid", name=ATTENTION_LAYER)(a)
+    elif attention_map == "softmax":  # the cells compete for one unit of attention (per map)
+        logits = layers.Conv2D(k, 1, padding="same", name="attention_logits")(a)
         mask = SpatialSoftmax(name=ATTENTION_LAYER)(logits)
     else:
         raise ValueError(f"attention_map must be 'sigmoid' or 'softmax', got '{attention_map}'")
+    if k == 1:
+        outputs = _binary_head(features, mask, global_context, dropout, dense_units)
+    else:
+        outputs = _finding_heads(features, mask, global_context, dropout, dense_units, k)
+    model = keras.Model(inputs, outputs, name=f"{backbone}_attention")
+    for layer in _all_layers(model):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = batchnorm_momentum
+    return model
+
+
+def _binary_head(features, mask, global_context: str, dropout: float, dense_units: int):
     pooled = AttentionPooling(name="attention_pooling")([features, mask])
     if global_context != "none":  # the whole image's mean or max features beside the attended ones
         pool = {"mean": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}[global_context]
@@ -203,12 +231,21 @@ def build_model(
     x = layers.Dropout(dropout, name="dropout1")(pooled)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout2")(x)
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name=SCORE_LAYER)(x)
-    model = keras.Model(inputs, outputs, name=f"{backbone}_attention")
-    for layer in _all_layers(model):
-        if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = batchnorm_momentum
-    return model
+    return layers.Dense(1, activation="sigmoid", dtype="float32", name=SCORE_LAYER)(x)
+
+
+def _finding_heads(features, maps, global_context: str, dropout: float, dense_units: int, k: int):
+    pooled = FindingAttentionPooling(name="attention_pooling")([features, maps])  # (B, K, C)
+    if global_context != "none":  # the same whole-image features beside every finding's attended ones
+        pool = {"mean": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}[global_context]
+        whole = layers.RepeatVector(k, name="global_per_finding")(pool(name="global_pool")(features))
+        pooled = layers.Concatenate(name="pooled")([pooled, whole])
+    x = layers.Dropout(dropout, name="dropout1")(pooled)
+    x = layers.EinsumDense("bkc,kcd->bkd", (k, dense_units), bias_axes="kd", activation="relu", name="dense")(x)
+    x = layers.Dropout(dropout, name="dropout2")(x)
+    return layers.EinsumDense(
+        "bkd,kd->bk", (k,), bias_axes="k", activation="sigmoid", dtype="float32", name=SCORE_LAYER
+    )(x)
 
 
 def with_view_head(model: keras.Model) -> keras.Model:
@@ -234,20 +271,38 @@ def _all_layers(model: keras.Model):
             yield from _all_layers(layer)
 
 
-def calibrate(model: keras.Model, slope: float, intercept: float, threshold: float) -> keras.Model:
+def calibrate(
+    model: keras.Model,
+    slope: float | list[float],
+    intercept: float | list[float],
+    threshold: float | list[float],
+    findings: Sequence[str] | None = None,
+) -> keras.Model:
     """``model`` with a ``Calibration`` layer on its score: the deployable classifier.
 
     Its output is the calibrated probability; the raw score, the attention map and the operating
-    threshold stay reachable (``with_score``, ``attention_model``, ``operating_threshold``).
+    threshold stay reachable (``with_score``, ``attention_model``, ``operating_threshold``). A
+    multi-label model takes one slope, intercept and threshold per finding, in ``findings``' order;
+    the names are saved in the layer (``model_findings``).
     """
-    probability = Calibration(slope, intercept, threshold, name=PROBABILITY_LAYER)(model.outputs[0])
+    names = None if findings is None or len(findings) == 1 else list(findings)
+    probability = Calibration(slope, intercept, threshold, findings=names, name=PROBABILITY_LAYER)(model.outputs[0])
     return keras.Model(model.inputs, probability, name=f"{model.name}_calibrated")
 
 
-def operating_threshold(model: keras.Model) -> float | None:
-    """The threshold saved with a calibrated model; ``None`` for a model without one."""
+def operating_threshold(model: keras.Model) -> float | list[float] | None:
+    """The threshold saved with a calibrated model (one per finding for a multi-label model);
+    ``None`` for a model without one."""
     layer = next((layer for layer in model.layers if isinstance(layer, Calibration)), None)
-    return None if layer is None else float(layer.threshold)
+    if layer is None:
+        return None
+    return [float(t) for t in layer.threshold] if isinstance(layer.threshold, list) else float(layer.threshold)
+
+
+def model_findings(model: keras.Model) -> list[str] | None:
+    """The findings of a calibrated multi-label model's output columns; ``None`` for a binary model."""
+    layer = next((layer for layer in model.layers if isinstance(layer, Calibration)), None)
+    return None if layer is None else layer.findings
 
 
 def with_score(model: keras.Model) -> keras.Model:

@@ -96,7 +96,8 @@ PREDICT_CHUNK_BYTES = 256 * 2**20  # pixels gathered into RAM per predict() call
 
 
 def predict_cached(model: keras.Model, pixels: np.ndarray, rows: np.ndarray, batch_size: int):
-    """``(probability, raw score)`` for the given cache rows, a chunk of the memory map at a time.
+    """``(probability, raw score)`` for the given cache rows, a chunk of the memory map at a time:
+    ``(N,)`` arrays for a binary model, ``(N, K)`` for a multi-label one.
 
     For a calibrated model the probability is calibrated and the score is the network's output
     before calibration; for an uncalibrated one both are that output.
@@ -111,10 +112,12 @@ def predict_cached(model: keras.Model, pixels: np.ndarray, rows: np.ndarray, bat
     from .builder import with_score
 
     scorer, rows = with_score(model), np.asarray(rows, np.int64)
+    columns = int(model.outputs[0].shape[-1])
+    shape = (-1,) if columns == 1 else (-1, columns)
     per_chunk = max(int(batch_size), PREDICT_CHUNK_BYTES // max(int(np.prod(pixels.shape[1:])), 1))
-    probability, score = [np.zeros(0)], [np.zeros(0)]
+    probability, score = [np.zeros(0).reshape(shape)], [np.zeros(0).reshape(shape)]
     for start in range(0, len(rows), per_chunk):
         out = scorer.predict(gather(pixels, rows[start : start + per_chunk]), batch_size=batch_size, verbose=0)
-        probability.append(np.asarray(out[0], float).reshape(-1))
-        score.append(np.asarray(out[1], float).reshape(-1))
+        probability.append(np.asarray(out[0], float).reshape(shape))
+        score.append(np.asarray(out[1], float).reshape(shape))
     return np.concatenate(probability), np.concatenate(score)

@@ -151,13 +151,39 @@ class AttentionPooling(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cardio_kedro")
+class FindingAttentionPooling(layers.Layer):
+    """One attention-weighted mean of the features per map: features ``(B, h, w, C)`` and maps
+    ``(B, h, w, K)`` give ``(B, K, C)``, each row ``GAP(features * map_k) / GAP(map_k)`` as in
+    ``AttentionPooling`` (the multi-label model: one map per finding)."""
+
+    def __init__(self, epsilon: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, inputs):
+        features, maps = inputs
+        cells = ops.cast(ops.shape(features)[1] * ops.shape(features)[2], features.dtype)
+        weighted = ops.einsum("bhwc,bhwk->bkc", features, ops.cast(maps, features.dtype)) / cells
+        mass = ops.mean(ops.cast(maps, features.dtype), axis=(1, 2))  # (B, K)
+        return weighted / (ops.expand_dims(mass, -1) + self.epsilon)
+
+    def compute_output_shape(self, input_shapes):
+        features_shape, maps_shape = input_shapes
+        return (features_shape[0], maps_shape[-1], features_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="cardio_kedro")
 class SpatialSoftmax(layers.Layer):
-    """Softmax over the cells of a 1-channel map: the cells compete, and the map sums to 1 per image."""
+    """Softmax over the cells of each channel of a map: the cells compete, and each channel sums to 1
+    per image (one channel: the binary model's map; one per finding: the multi-label model's)."""
 
     def call(self, inputs):
         shape = ops.shape(inputs)
-        flat = ops.reshape(inputs, (shape[0], -1))
-        return ops.reshape(ops.softmax(ops.cast(flat, "float32"), axis=-1), shape)
+        flat = ops.reshape(inputs, (shape[0], -1, shape[-1]))
+        return ops.reshape(ops.softmax(ops.cast(flat, "float32"), axis=1), shape)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -170,16 +196,27 @@ class Calibration(layers.Layer):
     ``sigmoid(slope * logit(score) + intercept)``: the prior-shift correction and Platt scaling
     fitted on validation (``cardio_kedro.calibration``). ``threshold`` is the operating point chosen
     on that calibrated scale. Both live in the saved model, so a model and its calibration and
-    threshold cannot be separated.
+    threshold cannot be separated. A multi-label model has one of each per finding (lists, in the
+    order of ``findings``, the names of its output columns).
     """
 
-    def __init__(self, slope: float, intercept: float, threshold: float, epsilon: float = 1e-7, **kwargs):
+    def __init__(
+        self,
+        slope: float | list[float],
+        intercept: float | list[float],
+        threshold: float | list[float],
+        epsilon: float = 1e-7,
+        findings: list[str] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.slope, self.intercept, self.threshold, self.epsilon = slope, intercept, threshold, epsilon
+        self.findings = findings
 
     def call(self, inputs):
         p = ops.clip(ops.cast(inputs, "float32"), self.epsilon, 1.0 - self.epsilon)
-        return ops.sigmoid(self.slope * (ops.log(p) - ops.log1p(-p)) + self.intercept)
+        slope = ops.convert_to_tensor(self.slope, "float32")
+        return ops.sigmoid(slope * (ops.log(p) - ops.log1p(-p)) + ops.convert_to_tensor(self.intercept, "float32"))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -191,4 +228,5 @@ class Calibration(layers.Layer):
             "intercept": self.intercept,
             "threshold": self.threshold,
             "epsilon": self.epsilon,
+            "findings": self.findings,
         }

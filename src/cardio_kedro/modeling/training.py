@@ -59,6 +59,7 @@ class EpochMonitor(keras.callbacks.Callback):
             # with the auxiliary view output, Keras names the finding's figures score_*: those are recorded
             **{k: float(logs.get(_scored(k), logs.get(k, np.nan))) for k in ("loss", "auc", "val_loss", "val_auc")},
             **{k: float(logs[k]) for k in ("view_accuracy", "val_view_accuracy") if k in logs},
+            **{k: float(v) for k, v in logs.items() if k.startswith("val_auc.")},  # per finding (multi-label)
             "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "epoch_seconds": seconds,
             "images_per_second": self.n_train / seconds,
@@ -182,6 +183,64 @@ def make_loss(name: str, label_smoothing: float = 0.0) -> keras.losses.Loss:
     raise ValueError(f"loss must be 'binary_crossentropy' or 'focal', got '{name}'")
 
 
+@keras.saving.register_keras_serializable(package="cardio_kedro")
+class WeightedBinaryCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy over ``(B, K)`` findings, each finding's positives and negatives weighted
+    by its own pair (``positive_weights[k]``, ``negative_weights[k]``: data_processing's per-finding
+    class weights), averaged over the findings. Targets are smoothed towards 0.5 by ``label_smoothing``."""
+
+    def __init__(
+        self,
+        positive_weights: list[float],
+        negative_weights: list[float],
+        label_smoothing: float = 0.0,
+        epsilon: float = 1e-7,
+        name: str = "weighted_binary_crossentropy",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        self.positive_weights, self.negative_weights = list(positive_weights), list(negative_weights)
+        self.label_smoothing, self.epsilon = label_smoothing, epsilon
+
+    def call(self, y_true, y_pred):
+        y = keras.ops.cast(y_true, "float32")
+        weight = y * keras.ops.convert_to_tensor(self.positive_weights) + (1.0 - y) * keras.ops.convert_to_tensor(
+            self.negative_weights
+        )
+        y = y * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        p = keras.ops.clip(keras.ops.cast(y_pred, "float32"), self.epsilon, 1.0 - self.epsilon)
+        return keras.ops.mean(-weight * (y * keras.ops.log(p) + (1.0 - y) * keras.ops.log1p(-p)), axis=-1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "positive_weights": self.positive_weights,
+            "negative_weights": self.negative_weights,
+            "label_smoothing": self.label_smoothing,
+            "epsilon": self.epsilon,
+        }
+
+
+@keras.saving.register_keras_serializable(package="cardio_kedro")
+class FindingAUC(keras.metrics.AUC):
+    """ROC AUC of one column (``index``) of a multi-label output: the per-finding figure of each epoch."""
+
+    def __init__(self, index: int, **kwargs):
+        super().__init__(**kwargs)
+        self.index = index
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        super().update_state(y_true[:, self.index], y_pred[:, self.index], sample_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "index": self.index}
+
+
+def finding_metric_name(finding: str) -> str:
+    """The per-epoch metric of one finding: ``auc.Cardiomegaly`` (Keras logs ``val_auc.Cardiomegaly``)."""
+    return f"auc.{finding}"
+
+
 def set_trainable(model: keras.Model, unfreeze_layers: int | str) -> int:
     """Freeze the backbone except its top ``unfreeze_layers`` weighted layers (``all`` = every one).
 
@@ -206,6 +265,7 @@ def compile_model(
     weight_averaging: float | None = None,
     steps_per_execution: int = 1,
     label_smoothing: float = 0.0,
+    finding_weights: dict[str, dict[str, float]] | None = None,
 ) -> None:
     """Adam at ``learning_rate`` (a number or a schedule), the named loss, AUC as the metric.
 
@@ -215,8 +275,23 @@ def compile_model(
     weighted by ``view_loss_weight``, and its accuracy. ``weight_averaging`` keeps an exponential
     moving average of the weights with that momentum (see ``averaged_weights``). ``steps_per_execution``
     batches run per call of the compiled step. ``label_smoothing`` applies to the finding's loss.
+    ``finding_weights`` (finding -> ``{"0": w, "1": w}``, in the output's column order) compiles a
+    multi-label model: the per-finding weighted loss, ``auc`` as the mean of the findings' AUCs (what
+    the best epoch is chosen on) and one ``auc.<finding>`` per finding.
     """
-    if len(model.outputs) == 1:
+    if finding_weights is not None:
+        if loss != "binary_crossentropy":
+            raise ValueError(f"a multi-label model trains with binary_crossentropy, not '{loss}'")
+        findings = list(finding_weights)
+        losses = WeightedBinaryCrossentropy(
+            [finding_weights[f]["1"] for f in findings], [finding_weights[f]["0"] for f in findings], label_smoothing
+        )
+        weights = None
+        metrics = [
+            keras.metrics.AUC(multi_label=True, num_labels=len(findings), name="auc"),
+            *(FindingAUC(j, name=finding_metric_name(f)) for j, f in enumerate(findings)),
+        ]
+    elif len(model.outputs) == 1:
         losses, weights, metrics = make_loss(loss, label_smoothing), None, [keras.metrics.AUC(name="auc")]
     else:
         losses, weights = [make_loss(loss, label_smoothing), "binary_crossentropy"], [1.0, view_loss_weight]

@@ -15,6 +15,7 @@ from cardio_kedro.config import ModelTrainingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.decision import choose_threshold
 from cardio_kedro.errors import UserValueError
+from cardio_kedro.findings import SCORE_PREFIX, TARGET_PREFIX, target_columns
 from cardio_kedro.modeling import build_model, calibrate, with_view_head
 from cardio_kedro.modeling.feeds import feed, predict_cached
 from cardio_kedro.modeling.training import (
@@ -34,19 +35,34 @@ from cardio_kedro.modeling.training import (
 logger = logging.getLogger(__name__)
 
 
+def frame_findings(frame: pd.DataFrame) -> tuple[str, ...] | None:
+    """The findings of a multi-label split (its ``target.<finding>`` columns); ``None`` for a binary one."""
+    found = tuple(c.removeprefix(TARGET_PREFIX) for c in frame.columns if c.startswith(TARGET_PREFIX))
+    return found or None
+
+
+def _target_columns(frame: pd.DataFrame) -> list[str]:
+    findings = frame_findings(frame)
+    return ["target"] if findings is None else target_columns(findings)
+
+
 def _require_both_classes(**splits: pd.DataFrame) -> None:
     for name, frame in splits.items():
-        positives = int(frame["target"].sum())
-        if positives == 0 or positives == len(frame):
-            raise UserValueError(
-                f"The {name} split has {positives} positive image(s) of {len(frame)}: training needs both "
-                "classes. Check target_finding and the cohort's labels."
-            )
+        for column in _target_columns(frame):
+            positives = int(frame[column].sum())
+            if positives == 0 or positives == len(frame):
+                what = "" if column == "target" else f" of {column.removeprefix(TARGET_PREFIX)}"
+                raise UserValueError(
+                    f"The {name} split has {positives} positive image(s){what} of {len(frame)}: training needs "
+                    "both classes. Check target_findings and the cohort's labels."
+                )
 
 
 def _labels(frame: pd.DataFrame, config: ModelTrainingParams) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """The finding's labels, and with ``view_loss_weight`` > 0 also the view's (1: AP)."""
-    target = frame["target"].to_numpy(np.float32)
+    """The finding's labels (``(N, K)`` for K findings), and with ``view_loss_weight`` > 0 also the
+    view's (1: AP)."""
+    findings = frame_findings(frame)
+    target = frame["target" if findings is None else target_columns(findings)].to_numpy(np.float32)
     if config.view_loss_weight == 0:
         return target
     return target, (frame["view"].astype(str).str.upper() == "AP").to_numpy(np.float32)
@@ -87,13 +103,21 @@ def _fit_inputs(
 
 
 def _class_weight(rebalancing: dict) -> dict[int, float] | None:
-    """Keras ``class_weight`` from data_processing's weights (``None`` when they are all 1)."""
+    """Keras ``class_weight`` from data_processing's weights (``None`` when they are all 1, and for a
+    multi-label model, whose per-finding weights are in its loss)."""
+    if isinstance(next(iter(rebalancing["class_weight"].values())), dict):
+        return None
     weights = {int(k): float(v) for k, v in rebalancing["class_weight"].items()}
     return None if all(w == 1.0 for w in weights.values()) else weights
 
 
 def _run_phases(
-    model: keras.Model, fit: dict[str, Any], monitor: EpochMonitor, steps_per_epoch: int, config: ModelTrainingParams
+    model: keras.Model,
+    fit: dict[str, Any],
+    monitor: EpochMonitor,
+    steps_per_epoch: int,
+    config: ModelTrainingParams,
+    finding_weights: dict[str, dict[str, float]] | None = None,
 ) -> None:
     """Phase ``head`` (backbone frozen), then ``fine_tune`` (top backbone layers unfrozen).
 
@@ -111,6 +135,7 @@ def _run_phases(
         "view_loss_weight": config.view_loss_weight,
         "weight_averaging": config.weight_averaging,
         "label_smoothing": config.label_smoothing,
+        "finding_weights": finding_weights,
     }
     set_trainable(model, 0)
     compile_model(model, config.head.learning_rate, config.loss, **compiled)
@@ -150,9 +175,21 @@ def train_model(
     top ``unfreeze_layers`` layers (0 skips it). Images come from the pixel cache; the model sees
     them at the cache's size. The class weights of ``rebalancing`` apply when data_processing used
     ``strategy: class_weight``. Returns the (uncalibrated) model and its per-epoch history.
+
+    Splits with ``target.<finding>`` columns (several ``target_findings``) train the multi-label
+    model: one output column per finding, each finding's positives weighted by its own class weights,
+    the best epoch chosen on the mean of the findings' validation AUCs, each finding's validation AUC
+    in the history (``val_auc.<finding>``).
     """
     config = ModelTrainingParams.model_validate(params)
     _require_both_classes(train=train, validation=validation)
+    findings = frame_findings(train)
+    finding_weights = None if findings is None else {f: rebalancing["class_weight"][f] for f in findings}
+    if findings is not None and config.view_loss_weight > 0:
+        raise UserValueError(
+            f"model_training.view_loss_weight {config.view_loss_weight} is for one target finding; with "
+            f"{len(findings)} set it to 0 (--params=model_training.view_loss_weight=0)"
+        )
     if config.distribution == "multi_host":
         train, validation, config = _multi_host_share(train, validation, config)
     previous_policy = keras.mixed_precision.dtype_policy()
@@ -177,14 +214,14 @@ def train_model(
             keras.backend.backend(),
         )
         with distribution_scope(config.distribution):
-            model = build_model(pixel_cache.size, **config.model.model_dump())
+            model = build_model(pixel_cache.size, **config.model.model_dump(), findings=findings)
             trainer = with_view_head(model) if config.view_loss_weight > 0 else model  # shares model's weights
             steps = math.ceil(len(train) / config.batch_size)
             if config.max_batches_per_epoch is not None and config.max_batches_per_epoch < steps:
                 steps = fit["steps_per_epoch"] = config.max_batches_per_epoch
                 logger.info("Each epoch trains on %d batches (model_training.max_batches_per_epoch)", steps)
             monitor = EpochMonitor(min(len(train), steps * config.batch_size))
-            _run_phases(trainer, fit, monitor, steps, config)
+            _run_phases(trainer, fit, monitor, steps, config, finding_weights)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
         keras.distribution.set_distribution(None)
@@ -195,7 +232,7 @@ def train_model(
     monitor.restore()
     if config.distribution == "multi_host":  # the next nodes run in process 0 alone: a model of its own
         replicated = model
-        model = build_model(pixel_cache.size, **config.model.model_dump())
+        model = build_model(pixel_cache.size, **config.model.model_dump(), findings=findings)
         model.set_weights(replicated.get_weights())
     history = pd.DataFrame(monitor.records)
     history["best"] = history["epoch"] == monitor.best_epoch
@@ -229,9 +266,10 @@ def _multi_host_share(
 def epoch_metrics(history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
     """The per-epoch history as MLflow metric histories (step = epoch), finite values only, and
     ``best_epoch``: the epoch whose weights were kept (a sweep reads its objective there)."""
+    names = [*HISTORY_METRICS, *(c for c in history.columns if c.startswith("val_auc."))]  # + per finding
     metrics = {
         name: [{"value": float(v), "step": int(e)} for e, v in zip(history["epoch"], history[name]) if math.isfinite(v)]
-        for name in HISTORY_METRICS
+        for name in names
         if name in history
     }
     if "best" in history and history["best"].any():
@@ -242,42 +280,39 @@ def epoch_metrics(history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
 def score_validation(
     classifier: keras.Model, validation: pd.DataFrame, pixel_cache: PixelCache, params: dict
 ) -> pd.DataFrame:
-    """The trained network's raw score for every image of the validation split (natural prevalence)."""
+    """The trained network's raw score for every image of the validation split (natural prevalence);
+    a multi-label model's as one ``score.<finding>`` column per finding, beside its ``target.<finding>``."""
     config = ModelTrainingParams.model_validate(params)
     _, score = predict_cached(classifier, pixel_cache.pixels(), pixel_cache.rows(validation["path"]), config.batch_size)
-    return validation[["image_index", "patient_id", "target"]].assign(score=score)
+    findings = frame_findings(validation)
+    if findings is None:
+        return validation[["image_index", "patient_id", "target"]].assign(score=score)
+    scores = {f"{SCORE_PREFIX}{f}": score[:, j] for j, f in enumerate(findings)}
+    return validation[["image_index", "patient_id", *target_columns(findings)]].assign(**scores)
 
 
 def _calibration_map(
-    scores: pd.DataFrame, rebalancing: dict, config: ModelTrainingParams
+    scores: np.ndarray, target: np.ndarray, prevalence: dict, config: ModelTrainingParams
 ) -> tuple[float, float, float]:
     """``(slope, intercept, prior-shift offset)`` of the calibration ``config.calibration`` asks for."""
-    prevalence = rebalancing["prevalence"]
     offset = prior_shift_offset(prevalence["trained"], prevalence["natural"])
     method = config.calibration.method
     if method == "platt":
-        return (*fit_platt(scores["score"], scores["target"], offset, config.calibration.shrinkage), offset)
+        return (*fit_platt(scores, target, offset, config.calibration.shrinkage), offset)
     return (1.0, offset, offset) if method == "prior_shift" else (1.0, 0.0, offset)
 
 
-def calibrate_classifier(
-    classifier: keras.Model, validation_scores: pd.DataFrame, rebalancing: dict, params: dict[str, Any]
-) -> tuple[keras.Model, dict]:
-    """The deployable classifier: the network, its calibration and its operating threshold in one model.
-
-    The calibration reads scores learnt at the rebalanced prevalence at the natural one (the exact
-    prior shift) and, with ``method: platt``, fits Platt scaling on the validation split's scores
-    (natural prevalence), shrunk towards the prior shift. The threshold is then chosen on the
-    calibrated validation probabilities. Test images are never used. Returns the model and a report.
-    """
-    config = ModelTrainingParams.model_validate(params)
-    slope, intercept, offset = _calibration_map(validation_scores, rebalancing, config)
-    y, raw = validation_scores["target"].to_numpy(), validation_scores["score"].to_numpy()
+def _calibrate_one(
+    y: np.ndarray, raw: np.ndarray, prevalence: dict, config: ModelTrainingParams, name: str = ""
+) -> dict[str, Any]:
+    """One finding's calibration and threshold on validation: the report entry."""
+    slope, intercept, offset = _calibration_map(raw, y, prevalence, config)
     calibrated = apply_calibration(raw, slope, intercept)
     t = config.threshold
     threshold = choose_threshold(y, calibrated, t.method, t.target_sensitivity, t.target_ppv)
     logger.info(
-        "Calibration (%s): slope %.3f, intercept %.3f (prior shift %.3f); threshold %.3f (%s)%s",
+        "Calibration%s (%s): slope %.3f, intercept %.3f (prior shift %.3f); threshold %.3f (%s)%s",
+        f" of {name}" if name else "",
         config.calibration.method,
         slope,
         intercept,
@@ -288,9 +323,9 @@ def calibrate_classifier(
         if threshold["validation_separated"]
         else "",
     )
-    report = {
+    return {
         **config.calibration.model_dump(),
-        "prevalence": rebalancing["prevalence"],
+        "prevalence": prevalence,
         "prior_shift_offset": offset,
         "slope": slope,
         "intercept": intercept,
@@ -302,4 +337,42 @@ def calibrate_classifier(
             "ece_calibrated": expected_calibration_error(y, calibrated),
         },
     }
-    return calibrate(classifier, slope, intercept, threshold["value"]), report
+
+
+def calibrate_classifier(
+    classifier: keras.Model, validation_scores: pd.DataFrame, rebalancing: dict, params: dict[str, Any]
+) -> tuple[keras.Model, dict]:
+    """The deployable classifier: the network, its calibration and its operating threshold in one model.
+
+    The calibration reads scores learnt at the rebalanced prevalence at the natural one (the exact
+    prior shift) and, with ``method: platt``, fits Platt scaling on the validation split's scores
+    (natural prevalence), shrunk towards the prior shift. The threshold is then chosen on the
+    calibrated validation probabilities. Test images are never used. Returns the model and a report.
+    A multi-label model gets one calibration and one threshold per finding; the report then holds
+    ``findings`` and one entry per finding under ``by_finding``.
+    """
+    config = ModelTrainingParams.model_validate(params)
+    findings = frame_findings(validation_scores)
+    if findings is None:
+        y, raw = validation_scores["target"].to_numpy(), validation_scores["score"].to_numpy()
+        report = _calibrate_one(y, raw, rebalancing["prevalence"], config)
+        return calibrate(classifier, report["slope"], report["intercept"], report["threshold"]["value"]), report
+    prevalence = rebalancing["prevalence"]
+    by_finding = {
+        f: _calibrate_one(
+            validation_scores[f"{TARGET_PREFIX}{f}"].to_numpy(),
+            validation_scores[f"{SCORE_PREFIX}{f}"].to_numpy(),
+            {"natural": prevalence["natural"][f], "trained": prevalence["trained"][f]},
+            config,
+            f,
+        )
+        for f in findings
+    }
+    calibrated = calibrate(
+        classifier,
+        [by_finding[f]["slope"] for f in findings],
+        [by_finding[f]["intercept"] for f in findings],
+        [by_finding[f]["threshold"]["value"] for f in findings],
+        findings=findings,
+    )
+    return calibrated, {"findings": list(findings), "by_finding": by_finding}

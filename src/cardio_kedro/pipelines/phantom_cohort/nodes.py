@@ -69,6 +69,7 @@ def generate_phantom_cohort(params: dict[str, Any]) -> tuple[Iterator[tuple[str,
         seed=config.seed,
         ap_fraction=config.ap_fraction,
         reader_sd=config.reader_sd,
+        ctr_spread=config.ctr_spread,
     )
     size = config.native_size
     return _image_stream(drawn, config), _box_list(drawn, size), _label_table(drawn, size)

@@ -1,0 +1,155 @@
+"""The multi-label model through the training nodes: per-finding weights, per-finding AUCs, best epoch on
+their mean, per-finding calibration and thresholds saved in the model, the JAX backend."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from cardio_kedro.datasets import DecodedChunk, PixelCacheDataset
+from cardio_kedro.pipelines.model_training.nodes import epoch_metrics, train_model
+from tests.helpers import tiny_params
+
+FINDINGS = ("Cardiomegaly", "Effusion", "Mass")
+# each finding draws its own block, independently of the others: left, right, bottom
+BLOCKS = {
+    "Cardiomegaly": (slice(6, 20), slice(2, 12)),
+    "Effusion": (slice(6, 20), slice(20, 30)),
+    "Mass": (slice(22, 30), slice(2, 30)),
+}
+RATES = (0.4, 0.3, 0.3)
+WEIGHTS = {f: {"0": 0.5 / (1 - r), "1": 0.5 / r} for f, r in zip(FINDINGS, RATES)}
+PARAMS = dict(view_loss_weight=0.0, fine_tune={"epochs": 8, "learning_rate": 3e-3})
+
+
+@pytest.fixture(scope="module")
+def multi_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multi")
+    rng = np.random.default_rng(0)
+    rows, pixels = [], []
+    for i in range(160):
+        img = rng.integers(20, 60, (32, 32)).astype(np.uint8)
+        has = rng.random(3) < RATES
+        for finding, present in zip(FINDINGS, has):
+            if present:
+                img[BLOCKS[finding]] = 220
+        path = root / f"{i}.png"
+        cv2.imwrite(str(path), img)
+        pixels.append(img)
+        row = {"image_index": path.name, "patient_id": i, "path": str(path), "target": int(has.any())}
+        rows.append({**row, **{f"target.{f}": int(h) for f, h in zip(FINDINGS, has)}, "view": "PA", "sex": "M"})
+    table = pd.DataFrame(rows)
+    dataset = PixelCacheDataset(str(root / "cache"), image_size=32)
+    n = len(table)
+    dataset.save(DecodedChunk(32, table["path"].tolist(), np.stack(pixels), np.full((n, 2), 32), np.ones((n, 2), int)))
+    return {"cache": dataset.load(), "train": table.iloc[:112].reset_index(drop=True), "validation": table.iloc[112:]}
+
+
+@pytest.fixture(scope="module")
+def trained(multi_cache):
+    rebalancing = {"strategy": "class_weight", "class_weight": WEIGHTS}
+    return train_model(
+        multi_cache["train"], multi_cache["validation"], multi_cache["cache"], rebalancing, tiny_params(**PARAMS)
+    )
+
+
+def test_every_finding_is_learnt_and_logged_per_epoch(trained, multi_cache):
+    model, history = trained
+    assert model.outputs[0].shape[-1] == 3
+    per_finding = [f"val_auc.{f}" for f in FINDINGS]
+    assert set(per_finding) <= set(history.columns)
+    best = history[history["best"]].iloc[0]
+    for column in per_finding:
+        assert best[column] > 0.8, history[per_finding]
+    # the best epoch is the one with the highest mean validation AUC (Keras' multi-label AUC)
+    np.testing.assert_allclose(history["val_auc"], history[per_finding].mean(axis=1), atol=0.02)
+    assert best["val_auc"] == history["val_auc"].max()
+    logged = epoch_metrics(history)
+    assert [p["step"] for p in logged["val_auc.Effusion"]] == history["epoch"].tolist()
+
+
+def test_multi_label_refuses_what_it_cannot_do(multi_cache):
+    rebalancing = {"strategy": "class_weight", "class_weight": WEIGHTS}
+    args = multi_cache["train"], multi_cache["validation"], multi_cache["cache"], rebalancing
+    with pytest.raises(ValueError, match="view_loss_weight=0"):
+        train_model(*args, tiny_params(view_loss_weight=0.5))
+    no_mass = multi_cache["validation"].assign(**{"target.Mass": 0})
+    with pytest.raises(ValueError, match="validation split has 0 positive image.s. of Mass"):
+        train_model(multi_cache["train"], no_mass, multi_cache["cache"], rebalancing, tiny_params(**PARAMS))
+
+
+@pytest.mark.slow
+def test_the_multi_label_model_trains_saves_and_reloads_under_jax(tmp_path):
+    script = textwrap.dedent(f"""
+        import numpy as np, keras
+        from cardio_kedro.datasets import KerasModelDataset
+        from cardio_kedro.modeling import build_model, calibrate, model_findings
+        from cardio_kedro.modeling.training import compile_model
+        from tests.helpers import TINY_MODEL
+        findings = ("Cardiomegaly", "Effusion")
+        model = build_model(32, **{{**TINY_MODEL, "augmentation": {{"rotation": 5}}}}, findings=findings)
+        compile_model(model, 1e-3, "binary_crossentropy", jit_compile=True, clipnorm=1.0,
+                      finding_weights={{f: {{"0": 1.0, "1": 2.0}} for f in findings}})
+        x = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 1)).astype(np.uint8)
+        y = (np.random.default_rng(1).random((16, 2)) < 0.5).astype("float32")
+        logs = model.fit(x, y, epochs=1, verbose=0).history
+        ds = KerasModelDataset("{tmp_path / "m.keras"}", version=None)
+        ds.save(calibrate(model, [1.0, 1.0], [0.0, 0.0], [0.5, 0.5], findings=findings))
+        again = ds.load()
+        shape = again.predict(x, verbose=0).shape
+        print("BACKEND", keras.backend.backend(), "FINDINGS", model_findings(again), "SHAPE", shape)
+    """)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "BACKEND jax FINDINGS ['Cardiomegaly', 'Effusion'] SHAPE (16, 2)" in out.stdout
+
+
+def test_each_finding_is_calibrated_and_thresholded_on_validation_and_saved_in_the_model(
+    trained, multi_cache, tmp_path
+):
+    from cardio_kedro.calibration import apply_calibration
+    from cardio_kedro.datasets import KerasModelDataset
+    from cardio_kedro.modeling import model_findings, operating_threshold, with_score
+    from cardio_kedro.pipelines.model_training.nodes import calibrate_classifier, score_validation
+
+    model, _ = trained
+    params = tiny_params(**PARAMS)
+    scores = score_validation(model, multi_cache["validation"], multi_cache["cache"], params)
+    assert list(scores.columns) == [
+        "image_index",
+        "patient_id",
+        *(f"target.{f}" for f in FINDINGS),
+        *(f"score.{f}" for f in FINDINGS),
+    ]
+    natural = {"Cardiomegaly": 0.05, "Effusion": 0.3, "Mass": 0.1}
+    rebalancing = {"class_weight": WEIGHTS, "prevalence": {"natural": natural, "trained": dict.fromkeys(FINDINGS, 0.5)}}
+    calibrated, report = calibrate_classifier(model, scores, rebalancing, params)
+    assert report["findings"] == list(FINDINGS)
+    offsets = {f: report["by_finding"][f]["prior_shift_offset"] for f in FINDINGS}
+    assert offsets["Cardiomegaly"] < offsets["Mass"] < offsets["Effusion"] < 0  # each read at its own prevalence
+    saved = KerasModelDataset(str(tmp_path / "classifier.keras"))
+    saved.save(calibrated)
+    again = saved.load()
+    assert model_findings(again) == list(FINDINGS)
+    assert operating_threshold(again) == [report["by_finding"][f]["threshold"]["value"] for f in FINDINGS]
+    x = multi_cache["cache"].images(multi_cache["validation"]["path"])[..., None]
+    probability, score = with_score(again).predict(x, verbose=0)
+    for j, f in enumerate(FINDINGS):
+        np.testing.assert_allclose(score[:, j], scores[f"score.{f}"], rtol=1e-5, atol=1e-6)
+        entry = report["by_finding"][f]
+        expected = apply_calibration(scores[f"score.{f}"], entry["slope"], entry["intercept"])
+        np.testing.assert_allclose(probability[:, j], expected, rtol=1e-4, atol=1e-6)
