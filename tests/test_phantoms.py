@@ -6,7 +6,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from cardio_kedro.phantoms import CTR_THRESHOLD, heart_box, render_phantom, sample_cohort
+from cardio_kedro.phantoms import (
+    CTR_THRESHOLD,
+    DRAWABLE_FINDINGS,
+    finding_box,
+    heart_box,
+    render_phantom,
+    sample_cohort,
+)
 
 
 def test_labels_follow_the_cardiothoracic_ratio():
@@ -70,18 +77,61 @@ def test_heart_box_covers_the_bright_heart():
     assert inside > lung + 10  # soft-tissue heart is denser (brighter) than the lung above it
 
 
-def test_label_is_not_readable_from_global_image_statistics():
-    cohort = sample_cohort(500, prevalence=0.5, mean_follow_ups=0.0, seed=11)
+@pytest.fixture(scope="module")
+def drawn_cohort():
+    """Phantoms drawing every drawable finding, with their global image statistics."""
+    cohort = sample_cohort(700, prevalence=0.5, mean_follow_ups=0.0, seed=11, drawn_findings=DRAWABLE_FINDINGS)
     feats = []
     for row in cohort.to_dict("records"):
         img = render_phantom(row, 96).astype(np.float32)
         feats.append([img.mean(), img.std(), *np.percentile(img, [5, 25, 50, 75, 95])])
-    y = cohort["Finding Labels"].str.contains("Cardiomegaly").to_numpy()
     x = np.array(feats)
-    x = (x - x.mean(0)) / x.std(0)
+    return cohort, (x - x.mean(0)) / x.std(0)
+
+
+@pytest.mark.parametrize("finding", DRAWABLE_FINDINGS)
+def test_no_drawn_finding_is_readable_from_global_image_statistics(drawn_cohort, finding):
+    cohort, x = drawn_cohort
+    y = cohort["Finding Labels"].str.split("|").apply(lambda labels: finding in labels).to_numpy()
+    assert y.sum() >= 20
     p = cross_val_predict(LogisticRegression(max_iter=1000), x, y, cv=5, method="predict_proba")[:, 1]
     auc = roc_auc_score(y, p)
-    assert auc < 0.65, f"global image statistics predict the label (AUC {auc:.3f}): phantoms have a shortcut"
+    assert auc < 0.65, f"global image statistics predict {finding} (AUC {auc:.3f}): phantoms have a shortcut"
+
+
+def test_drawn_findings_are_visible_inside_their_boxes():
+    cohort = sample_cohort(300, prevalence=0.3, mean_follow_ups=0.0, seed=12, drawn_findings=DRAWABLE_FINDINGS)
+    for finding, brighter in (("Effusion", True), ("Mass", True), ("Nodule", True), ("Pneumothorax", False)):
+        rows = cohort[cohort["Finding Labels"].str.contains(finding)].head(5).to_dict("records")
+        assert rows, finding
+        for row in rows:
+            row.update({"noise": 0.0, "gamma": 1.0, "exposure": 1.0})
+            x, y, w, h = (int(round(c)) for c in finding_box(row, finding, 256))
+            with_sign = render_phantom(row, 256).astype(float)[y : y + h, x : x + w]
+            key = {"Effusion": "effusion_height", "Pneumothorax": "pneumothorax_gap"}.get(
+                finding, f"{finding.lower()}_radius"
+            )
+            without = render_phantom({**row, key: 0.0}, 256).astype(float)[y : y + h, x : x + w]
+            change = with_sign - without
+            if brighter:  # an opacity: the box is brighter on average
+                assert change.mean() > 8, (finding, change.mean())
+            else:  # a lucent rim along the box's lateral side: a good share of it is much darker
+                assert np.percentile(change, 10) < -6, (finding, np.percentile(change, 10))
+    with pytest.raises(ValueError, match="no drawn Mass"):
+        finding_box(cohort[~cohort["Finding Labels"].str.contains("Mass")].iloc[0], "Mass", 256)
+
+
+def test_other_findings_co_occur_with_cardiomegaly_as_in_nih():
+    cohort = sample_cohort(3000, prevalence=0.3, mean_follow_ups=0.0, seed=13, reader_sd=0.004)
+    labels = cohort["Finding Labels"].str.split("|")
+    cardio = labels.apply(lambda s: "Cardiomegaly" in s)
+    effusion = labels.apply(lambda s: "Effusion" in s)
+    assert effusion[cardio].mean() == pytest.approx(0.383, abs=0.04)
+    assert effusion[~cardio].mean() == pytest.approx(0.112, abs=0.02)
+    # only drawn findings get a geometry: the default cohort draws the heart alone
+    assert (cohort["effusion_height"] == 0).all() and (cohort["mass_radius"] == 0).all()
+    with pytest.raises(ValueError, match="drawn_findings"):
+        sample_cohort(10, 0.3, 0.0, seed=1, drawn_findings=["Effusion"])
 
 
 def test_phantoms_follow_each_row_of_a_real_label_table():

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cardio_kedro.errors import UserError
 from cardio_kedro.findings import parse_target_findings
 from cardio_kedro.nih import NIH_FINDINGS
+from cardio_kedro.phantoms import DRAWABLE_FINDINGS
 
 Finding = Literal[NIH_FINDINGS]
 Backbone = Literal["vgg16", "densenet121", "efficientnetb0", "mobilenetv3small"]
@@ -62,6 +63,10 @@ class PhantomParams(Group):
     mean_follow_ups: float = Field(ge=0, description="Poisson mean of follow-up images per patient")
     prevalence: float = Field(gt=0, lt=1, description="share of patients whose cardiothoracic ratio exceeds 0.5")
     ap_fraction: float = Field(ge=0, le=1, description="share of AP films (they magnify the heart by 12%)")
+    drawn_findings: list[Literal[DRAWABLE_FINDINGS]] = Field(
+        min_length=1,
+        description="the findings drawn in the images, each with a box (Cardiomegaly first; others are labels only)",
+    )
     ctr_spread: float = Field(
         gt=0, le=0.2, description="sd of a patient's cardiothoracic-ratio distance from the 0.5 cut-off (half-normal)"
     )
@@ -435,6 +440,25 @@ class ProjectParams(Group):
     cohort_dir: str | None = Field(default=None, description=RUNTIME_KEYS["cohort_dir"])
     images_dir: str | None = Field(default=None, description=RUNTIME_KEYS["images_dir"])
     model_uri: str | None = Field(default=None, description=RUNTIME_KEYS["model_uri"])
+
+    @model_validator(mode="after")
+    def _multi_label_settings(self) -> ProjectParams:
+        findings = parse_target_findings(self.target_findings)
+        if len(findings) == 1:
+            return self
+        wrong = []
+        if self.data_processing.rebalance.strategy != "class_weight":
+            wrong.append("data_processing.rebalance.strategy=class_weight (per-finding positive weights)")
+        if self.model_training.view_loss_weight > 0:
+            wrong.append("model_training.view_loss_weight=0")
+        if self.model_training.loss != "binary_crossentropy":
+            wrong.append("model_training.loss=binary_crossentropy")
+        if wrong:
+            raise ValueError(
+                f"target_findings names {len(findings)} findings, and a multi-label model needs "
+                f"{', '.join(wrong)} (conf/multilabel sets them all: --env=multilabel)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _view_target_needs_undersampling(self) -> ProjectParams:

@@ -120,8 +120,8 @@ class MlflowTagHooks:
         import numpy as np
         from mlflow.models import infer_signature
 
-        size = int(model.inputs[0].shape[1])
-        signature = infer_signature(np.zeros((1, size, size, 1), np.uint8), np.zeros((1, 1), np.float32))
+        size, outputs = int(model.inputs[0].shape[1]), int(model.outputs[0].shape[-1])
+        signature = infer_signature(np.zeros((1, size, size, 1), np.uint8), np.zeros((1, outputs), np.float32))
         name = f"{self._target}-classifier"
         info = mlflow.keras.log_model(model, name="model", signature=signature, registered_model_name=name)
         mlflow.set_tag("registered_model", f"{name}/{info.registered_model_version}")
@@ -137,13 +137,15 @@ class MlflowTagHooks:
         from mlflow.models import infer_signature
 
         import cardio_kedro
-        from cardio_kedro.modeling import encode_png, operating_threshold
-        from cardio_kedro.serving import XrayClassifierService
+        from cardio_kedro.modeling import encode_png, model_findings, operating_threshold
+        from cardio_kedro.serving import XrayClassifierService, finding_outputs
 
         name = f"{self._target}-classifier-service"
         size = int(model.inputs[0].shape[1])
         example = pd.DataFrame({"image": [base64.b64encode(encode_png(np.zeros((size, size, 3), np.uint8))).decode()]})
-        signature = infer_signature(example, pd.DataFrame({"probability": [0.5], "label": [1]}))
+        threshold, findings = operating_threshold(model), model_findings(model)
+        outputs = finding_outputs(np.full((1, len(findings or [0])), 0.5), threshold, findings)
+        signature = infer_signature(example, outputs)
         with tempfile.TemporaryDirectory() as tmp:
             model_file = Path(tmp) / "classifier.keras"
             model.save(model_file)
@@ -159,8 +161,8 @@ class MlflowTagHooks:
             )
         mlflow.set_tag("registered_service", f"{name}/{info.registered_model_version}")
         logger.info(
-            "Serving model registered as %s (version %s), threshold %.3f",
+            "Serving model registered as %s (version %s), threshold %s",
             name,
             info.registered_model_version,
-            operating_threshold(model),
+            ", ".join(f"{t:.3f}" for t in np.atleast_1d(threshold)),
         )

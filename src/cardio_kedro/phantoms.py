@@ -13,6 +13,8 @@ heart (the film is farther from the heart) without changing the true ratio, as i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr
@@ -21,6 +23,26 @@ from cardio_kedro.nih import NIH_MARGINAL_RATES
 
 # The other findings are assigned at NIH's rates, with nothing drawn for them.
 OTHER_FINDING_RATES = {k: v for k, v in NIH_MARGINAL_RATES.items() if k != "Cardiomegaly"}
+# Share of NIH ChestX-ray14 images with each other finding among Cardiomegaly images and among the
+# rest (Data_Entry_2017, 112,120 images): the labels co-occur with Cardiomegaly as NIH's do (Effusion
+# on 38% of Cardiomegaly images, 11% of the others).
+NIH_RATES_GIVEN_CARDIOMEGALY: dict[str, tuple[float, float]] = {
+    "Atelectasis": (0.1333, 0.1023),
+    "Consolidation": (0.0609, 0.0411),
+    "Edema": (0.0457, 0.0199),
+    "Effusion": (0.3829, 0.1121),
+    "Emphysema": (0.0159, 0.0226),
+    "Fibrosis": (0.0187, 0.0149),
+    "Hernia": (0.0025, 0.0020),
+    "Infiltration": (0.2115, 0.1766),
+    "Mass": (0.0367, 0.0519),
+    "Nodule": (0.0389, 0.0569),
+    "Pleural_Thickening": (0.0400, 0.0299),
+    "Pneumonia": (0.0148, 0.0127),
+    "Pneumothorax": (0.0177, 0.0480),
+}
+# What render_phantom can draw, each with a visible sign and a box in BBox_List_2017.csv.
+DRAWABLE_FINDINGS = ("Cardiomegaly", "Effusion", "Mass", "Nodule", "Pneumothorax")
 
 CTR_THRESHOLD = 0.5
 AP_MAGNIFICATION = 1.12
@@ -34,6 +56,7 @@ def sample_cohort(
     ap_fraction: float = 0.4,
     reader_sd: float = 0.0,
     ctr_spread: float = 0.05,
+    drawn_findings: Sequence[str] = ("Cardiomegaly",),
 ) -> pd.DataFrame:
     """Draw the per-image metadata of a phantom cohort (no pixels).
 
@@ -42,8 +65,16 @@ def sample_cohort(
     reader labels the image positive. Patients keep their anatomy across follow-ups with a small
     drift, so a follow-up can cross the threshold. ``reader_sd`` 0 labels by the drawn ratio exactly.
     ``ctr_spread`` is the sd of a patient's distance from the 0.5 cut-off (half-normal): the smaller,
-    the more patients sit near it.
+    the more patients sit near it. The other findings are labels at NIH's rates given the image's
+    Cardiomegaly label; those in ``drawn_findings`` (see ``DRAWABLE_FINDINGS``) are also drawn, each
+    with its own geometry (``<finding>_...`` columns, drawn from a stream of their own so that the
+    rest of the cohort does not move with them).
     """
+    unknown = sorted(set(drawn_findings) - set(DRAWABLE_FINDINGS))
+    if unknown or "Cardiomegaly" not in drawn_findings:
+        raise ValueError(
+            f"drawn_findings must include Cardiomegaly and come from {list(DRAWABLE_FINDINGS)}; got {list(drawn_findings)}"
+        )
     if not 0 < prevalence < 1:
         raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
     if reader_sd < 0:
@@ -70,9 +101,10 @@ def sample_cohort(
     # one uniform per image, drawn whatever reader_sd is, so the rest of the cohort does not move with it
     read_positive = rng.random(n) < p_cardiomegaly
     labels = []
-    others = np.array(list(OTHER_FINDING_RATES))
-    rates = np.array(list(OTHER_FINDING_RATES.values()))
-    has_other = rng.random((n, rates.size)) < rates
+    others = np.array(list(NIH_RATES_GIVEN_CARDIOMEGALY))
+    given = np.array(list(NIH_RATES_GIVEN_CARDIOMEGALY.values()))  # (findings, 2)
+    rates = np.where(read_positive[:, None], given[:, 0], given[:, 1])
+    has_other = rng.random((n, len(others))) < rates
     for i in range(n):
         found = list(others[has_other[i]])
         if read_positive[i]:
@@ -91,8 +123,38 @@ def sample_cohort(
             "ctr": ctr,
             "p_cardiomegaly": p_cardiomegaly,
             **_anatomy(rng, patient, n_patients),
+            **_finding_geometry(np.random.default_rng([seed, 1]), has_other, list(others), drawn_findings),
         }
     )
+
+
+def _finding_geometry(
+    rng: np.random.Generator, has: np.ndarray, names: list[str], drawn: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Where and how large each drawn finding is, per image (size 0: not drawn on that image).
+
+    Effusion: fluid at one lung base up to ``effusion_height`` of the lung's height, higher laterally
+    (the meniscus), blunting the costophrenic angle. Mass and nodule: a round opacity of radius
+    ``<finding>_radius`` (patient frame; nodules 0.02-0.035, masses 0.05-0.08, as NIH's boxes are)
+    at a place in one lung. Pneumothorax: a lucent rim without lung tissue, ``pneumothorax_gap`` wide
+    at the apex and narrowing towards the base, with the collapsed lung's edge as a thin white line.
+    """
+    n = has.shape[0]
+    present = {f: has[:, names.index(f)] & (f in drawn) for f in DRAWABLE_FINDINGS if f != "Cardiomegaly"}
+    side = {f: np.where(rng.random(n) < 0.5, -1.0, 1.0) for f in present}
+    out = {
+        "effusion_side": side["Effusion"],
+        "effusion_height": rng.uniform(0.10, 0.22, n) * present["Effusion"],
+        "pneumothorax_side": side["Pneumothorax"],
+        "pneumothorax_gap": rng.uniform(0.05, 0.10, n) * present["Pneumothorax"],
+    }
+    for finding, (low, high) in (("Mass", (0.05, 0.08)), ("Nodule", (0.02, 0.035))):
+        key = finding.lower()
+        out[f"{key}_side"] = side[finding]
+        out[f"{key}_radius"] = rng.uniform(low, high, n) * present[finding]
+        out[f"{key}_height"] = rng.uniform(0.2, 0.75, n)  # share of the lung's height, apex to dome
+        out[f"{key}_lateral"] = rng.uniform(0.35, 0.8, n)  # share of the half-thorax, midline to wall
+    return out
 
 
 def reader_probability(ctr: np.ndarray, reader_sd: float) -> np.ndarray:
@@ -183,6 +245,78 @@ def _to_image(u: float, v: float, row) -> tuple[float, float]:
     return x, y
 
 
+def _lung_frame(row, u: np.ndarray, v: np.ndarray, edge: float) -> dict[str, np.ndarray]:
+    """Diaphragm domes and lung fields at patient-frame points ``(u, v)``: ``side`` (-1 image left),
+    ``dome`` (the dome's height above each point), ``d_lat`` (distance from the midline), ``lung_w``
+    (the lung's half-width at each height) and ``lung`` (0..1 inside a lung field)."""
+    half_t, apex, dia = 0.5 * row["thorax"], row["apex"], row["diaphragm"]
+    side = np.where(u < 0.5, -1.0, 1.0)
+    dome_c = 0.5 + side * 0.55 * half_t
+    dome_top = dia - 0.015 * (side < 0)
+    dome = dome_top + 0.9 * (u - dome_c) ** 2 / max(half_t, 1e-3)
+    d_lat = np.abs(u - 0.5)
+    lung_w = half_t * np.sqrt(np.clip((v - apex) / (dia - apex + 0.02), 0.0, 1.0)) ** 0.5
+    lung = _soft(lung_w - d_lat, edge) * _soft(d_lat - 0.055, edge) * _soft(dome - v, edge) * _soft(v - apex, edge * 2)
+    return {"side": side, "dome": dome, "d_lat": d_lat, "lung_w": lung_w, "lung": lung}
+
+
+def _finding_signs(row, u: np.ndarray, v: np.ndarray, edge: float, frame: dict) -> dict[str, np.ndarray]:
+    """The drawn findings of ``row`` as 0..1 masks in the patient frame (see ``_finding_geometry``)."""
+    half_t, apex, dia = 0.5 * row["thorax"], row["apex"], row["diaphragm"]
+    side, d_lat, lung = frame["side"], frame["d_lat"], frame["lung"]
+    signs = {}
+    if row.get("effusion_height", 0) > 0:
+        height = row["effusion_height"] * (dia - apex)
+        lateral = np.clip(d_lat / half_t, 0.0, 1.0)
+        top = frame["dome"] - height * (0.35 + 0.65 * lateral**2)  # the meniscus: higher at the chest wall
+        this_side = _soft(side * row["effusion_side"], 0.01)
+        signs["Effusion"] = (
+            this_side
+            * _soft(v - top, edge)
+            * _soft(frame["lung_w"] + 0.01 - d_lat, edge)
+            * (_soft(d_lat - 0.055, edge) * _soft(frame["dome"] + 0.012 - v, edge))
+        )
+    if row.get("pneumothorax_gap", 0) > 0:
+        depth = np.clip(1.0 - (v - apex) / (dia - apex), 0.15, 1.0)  # widest at the apex
+        inner = frame["lung_w"] - row["pneumothorax_gap"] * depth
+        this_side = _soft(side * row["pneumothorax_side"], 0.01)
+        signs["Pneumothorax"] = this_side * lung * _soft(d_lat - inner, edge)
+        signs["pneumothorax_line"] = this_side * lung * np.exp(-(((d_lat - inner) / 0.005) ** 2))
+    for finding in ("Mass", "Nodule"):
+        key = finding.lower()
+        radius = row.get(f"{key}_radius", 0)
+        if radius > 0:
+            cu = 0.5 + row[f"{key}_side"] * (0.07 + row[f"{key}_lateral"] * (half_t - 0.07 - radius))
+            cv = apex + 0.05 + row[f"{key}_height"] * (dia - apex - 0.1)
+            dist = np.sqrt((u - cu) ** 2 + (v - cv) ** 2)
+            blob = _soft(radius - dist, max(edge, 0.15 * radius))
+            if finding == "Mass":  # lobulated: a second, smaller lobe on its edge
+                lobe = np.sqrt((u - cu - 0.6 * radius) ** 2 + (v - cv + 0.5 * radius) ** 2)
+                blob = np.maximum(blob, _soft(0.6 * radius - lobe, max(edge, 0.15 * radius)))
+            signs[finding] = blob
+    return signs
+
+
+def finding_box(row: pd.Series | dict, finding: str, size: int, grid: int = 160) -> tuple[float, float, float, float]:
+    """The axis-aligned box ``(x, y, w, h)`` in pixels of a ``size`` image around a drawn finding
+    (where its mask exceeds 0.5), as NIH's box list gives it; the heart's box for Cardiomegaly."""
+    if finding == "Cardiomegaly":
+        return heart_box(row, size)
+    row = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in dict(row).items()}
+    axis = (np.arange(grid, dtype=np.float32) + 0.5) / grid
+    u, v = np.meshgrid(axis, axis)
+    edge = 1.5 / grid
+    mask = _finding_signs(row, u, v, edge, _lung_frame(row, u, v, edge)).get(finding)
+    if mask is None or not (mask > 0.5).any():
+        raise ValueError(f"{row.get('Image Index', 'this phantom')} has no drawn {finding}")
+    rows, cols = np.nonzero(mask > 0.5)
+    u0, u1, v0, v1 = cols.min() / grid, (cols.max() + 1) / grid, rows.min() / grid, (rows.max() + 1) / grid
+    pts = np.array([_to_image(a, b, row) for a in (u0, u1) for b in (v0, v1)])
+    x0, y0 = pts.min(axis=0) * size
+    x1, y1 = pts.max(axis=0) * size
+    return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
+
+
 def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
     """Render one phantom radiograph as a ``size`` x ``size`` uint8 image (bright = dense)."""
     row = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in dict(row).items()}
@@ -204,15 +338,9 @@ def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
     # Shoulders and neck (above the lungs).
     img += 0.08 * body * _soft(apex + 0.02 - v, 0.02)
 
-    # Diaphragm domes: one per side, the right (image left) higher, as in real films.
-    side = np.where(u < 0.5, -1.0, 1.0)
-    dome_c = 0.5 + side * 0.55 * half_t
-    dome_top = dia - 0.015 * (side < 0)
-    dome = dome_top + 0.9 * (u - dome_c) ** 2 / max(half_t, 1e-3)
-    # Lung fields: rounded, from the apex to the domes, outside the mediastinum.
-    d_lat = np.abs(u - 0.5)
-    lung_w = half_t * np.sqrt(np.clip((v - apex) / (dia - apex + 0.02), 0.0, 1.0)) ** 0.5
-    lung = _soft(lung_w - d_lat, edge) * _soft(d_lat - 0.055, edge) * _soft(dome - v, edge) * _soft(v - apex, edge * 2)
+    # Diaphragm domes (one per side, the right higher) and the lung fields from the apex to them.
+    frame = _lung_frame(row, u, v, edge)
+    side, dome, d_lat, lung = frame["side"], frame["dome"], frame["d_lat"], frame["lung"]
     img -= row["lung_density"] * lung * (1.0 + 0.15 * (v - 0.5))
 
     # Ribs: posterior arcs across each lung, brighter where they cross the lung field.
@@ -248,6 +376,17 @@ def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
 
     # Abdomen below the domes.
     img += 0.14 * _soft(v - dome, edge * 2) * body
+
+    # The other drawn findings (their geometry columns are absent or zero-sized otherwise).
+    signs = _finding_signs(row, u, v, edge, frame)
+    if "Effusion" in signs:  # fluid is as dense as soft tissue: the lung base turns white
+        img += (row["lung_density"] + 0.08) * signs["Effusion"]
+    if "Pneumothorax" in signs:  # air without lung tissue: darker, ribs fainter, the lung edge a white line
+        rim, line = signs["Pneumothorax"], signs["pneumothorax_line"]
+        img += -0.09 * rim - 0.04 * ribs * rim + 0.12 * line
+    for finding, density in (("Mass", 0.24), ("Nodule", 0.28)):
+        if finding in signs:
+            img += density * signs[finding]
 
     # Exposure, detector response and noise.
     img = np.clip(img, 0.0, 1.0) ** row["gamma"] * row["exposure"]

@@ -8,7 +8,8 @@ from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
 TRAINING_STAGES = ("data_processing", "model_training", "reporting")
-COMPOSITES = ("training", "demo")
+MULTILABEL_STAGES = ("data_processing", "model_training", "multilabel_reporting")
+COMPOSITES = ("training", "demo", "multilabel")
 
 
 def _pipeline_packages() -> list[str]:
@@ -20,7 +21,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     """Register every pipeline under ``pipelines/``; ``training`` (the default) runs the three stages.
 
     ``demo`` is ``phantom_cohort`` + ``training``: the demo cohort is generated (anew) and trained on,
-    the whole flow in one kedro viz view. ``training`` alone generates the demo cohort only when it
+    the whole flow in one kedro viz view. ``multilabel`` is ``training`` with ``multilabel_reporting``
+    in place of ``reporting``: the run of several ``target_findings``. ``training`` alone generates the demo cohort only when it
     is missing (``PreflightHooks``).
 
     Kedro 1.7 imports only the pipelines named on the command line and keeps that registry for the
@@ -36,5 +38,6 @@ def register_pipelines() -> dict[str, Pipeline]:
             pipelines[name] = importlib.import_module(f"cardio_kedro.pipelines.{name}").create_pipeline()
     pipelines["training"] = sum((pipelines[name] for name in TRAINING_STAGES), Pipeline([]))
     pipelines["demo"] = pipelines["phantom_cohort"] + pipelines["training"]
+    pipelines["multilabel"] = sum((pipelines[name] for name in MULTILABEL_STAGES), Pipeline([]))
     pipelines["__default__"] = pipelines["training"]
     return pipelines

@@ -45,6 +45,7 @@ class PreflightHooks:
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, pipeline, catalog) -> None:
         params = validate_parameters(catalog.load("parameters"), self._sources)
+        check_report_matches_targets(params, {node.name for node in pipeline.nodes})
         if TRAINING_PARAMS in pipeline.inputs():
             check_accelerator(params, self._sources)
             check_backbone_weights(params, self._sources)
@@ -65,6 +66,26 @@ class PreflightHooks:
             params.phantoms.n_patients,
         )
         SequentialRunner().run(pipelines["phantom_cohort"], catalog)
+
+
+BINARY_REPORT, MULTILABEL_REPORT = "build_report", "build_multilabel_report"
+
+
+def check_report_matches_targets(params: ProjectParams, node_names: set[str]) -> None:
+    """Stop before any work when the run's report cannot read its model: the binary report with
+    several target findings, or the multi-label report with one."""
+    n = len(params.findings)
+    if n > 1 and BINARY_REPORT in node_names:
+        raise ParameterError(
+            f"target_findings {params.target_findings!r} names {n} findings: train and report them with the "
+            "multilabel pipeline (kedro run --pipelines=multilabel; the demo: kedro run --env=multilabel "
+            "--pipelines=multilabel). The training and reporting pipelines are for one finding."
+        )
+    if n == 1 and MULTILABEL_REPORT in node_names:
+        raise ParameterError(
+            f"target_findings {params.target_findings!r} is one finding: the multilabel pipeline needs several "
+            "(e.g. --params='target_findings=Cardiomegaly|Effusion', or all); for one, run the training pipeline."
+        )
 
 
 def check_accelerator(params: ProjectParams, sources: ConfigSources) -> None:

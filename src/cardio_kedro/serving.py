@@ -2,7 +2,8 @@
 
 Input: a DataFrame with an ``image`` column of base64-encoded PNG or JPEG files. Output: one row
 per image with ``probability`` (calibrated, at the cohort's natural prevalence) and ``label`` (at the
-operating threshold saved with the model).
+operating threshold saved with the model); for a multi-label model, ``probability.<finding>`` and
+``label.<finding>`` for every finding, each at that finding's own threshold.
 An image that cannot be decoded, or whose header claims more than ``MAX_SIDE`` px (checked before
 any pixel is decoded), fails the request with a 400 that names the row and the reason; so do an
 empty request and one over the limits in ``model_config`` (``inference.service`` when registered).
@@ -33,10 +34,11 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
     """Decodes base64 images with the training code path and scores them with the Keras model."""
 
     def load_context(self, context) -> None:
-        from cardio_kedro.modeling import load_model, operating_threshold
+        from cardio_kedro.modeling import load_model, model_findings, operating_threshold
 
         self.model = load_model(context.artifacts["keras_model"])
         self.threshold = operating_threshold(self.model)
+        self.findings = model_findings(self.model)
         if self.threshold is None:
             raise ValueError("the served model has no threshold of its own: serve a calibrated classifier")
         self.size = int(self.model.inputs[0].shape[1])
@@ -75,5 +77,21 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
                 pixels.append(self._pixels(value))
             except (ValueError, ImageError) as exc:
                 raise _bad_request(f"row {i}: {exc}") from None
-        probability = np.asarray(self.model.predict_on_batch(np.stack(pixels)[..., None])).reshape(-1).astype(float)
-        return pd.DataFrame({"probability": probability, "label": (probability >= self.threshold).astype(int)})
+        probability = np.asarray(self.model.predict_on_batch(np.stack(pixels)[..., None])).astype(float)
+        return finding_outputs(probability, self.threshold, self.findings)
+
+
+def finding_outputs(
+    probability: np.ndarray, threshold: float | list[float], findings: list[str] | None
+) -> pd.DataFrame:
+    """``probability`` and ``label`` per image; for a multi-label model (``findings``), one pair of
+    columns per finding (``probability.<finding>``, ``label.<finding>``), each at its own threshold."""
+    if not findings:
+        p = probability.reshape(-1)
+        return pd.DataFrame({"probability": p, "label": (p >= threshold).astype(int)})
+    p = probability.reshape(len(probability), len(findings))
+    columns = {}
+    for j, finding in enumerate(findings):
+        columns[f"probability.{finding}"] = p[:, j]
+        columns[f"label.{finding}"] = (p[:, j] >= threshold[j]).astype(int)
+    return pd.DataFrame(columns)

@@ -4,7 +4,7 @@ Imports neither Kedro nor TensorFlow at module level, so the same code runs unde
 ``KERAS_BACKEND=jax`` on a machine without TensorFlow.
 """
 
-from .attention import attention_model, encode_png, overlay, predict_with_attention, upsample
+from .attention import attention_model, encode_png, overlay, predict_finding_maps, predict_with_attention, upsample
 from .builder import (
     ATTENTION_LAYER,
     BACKBONE_PREPROCESSING,
@@ -44,6 +44,7 @@ __all__ = [
     "model_findings",
     "operating_threshold",
     "overlay",
+    "predict_finding_maps",
     "predict_with_attention",
     "upsample",
     "with_score",

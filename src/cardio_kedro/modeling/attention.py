@@ -26,6 +26,16 @@ def predict_with_attention(model: keras.Model, pixels: np.ndarray) -> tuple[np.n
     return np.asarray(probability, float).reshape(-1), upsample(np.asarray(maps)[..., 0], pixels.shape[1])
 
 
+def predict_finding_maps(model: keras.Model, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-label model's probabilities ``(n, K)`` and its per-finding attention maps
+    ``(n, size, size, K)`` at the image size, for uint8 ``(n, size, size)``."""
+    probability, maps = attention_model(model).predict(pixels[..., None], verbose=0)
+    maps = np.asarray(maps, np.float32)
+    size = pixels.shape[1]
+    upsampled = np.stack([upsample(maps[..., j], size) for j in range(maps.shape[-1])], axis=-1)
+    return np.asarray(probability, float), upsampled
+
+
 def overlay(image: np.ndarray, attention: np.ndarray) -> np.ndarray:
     """The grayscale ``image`` with its attention blended over it (jet), as an RGB uint8 array.
 

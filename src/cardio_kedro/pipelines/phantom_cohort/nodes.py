@@ -12,7 +12,7 @@ import pandas as pd
 from cardio_kedro.config import PhantomParams
 from cardio_kedro.nih import REQUIRED_LABEL_COLUMNS
 from cardio_kedro.parallel import imap_progress
-from cardio_kedro.phantoms import heart_box, render_phantom, sample_cohort
+from cardio_kedro.phantoms import finding_box, render_phantom, sample_cohort
 
 
 def _render_png(row: dict, size: int) -> bytes:
@@ -43,15 +43,20 @@ def _label_table(drawn: pd.DataFrame, size: int) -> pd.DataFrame:
     return labels
 
 
-def _box_list(drawn: pd.DataFrame, size: int) -> pd.DataFrame:
-    """Each Cardiomegaly image's heart box in the native pixel frame, in NIH's box-list layout."""
-    positive = drawn["Finding Labels"].str.contains("Cardiomegaly")
-    boxes = pd.DataFrame(
-        [heart_box(r, size) for r in drawn[positive].to_dict("records")], columns=["Bbox [x", "y", "w", "h]"]
-    )
-    boxes.insert(0, "Finding Label", "Cardiomegaly")
-    boxes.insert(0, "Image Index", drawn.loc[positive, "Image Index"].to_numpy())
-    return boxes.round(2)
+def _box_list(drawn: pd.DataFrame, size: int, findings: list[str]) -> pd.DataFrame:
+    """The box of every drawn finding on every image labelled with it (the heart's for Cardiomegaly),
+    in the native pixel frame, in NIH's box-list layout."""
+    frames = []
+    for finding in findings:
+        positive = drawn["Finding Labels"].str.split("|").apply(lambda labels, f=finding: f in labels)
+        rows = drawn[positive]
+        boxes = pd.DataFrame(
+            [finding_box(r, finding, size) for r in rows.to_dict("records")], columns=["Bbox [x", "y", "w", "h]"]
+        )
+        boxes.insert(0, "Finding Label", finding)
+        boxes.insert(0, "Image Index", rows["Image Index"].to_numpy())
+        frames.append(boxes)
+    return pd.concat(frames, ignore_index=True).round(2)
 
 
 def generate_phantom_cohort(params: dict[str, Any]) -> tuple[Iterator[tuple[str, bytes]], pd.DataFrame, pd.DataFrame]:
@@ -70,6 +75,7 @@ def generate_phantom_cohort(params: dict[str, Any]) -> tuple[Iterator[tuple[str,
         ap_fraction=config.ap_fraction,
         reader_sd=config.reader_sd,
         ctr_spread=config.ctr_spread,
+        drawn_findings=config.drawn_findings,
     )
     size = config.native_size
-    return _image_stream(drawn, config), _box_list(drawn, size), _label_table(drawn, size)
+    return _image_stream(drawn, config), _box_list(drawn, size, config.drawn_findings), _label_table(drawn, size)
