@@ -73,7 +73,8 @@ def sample_cohort(
     unknown = sorted(set(drawn_findings) - set(DRAWABLE_FINDINGS))
     if unknown or "Cardiomegaly" not in drawn_findings:
         raise ValueError(
-            f"drawn_findings must include Cardiomegaly and come from {list(DRAWABLE_FINDINGS)}; got {list(drawn_findings)}"
+            f"drawn_findings must include Cardiomegaly and come from {list(DRAWABLE_FINDINGS)}; "
+            f"got {list(drawn_findings)}"
         )
     if not 0 < prevalence < 1:
         raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
@@ -297,6 +298,21 @@ def _finding_signs(row, u: np.ndarray, v: np.ndarray, edge: float, frame: dict) 
     return signs
 
 
+def _drawn_findings(row, u: np.ndarray, v: np.ndarray, edge: float, frame: dict, ribs: np.ndarray) -> np.ndarray:
+    """The density the other drawn findings add (0 where a row draws none)."""
+    signs = _finding_signs(row, u, v, edge, frame)
+    out = np.zeros_like(u)
+    if "Effusion" in signs:  # fluid is as dense as soft tissue: the lung base turns white
+        out += (row["lung_density"] + 0.08) * signs["Effusion"]
+    if "Pneumothorax" in signs:  # air without lung tissue: darker, ribs fainter, the lung edge a white line
+        rim, line = signs["Pneumothorax"], signs["pneumothorax_line"]
+        out += -0.09 * rim - 0.04 * ribs * rim + 0.12 * line
+    for finding, density in (("Mass", 0.24), ("Nodule", 0.28)):
+        if finding in signs:
+            out += density * signs[finding]
+    return out
+
+
 def finding_box(row: pd.Series | dict, finding: str, size: int, grid: int = 160) -> tuple[float, float, float, float]:
     """The axis-aligned box ``(x, y, w, h)`` in pixels of a ``size`` image around a drawn finding
     (where its mask exceeds 0.5), as NIH's box list gives it; the heart's box for Cardiomegaly."""
@@ -340,7 +356,7 @@ def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
 
     # Diaphragm domes (one per side, the right higher) and the lung fields from the apex to them.
     frame = _lung_frame(row, u, v, edge)
-    side, dome, d_lat, lung = frame["side"], frame["dome"], frame["d_lat"], frame["lung"]
+    dome, d_lat, lung = frame["dome"], frame["d_lat"], frame["lung"]
     img -= row["lung_density"] * lung * (1.0 + 0.15 * (v - 0.5))
 
     # Ribs: posterior arcs across each lung, brighter where they cross the lung field.
@@ -377,16 +393,7 @@ def render_phantom(row: pd.Series | dict, size: int = 1024) -> np.ndarray:
     # Abdomen below the domes.
     img += 0.14 * _soft(v - dome, edge * 2) * body
 
-    # The other drawn findings (their geometry columns are absent or zero-sized otherwise).
-    signs = _finding_signs(row, u, v, edge, frame)
-    if "Effusion" in signs:  # fluid is as dense as soft tissue: the lung base turns white
-        img += (row["lung_density"] + 0.08) * signs["Effusion"]
-    if "Pneumothorax" in signs:  # air without lung tissue: darker, ribs fainter, the lung edge a white line
-        rim, line = signs["Pneumothorax"], signs["pneumothorax_line"]
-        img += -0.09 * rim - 0.04 * ribs * rim + 0.12 * line
-    for finding, density in (("Mass", 0.24), ("Nodule", 0.28)):
-        if finding in signs:
-            img += density * signs[finding]
+    img += _drawn_findings(row, u, v, edge, frame, ribs)
 
     # Exposure, detector response and noise.
     img = np.clip(img, 0.0, 1.0) ** row["gamma"] * row["exposure"]

@@ -22,8 +22,8 @@ def register_pipelines() -> dict[str, Pipeline]:
 
     ``demo`` is ``phantom_cohort`` + ``training``: the demo cohort is generated (anew) and trained on,
     the whole flow in one kedro viz view. ``multilabel`` is ``training`` with ``multilabel_reporting``
-    in place of ``reporting``: the run of several ``target_findings``. ``training`` alone generates the demo cohort only when it
-    is missing (``PreflightHooks``).
+    in place of ``reporting``: the run of several ``target_findings``. ``training`` alone generates
+    the demo cohort only when it is missing (``PreflightHooks``).
 
     Kedro 1.7 imports only the pipelines named on the command line and keeps that registry for the
     process, so the rest (and the stages of the composite ``training``) are imported here too; an

@@ -174,7 +174,8 @@ def finding_localization(
         _, maps = predict_finding_maps(classifier, pixel_cache.images(frame["path"]))
         out[finding] = localization_scores(maps[..., j], b, tolerance)
         logger.info(
-            "Attention of %s on %d boxed test images: pointing game %.3f (uniform %.3f), mass in box %.3f (uniform %.3f)",
+            "Attention of %s on %d boxed test images: pointing game %.3f (uniform %.3f), "
+            "mass in box %.3f (uniform %.3f)",
             finding,
             out[finding]["n_images"],
             out[finding]["pointing_game_hit_rate"],
