@@ -106,3 +106,37 @@ def test_a_run_whose_report_cannot_read_its_model_stops_before_any_work(tmp_path
     finally:
         os.chdir(here)
     assert not (project / "data" / "01_raw" / "phantom").exists()  # stopped before generating anything
+
+
+def test_batch_inference_and_the_service_answer_per_finding(multilabel_project, tmp_path):
+    import base64
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    images = sorted((multilabel_project / "data/01_raw/phantom").rglob("*.png"))[:5]
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for path in images:
+        shutil.copy(path, folder / path.name)
+    here = os.getcwd()
+    os.chdir(multilabel_project)
+    try:
+        run_pipeline(multilabel_project, "inference", runtime_params={**MULTI, "images_dir": str(folder)})
+    finally:
+        os.chdir(here)
+    table = pd.read_csv(_latest(multilabel_project, "07_model_output/inference_predictions.csv")).set_index("file")
+    for finding in FINDINGS:
+        assert table[f"probability.{finding}"].between(0, 1).all()
+        assert set(table[f"label.{finding}"]) <= {0, 1}
+    uri = f"sqlite:///{multilabel_project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    service = mlflow.pyfunc.load_model(f"models:/{'+'.join(FINDINGS)}-classifier-service/1")
+    request = pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in images]})
+    answer = service.predict(request)
+    assert list(answer.columns) == [c for f in FINDINGS for c in (f"probability.{f}", f"label.{f}")]
+    for finding in FINDINGS:
+        np.testing.assert_allclose(
+            answer[f"probability.{finding}"], table.loc[[p.name for p in images], f"probability.{finding}"], rtol=1e-5
+        )

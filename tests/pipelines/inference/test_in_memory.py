@@ -72,3 +72,23 @@ def test_overlay_names_stay_unique_when_stems_collide():
         "scan": "scan.png",
     }
     assert len(set(names.values())) == len(names)
+
+
+def test_a_multi_label_model_gives_a_probability_label_and_overlay_per_finding(toy_cache, tmp_path):
+    from cardio_kedro.pipelines.inference.nodes import score_images
+
+    findings = ("Cardiomegaly", "Effusion", "Mass")
+    model = calibrate(build_model(32, **TINY_MODEL, findings=findings), [1.0] * 3, [0.0] * 3, [0.0, 1.0, 0.5], findings)
+    paths = toy_cache["train"]["path"].iloc[:4].tolist()
+    images = pd.DataFrame({"file": [f"{i}.png" for i in range(4)], "path": paths})
+    info = {"model": model, "threshold": operating_threshold(model), "version": "v3", "source": "memory"}
+    table, overlays = score_images(images, info, base_params("inference", workers=1, batch_size=3, heatmaps=True))
+    expected = model.predict(toy_cache["cache"].images(paths)[..., None], verbose=0)
+    for j, finding in enumerate(findings):
+        np.testing.assert_allclose(table[f"probability.{finding}"], expected[:, j], rtol=1e-5)
+        assert str(table[f"label.{finding}"].dtype) == "Int64"
+    # each finding at its own threshold: 0 calls everything positive, 1 nothing
+    assert table["label.Cardiomegaly"].tolist() == [1] * 4 and table["label.Effusion"].tolist() == [0] * 4
+    assert table["threshold.Mass"].tolist() == [0.5] * 4 and "probability" not in table
+    assert sorted(overlays) == sorted(f"{i}.{f}.png" for i in range(4) for f in findings)
+    assert len(set(overlays.values())) == len(overlays)  # one map per finding, not one map copied

@@ -14,7 +14,7 @@ import pandas as pd
 
 from cardio_kedro.config import InferenceParams
 from cardio_kedro.errors import UserValueError
-from cardio_kedro.modeling import attention_model, encode_png, overlay, with_score
+from cardio_kedro.modeling import attention_model, encode_png, model_findings, overlay, with_score
 from cardio_kedro.parallel import imap_progress
 from cardio_kedro.storage import image_loader
 
@@ -43,10 +43,13 @@ def _batches(
 
 
 def _score_batch(scorer, pixels: list[np.ndarray], heatmaps: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Calibrated probabilities, raw scores and, with ``heatmaps``, attention maps of a batch."""
+    """Calibrated probabilities and raw scores ``(n, K)`` (K = 1 for a binary model) and, with
+    ``heatmaps``, attention maps ``(n, h, w, K)`` of a batch."""
     out = scorer.predict_on_batch(np.stack(pixels)[..., None])  # predict() would rebuild its data pipeline per call
-    maps = np.asarray(out[2])[..., 0] if heatmaps else None
-    return np.asarray(out[0]).reshape(-1), np.asarray(out[1]).reshape(-1), maps
+    probability = np.asarray(out[0], float)
+    k = probability.shape[-1]
+    maps = np.asarray(out[2]) if heatmaps else None
+    return probability.reshape(-1, k), np.asarray(out[1], float).reshape(-1, k), maps
 
 
 def _scorer(model, heatmaps: bool):
@@ -63,12 +66,13 @@ def overlay_names(files: list[str]) -> dict[str, str]:
     return {file: name if counts[name] == 1 else f"{file}.png" for file, name in default.items()}
 
 
-def _threshold(model_info: dict, config: InferenceParams) -> float:
-    """The threshold saved with the model, or the explicit ``inference.threshold``; never another model's."""
+def _threshold(model_info: dict, config: InferenceParams) -> float | list[float]:
+    """The threshold saved with the model (one per finding for a multi-label model), or the explicit
+    ``inference.threshold`` (then for every finding); never another model's."""
     if config.threshold is not None:
         if model_info["threshold"] is not None:
             logger.warning(
-                "inference.threshold %.3f replaces the threshold %.3f saved with model %s",
+                "inference.threshold %.3f replaces the threshold(s) %s saved with model %s",
                 config.threshold,
                 model_info["threshold"],
                 model_info["version"],
@@ -83,6 +87,27 @@ def _threshold(model_info: dict, config: InferenceParams) -> float:
     return model_info["threshold"]
 
 
+def _row(file: str, probability: np.ndarray, score: np.ndarray, thresholds: np.ndarray, findings, error) -> dict:
+    """One output row: the binary model's columns, or a probability, label, threshold and score per finding."""
+    scored = error is None
+    if not findings:
+        columns = {
+            "probability": float(probability[0]) if scored else None,
+            "label": int(probability[0] >= thresholds[0]) if scored else None,
+            "threshold": float(thresholds[0]),
+            "score": float(score[0]) if scored else None,
+        }
+    else:
+        columns = {}
+        for j, finding in enumerate(findings):
+            columns[f"probability.{finding}"] = float(probability[j]) if scored else None
+            columns[f"label.{finding}"] = int(probability[j] >= thresholds[j]) if scored else None
+        for j, finding in enumerate(findings):
+            columns[f"threshold.{finding}"] = float(thresholds[j])
+            columns[f"score.{finding}"] = float(score[j]) if scored else None
+    return {"file": file, **columns, "error": str(error) if error is not None else None}
+
+
 def score_images(
     images: pd.DataFrame, model_info: dict, params: dict[str, Any], storage_options: dict[str, Any] | None = None
 ) -> tuple[pd.DataFrame, dict]:
@@ -92,42 +117,41 @@ def score_images(
     Files are decoded on every core and scored in batches as they arrive (memory stays flat);
     with ``heatmaps: true`` the attention overlay of every scored image is returned as
     ``{file.png: PNG bytes}``. ``storage_options`` (``inference_storage``) open images in object storage.
+    A multi-label model gives ``probability.<finding>``, ``label.<finding>`` (at that finding's own
+    threshold), ``threshold.<finding>`` and ``score.<finding>`` columns, and one overlay per finding,
+    ``file.<finding>.png``.
     """
     config = InferenceParams.model_validate(params)
     if images.empty:
         raise UserValueError("The images folder holds no PNG, JPEG or DICOM file: nothing to score")
     model, version = model_info["model"], model_info["version"]
-    threshold = _threshold(model_info, config)
+    findings = model_findings(model)
+    k = len(findings) if findings else 1
+    thresholds = np.broadcast_to(np.asarray(_threshold(model_info, config), float), (k,))
     scorer, rows, overlays = _scorer(model, config.heatmaps), [], {}
     names = overlay_names(images["file"].tolist())
     for files, decoded in _batches(images, int(model.inputs[0].shape[1]), config, storage_options):
         ok = [i for i, (_, _, error) in enumerate(decoded) if error is None]
-        probs, scores = np.full(len(files), np.nan), np.full(len(files), np.nan)
+        probs, scores = np.full((len(files), k), np.nan), np.full((len(files), k), np.nan)
         if ok:
             probs[ok], scores[ok], maps = _score_batch(scorer, [decoded[i][0] for i in ok], config.heatmaps)
             for j, i in enumerate(ok if maps is not None else []):
-                overlays[names[files[i]]] = encode_png(overlay(decoded[i][0], maps[j]))
+                for c in range(k):
+                    name = names[files[i]] if not findings else names[files[i]][:-4] + f".{findings[c]}.png"
+                    overlays[name] = encode_png(overlay(decoded[i][0], maps[j][..., c]))
         for file, probability, score, (_, _, error) in zip(files, probs, scores, decoded):
-            scored = error is None
-            rows.append(
-                {
-                    "file": file,
-                    "probability": float(probability) if scored else None,
-                    "label": int(probability >= threshold) if scored else None,
-                    "threshold": threshold,
-                    "score": float(score) if scored else None,
-                    "model_version": version,
-                    "error": str(error) if error is not None else None,
-                }
-            )
-    table = pd.DataFrame(rows).astype({"label": "Int64"})  # 0/1, empty for unreadable files
+            rows.append({**_row(file, probability, score, thresholds, findings, error), "model_version": version})
+    table = pd.DataFrame(rows)
+    labels = [c for c in table.columns if c == "label" or c.startswith("label.")]
+    table = table.astype(dict.fromkeys(labels, "Int64"))  # 0/1, empty for unreadable files
+    table = table[[c for c in table.columns if c not in ("model_version", "error")] + ["model_version", "error"]]
     n_err = int(table["error"].notna().sum())
     logger.info(
-        "Scored %d image(s) with model %s (threshold %.3f): %d positive, %d unreadable",
+        "Scored %d image(s) with model %s (threshold %s): %s positive, %d unreadable",
         len(table) - n_err,
         version,
-        threshold,
-        int((table["label"] == 1).sum()),
+        ", ".join(f"{t:.3f}" for t in thresholds),
+        ", ".join(str(int((table[c] == 1).sum())) for c in labels),
         n_err,
     )
     return table, overlays
