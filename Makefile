@@ -6,7 +6,7 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install install-gpu run run-gpu test test-fast lint viz mlflow-ui mlflow-server sweep clean-data lock weights
+.PHONY: install install-gpu run run-multilabel run-gpu test test-fast lint viz mlflow-ui mlflow-server sweep clean-data lock weights
 
 # the exact, hash-checked versions of requirements.lock, then the package itself (editable, no deps)
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -30,6 +30,10 @@ install-gpu: $(BIN)/.installed-gpu
 
 run: install
 	$(BIN)/kedro run --pipelines=training
+
+# the multi-label demo: one model for the 14 NIH findings on phantoms that draw five of them (docs/multilabel.md)
+run-multilabel: install
+	$(BIN)/kedro run --env=multilabel --pipelines=multilabel
 
 # train on a GPU with the JAX backend; stops at once if JAX sees no GPU (make run-gpu ENV=nih COHORT=/data/nih)
 ENV ?= nih

@@ -21,7 +21,14 @@ def test_architecture_names_every_node_and_dataset():
     doc = (PROJECT_ROOT / "docs" / "architecture.md").read_text()
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", doc))
     pipelines = _pipelines()
-    for name in ("phantom_cohort", "data_processing", "model_training", "reporting", "inference"):
+    for name in (
+        "phantom_cohort",
+        "data_processing",
+        "model_training",
+        "reporting",
+        "multilabel_reporting",
+        "inference",
+    ):
         assert name in words, name
         pipeline = pipelines[name]
         missing = {n.name for n in pipeline.nodes} - words

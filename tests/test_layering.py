@@ -35,7 +35,7 @@ def _files(folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_no_pipeline_imports_another_pipeline(pipeline):
-    assert len(PIPELINES) == 5
+    assert len(PIPELINES) == 6
     for path in _files(PACKAGE / "pipelines" / pipeline):
         others = {
             name

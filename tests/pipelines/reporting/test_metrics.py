@@ -6,14 +6,10 @@ import pandas as pd
 import pytest
 
 from cardio_kedro.decision import choose_threshold
+from cardio_kedro.evaluation.localization import localization_scores
+from cardio_kedro.evaluation.metrics import bootstrap_auc, calibration_metrics, rates_at
 from cardio_kedro.modeling import predict_with_attention
-from cardio_kedro.pipelines.reporting.metrics import bootstrap_auc, calibration_metrics, rates_at
-from cardio_kedro.pipelines.reporting.nodes import (
-    decision_curve,
-    evaluation_metrics,
-    headline_metrics,
-    localization_scores,
-)
+from cardio_kedro.pipelines.reporting.nodes import decision_curve, evaluation_metrics, headline_metrics
 from tests.helpers import base_params
 
 
@@ -193,7 +189,7 @@ def test_heat_maps_align_with_the_image():
 
 
 def test_patient_resamples_take_whole_patients_as_drawn():
-    from cardio_kedro.pipelines.reporting.metrics import _patient_resamples
+    from cardio_kedro.evaluation.metrics import _patient_resamples
 
     groups = np.array([7, 3, 7, 9, 3, 3, 11, 9, 7])
     uniq, inverse = np.unique(groups, return_inverse=True)
@@ -205,7 +201,7 @@ def test_patient_resamples_take_whole_patients_as_drawn():
 
 
 def test_bootstrap_auc_equals_resorting_every_resample():
-    from cardio_kedro.pipelines.reporting.metrics import auc_or_none, patient_bootstrap
+    from cardio_kedro.evaluation.metrics import auc_or_none, patient_bootstrap
 
     rng = np.random.default_rng(0)
     groups = rng.integers(0, 300, 1200)
@@ -219,7 +215,7 @@ def test_bootstrap_auc_equals_resorting_every_resample():
 
 
 def test_every_metric_has_a_per_view_breakdown():
-    from cardio_kedro.pipelines.reporting.metrics import auc_or_none
+    from cardio_kedro.evaluation.metrics import auc_or_none
 
     val, test = _predictions(1), _predictions(2)
     m = _metrics(val, test, n_bootstrap=20)

@@ -18,22 +18,19 @@ from cardio_kedro.calibration import expected_calibration_error
 from cardio_kedro.config import ReportingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.errors import UserValueError
+from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, localization_scores
+from cardio_kedro.evaluation.metrics import auc_or_none, evaluate
+from cardio_kedro.evaluation.report import png_data_uri, report_templates
 from cardio_kedro.findings import PROBABILITY_PREFIX, SCORE_PREFIX, TARGET_PREFIX, label_matrix
 from cardio_kedro.formatting import fmt, fmt_auc
 from cardio_kedro.modeling import model_findings, overlay, predict_finding_maps
 from cardio_kedro.modeling.feeds import predict_cached
 from cardio_kedro.nih import NIH_FINDINGS
-from cardio_kedro.pipelines.reporting.metrics import auc_or_none, evaluate
-from cardio_kedro.pipelines.reporting.nodes import (
-    _TEMPLATES,
-    POINTING_TOLERANCE,
-    _png_data_uri,
-    localization_scores,
-)
 
 from . import plots
 
 logger = logging.getLogger(__name__)
+_TEMPLATES = report_templates()
 
 # CheXNet (Rajpurkar et al. 2017, arXiv:1711.05225, Table 1): DenseNet-121 at 224 px on a random
 # patient-wise split of NIH ChestX-ray14. Published figures on a different split, for reference only.
@@ -273,5 +270,5 @@ def build_multilabel_report(
         best=best.iloc[0].to_dict() if len(best) else None,
         image_size=image_size,
         drawn=drawn,
-        figures={name.replace("_", " "): _png_data_uri(png) for name, png in figures.items()},
+        figures={name.replace("_", " "): png_data_uri(png) for name, png in figures.items()},
     )

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from cardio_kedro.pipelines.reporting.plots import ACCENT, NEG, POS  # noqa: E402
+POS, NEG, ACCENT = "#d62728", "#1f77b4", "#2ca02c"  # the reporting pipeline's colours
 
 
 def _grid(n: int, ncols: int, size: float) -> tuple[plt.Figure, np.ndarray]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 from typing import Any
 
 import cv2
-import jinja2
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
@@ -18,26 +16,22 @@ from sklearn.preprocessing import StandardScaler
 from cardio_kedro.config import ReportingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.decision import net_benefit
-from cardio_kedro.formatting import fmt, fmt_auc, fmt_interval
+from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, localization_scores
+from cardio_kedro.evaluation.metrics import auc_or_none, bootstrap_auc, calibration_metrics, evaluate, roc_band
+from cardio_kedro.evaluation.report import png_data_uri, report_templates
+from cardio_kedro.formatting import fmt, fmt_auc
 from cardio_kedro.modeling import overlay, predict_with_attention
 from cardio_kedro.modeling.feeds import predict_cached
 from cardio_kedro.sampling import undersample
 
 from . import plots
-from .metrics import auc_or_none, bootstrap_auc, calibration_metrics, evaluate, roc_band
 
 logger = logging.getLogger(__name__)
 
 AGE_BANDS = [0, 40, 60, 80, 200]
 AGE_LABELS = ["<40", "40-59", "60-79", "80+"]
 PREDICTION_COLUMNS = ["image_index", "patient_id", "path", "sex", "view", "age", "target"]
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("cardio_kedro.pipelines.reporting", "templates"),
-    autoescape=jinja2.select_autoescape(default=True),
-    undefined=jinja2.StrictUndefined,
-)
-_TEMPLATES.filters.update(fmt=fmt, fmt_auc=fmt_auc)
-_TEMPLATES.globals.update(fmt_interval=fmt_interval)
+_TEMPLATES = report_templates()
 
 
 def predict_split(classifier, split: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]) -> pd.DataFrame:
@@ -330,51 +324,6 @@ def attention_heatmaps(
     )
 
 
-POINTING_TOLERANCE = 15 / 224  # the pointing game's 15 px at 224 px (Zhang et al. 2016), as a share of the side
-
-
-def _box_mask(shape: tuple[int, int], box: np.ndarray, margin: float = 0.0) -> np.ndarray:
-    x, y, w, h = box
-    inside = np.zeros(shape, dtype=bool)
-    y0, y1 = int(np.floor(y - margin)), int(np.ceil(y + h + margin))
-    x0, x1 = int(np.floor(x - margin)), int(np.ceil(x + w + margin))
-    inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
-    return inside
-
-
-def localization_scores(maps: np.ndarray, boxes: np.ndarray, tolerance: float) -> dict:
-    """Pointing game and the share of attention mass inside the box, each next to what a uniform map scores.
-
-    Pointing game: a hit when the map's peak lies inside the box grown by ``tolerance`` px (the
-    standard game's tolerance for maps coarser than the image); ``pointing_game_strict`` uses no
-    tolerance. A uniform map's peak is anywhere, so it hits as often as the grown box's share of the
-    image; its mass in the box is the box's share. ``maps``: (n, s, s) non-negative; ``boxes``:
-    (n, 4) as x, y, w, h in the maps' pixel frame.
-    """
-    hits, strict, mass, share, grown_share = [], [], [], [], []
-    for m, box in zip(maps, boxes):
-        inside, grown = _box_mask(m.shape, box), _box_mask(m.shape, box, tolerance)
-        peak = np.unravel_index(int(np.argmax(m)), m.shape)
-        hits.append(bool(grown[peak]))
-        strict.append(bool(inside[peak]))
-        total = float(m.sum())
-        mass.append(float(m[inside].sum() / total) if total > 0 else 0.0)
-        share.append(float(inside.mean()))
-        grown_share.append(float(grown.mean()))
-    if not hits:
-        return {"n_images": 0, "pointing_game_hit_rate": None, "attention_mass_in_box": None, "uniform_reference": None}
-    return {
-        "n_images": len(hits),
-        "pointing_game_hit_rate": float(np.mean(hits)),
-        "pointing_game_strict": float(np.mean(strict)),
-        "pointing_tolerance_px": float(tolerance),
-        "uniform_pointing_reference": float(np.mean(grown_share)),
-        "attention_mass_in_box": float(np.mean(mass)),
-        "uniform_reference": float(np.mean(share)),
-        "mass_over_uniform": float(np.mean(mass) / np.mean(share)) if np.mean(share) > 0 else None,
-    }
-
-
 def attention_localization(
     classifier, test_predictions: pd.DataFrame, pixel_cache: PixelCache, boxes: pd.DataFrame, target_finding: str
 ) -> dict:
@@ -406,10 +355,6 @@ def attention_localization(
         out["uniform_reference"],
     )
     return out
-
-
-def _png_data_uri(png: bytes) -> str:
-    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
 
 
 def build_report(
@@ -445,5 +390,5 @@ def build_report(
         best=best.iloc[0].to_dict() if len(best) else None,
         model=model_params["model"],
         batch_size=model_params["batch_size"],
-        figures={name.replace("_", " "): _png_data_uri(png) for name, png in figures.items()},
+        figures={name.replace("_", " "): png_data_uri(png) for name, png in figures.items()},
     )
