@@ -287,6 +287,10 @@ class ModelTrainingParams(Group):
         "global-context branch, so the attention map need not look for the view (0: none)",
     )
     early_stopping_patience: int = Field(ge=1, description="epochs without a better val_auc before stopping")
+    best_epoch_findings: Literal["all"] | list[Finding] = Field(
+        description="several target findings: the findings whose mean validation AUC picks the best epoch "
+        "(all: every target finding); each finding is still trained, logged and reported"
+    )
     max_batches_per_epoch: int | None = Field(
         ge=1,
         description="cap on the training batches of an epoch, for rehearsals and smoke runs (null: the whole split)",
@@ -453,6 +457,9 @@ class ProjectParams(Group):
             wrong.append("model_training.view_loss_weight=0")
         if self.model_training.loss != "binary_crossentropy":
             wrong.append("model_training.loss=binary_crossentropy")
+        chosen = self.model_training.best_epoch_findings
+        if chosen != "all" and not set(chosen) <= set(findings):
+            wrong.append(f"model_training.best_epoch_findings among target_findings (not {sorted(set(chosen) - set(findings))})")
         if wrong:
             raise ValueError(
                 f"target_findings names {len(findings)} findings, and a multi-label model needs "

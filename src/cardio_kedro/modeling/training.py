@@ -266,6 +266,7 @@ def compile_model(
     steps_per_execution: int = 1,
     label_smoothing: float = 0.0,
     finding_weights: dict[str, dict[str, float]] | None = None,
+    best_epoch_findings: list[str] | None = None,
 ) -> None:
     """Adam at ``learning_rate`` (a number or a schedule), the named loss, AUC as the metric.
 
@@ -277,7 +278,8 @@ def compile_model(
     batches run per call of the compiled step. ``label_smoothing`` applies to the finding's loss.
     ``finding_weights`` (finding -> ``{"0": w, "1": w}``, in the output's column order) compiles a
     multi-label model: the per-finding weighted loss, ``auc`` as the mean of the findings' AUCs (what
-    the best epoch is chosen on) and one ``auc.<finding>`` per finding.
+    the best epoch is chosen on; of ``best_epoch_findings`` only, when given) and one ``auc.<finding>``
+    per finding.
     """
     if finding_weights is not None:
         if loss != "binary_crossentropy":
@@ -287,8 +289,14 @@ def compile_model(
             [finding_weights[f]["1"] for f in findings], [finding_weights[f]["0"] for f in findings], label_smoothing
         )
         weights = None
+        chosen = findings if best_epoch_findings is None else best_epoch_findings
         metrics = [
-            keras.metrics.AUC(multi_label=True, num_labels=len(findings), name="auc"),
+            keras.metrics.AUC(
+                multi_label=True,
+                num_labels=len(findings),
+                label_weights=[float(f in chosen) for f in findings],
+                name="auc",
+            ),
             *(FindingAUC(j, name=finding_metric_name(f)) for j, f in enumerate(findings)),
         ]
     elif len(model.outputs) == 1:

@@ -44,6 +44,15 @@ def test_real_nih_metadata_splits_by_patient_and_rebalances_3_to_1(shared_nih):
     assert abs(test["target"].mean() - 2_776 / 112_120) < 0.005  # natural prevalence kept
 
 
+def test_the_views_filter_on_the_real_label_table(shared_nih):
+    raw = read_label_table(shared_nih / "Data_Entry_2017_v2020.csv.gz")
+    pa, report = clean_metadata(raw, "Cardiomegaly", base_params("data_processing", views=["PA"]))
+    assert len(pa) == 67_310 and set(pa["view"]) == {"PA"}
+    assert report["view_filter"] == {"views": ["PA"], "removed_images": 44_810, "removed_by_view": {"AP": 44_810}}
+    ap, _ = clean_metadata(raw, "all", base_params("data_processing", views=["AP"]))
+    assert len(ap) == 44_810 and ap["target.Cardiomegaly"].sum() + pa["target"].sum() == 2_776
+
+
 @pytest.mark.slow
 def test_real_nih_images_run_through_data_processing(shared_nih, tiny_project):
     sample = shared_nih / "sample"

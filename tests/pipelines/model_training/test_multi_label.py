@@ -153,3 +153,12 @@ def test_each_finding_is_calibrated_and_thresholded_on_validation_and_saved_in_t
         entry = report["by_finding"][f]
         expected = apply_calibration(scores[f"score.{f}"], entry["slope"], entry["intercept"])
         np.testing.assert_allclose(probability[:, j], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_best_epoch_findings_choose_what_the_mean_auc_averages(multi_cache):
+    rebalancing = {"strategy": "class_weight", "class_weight": WEIGHTS}
+    params = tiny_params(view_loss_weight=0.0, fine_tune={"epochs": 1}, best_epoch_findings=["Effusion", "Mass"])
+    _, history = train_model(multi_cache["train"], multi_cache["validation"], multi_cache["cache"], rebalancing, params)
+    chosen = history[["val_auc.Effusion", "val_auc.Mass"]].mean(axis=1)
+    np.testing.assert_allclose(history["val_auc"], chosen, atol=0.02)
+    assert history["val_auc.Cardiomegaly"].notna().all()  # still logged

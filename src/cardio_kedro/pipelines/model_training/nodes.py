@@ -136,6 +136,7 @@ def _run_phases(
         "weight_averaging": config.weight_averaging,
         "label_smoothing": config.label_smoothing,
         "finding_weights": finding_weights,
+        "best_epoch_findings": None if config.best_epoch_findings == "all" else list(config.best_epoch_findings),
     }
     set_trainable(model, 0)
     compile_model(model, config.head.learning_rate, config.loss, **compiled)
