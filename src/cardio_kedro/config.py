@@ -459,7 +459,8 @@ class ProjectParams(Group):
             wrong.append("model_training.loss=binary_crossentropy")
         chosen = self.model_training.best_epoch_findings
         if chosen != "all" and not set(chosen) <= set(findings):
-            wrong.append(f"model_training.best_epoch_findings among target_findings (not {sorted(set(chosen) - set(findings))})")
+            outside = sorted(set(chosen) - set(findings))
+            wrong.append(f"model_training.best_epoch_findings among target_findings (not {outside})")
         if wrong:
             raise ValueError(
                 f"target_findings names {len(findings)} findings, and a multi-label model needs "
