@@ -18,7 +18,14 @@ import pytest
 
 from cardio_kedro.datasets import DecodedChunk, PixelCacheDataset
 from cardio_kedro.team_server import MlflowServer, Postgres, postgres_bin
-from tests.helpers import SHARED_NIH, free_port, make_phantom_cohort, make_tiny_project, run_pipeline
+from tests.helpers import (
+    MULTI_LABEL_PARAMS,
+    SHARED_NIH,
+    free_port,
+    make_phantom_cohort,
+    make_tiny_project,
+    run_pipeline,
+)
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -75,6 +82,19 @@ def trained_project(tmp_path_factory) -> Path:
     os.chdir(project)
     try:
         run_pipeline(project, "training")  # the demo cohort is generated on first use
+    finally:
+        os.chdir(here)
+    return project
+
+
+@pytest.fixture(scope="session")
+def multilabel_project(tmp_path_factory) -> Path:
+    """A tiny project on which `kedro run --pipelines=multilabel` ran once (shared, read-mostly)."""
+    project = make_tiny_project(tmp_path_factory.mktemp("multilabel"))
+    here = os.getcwd()
+    os.chdir(project)
+    try:
+        run_pipeline(project, "multilabel", runtime_params=MULTI_LABEL_PARAMS)
     finally:
         os.chdir(here)
     return project

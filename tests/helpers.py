@@ -204,3 +204,17 @@ def serve(command: list[str], cwd: Path, url: str, env: dict | None = None, time
             pass
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+# A tiny multi-label run: phantoms drawing five findings, six target findings (one labels-only)
+MULTI_LABEL_FINDINGS = ["Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumothorax"]  # NIH order
+MULTI_LABEL_PARAMS = {
+    "target_findings": "|".join(MULTI_LABEL_FINDINGS),
+    "phantoms": {
+        "drawn_findings": ["Cardiomegaly", "Effusion", "Mass", "Nodule", "Pneumothorax"],
+        "n_patients": 160,
+        "prevalence": 0.3,
+    },
+    "data_processing": {"rebalance": {"strategy": "class_weight"}},
+    "model_training": {"view_loss_weight": 0.0},
+}

@@ -91,6 +91,7 @@ def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
         ]
         registered = {p["name"] for p in graph["pipelines"]}
         assert {"phantom_cohort", "data_processing", "model_training", "reporting", "inference", "demo"} <= registered
+        assert {"multilabel", "multilabel_reporting"} <= registered
         roc = next(n for n in graph["nodes"] if n["name"] == "roc_plot")
         details = json.loads(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/nodes/{roc['id']}", timeout=30).read()
@@ -175,4 +176,43 @@ def test_mlflow_ui_compares_two_runs(tmp_path, browser, monkeypatch):
         assert "Cardiomegaly-classifier" in page.inner_text("body")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "mlflow-run.png"), full_page=True)
+        page.close()
+
+
+def test_the_multilabel_run_in_kedro_viz_and_the_mlflow_ui(multilabel_project, browser):
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import MULTI_LABEL_FINDINGS
+
+    store = f"sqlite:///{multilabel_project / 'mlflow.db'}"
+    experiment = MlflowClient(store).get_experiment_by_name("+".join(MULTI_LABEL_FINDINGS))
+    (run,) = MlflowClient(store).search_runs([experiment.experiment_id], "tags.pipeline_names LIKE '%multilabel%'")
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    with serve(command, multilabel_project, f"http://127.0.0.1:{port}/health"):
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(base, wait_until="load")
+        page.get_by_text("test_auc.Effusion").first.wait_for(timeout=60_000)
+        body = page.inner_text("body")
+        for finding in MULTI_LABEL_FINDINGS:  # the run's metrics, named per finding
+            assert f"test_auc.{finding}" in body, finding
+        page.screenshot(path=str(ARTIFACTS / "mlflow-multilabel-run.png"), full_page=True)
+        page.goto(f"{base}/model-metrics", wait_until="load")
+        page.get_by_text("Model metrics").first.wait_for(timeout=60_000)
+        assert "(val_auc.Effusion)" in _scroll_until(page, "(val_auc.Effusion)")  # per epoch, per finding
+        page.close()
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "kedro"), "viz", "run", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--no-browser", "--pipeline", "multilabel"]
+    with serve(command, multilabel_project, f"http://127.0.0.1:{port}/api/main", {"KEDRO_DISABLE_TELEMETRY": "true"}):
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+        page.get_by_text("build_multilabel_report", exact=True).first.wait_for(timeout=60_000)
+        body = page.inner_text("body")
+        for name in ("finding_metrics", "finding_roc_grid_plot", "label_cooccurrence_plot", "multilabel_report"):
+            assert name in body, name
+        page.screenshot(path=str(ARTIFACTS / "kedro-viz-multilabel.png"))
         page.close()

@@ -11,30 +11,13 @@ from mlflow.tracking import MlflowClient
 from cardio_kedro.config import ParameterError
 from cardio_kedro.modeling import model_findings
 from cardio_kedro.pipelines.multilabel_reporting.pipeline import FIGURES
+from tests.helpers import MULTI_LABEL_FINDINGS as FINDINGS
+from tests.helpers import MULTI_LABEL_PARAMS as MULTI
 from tests.helpers import make_tiny_project, run_pipeline
 
+DRAWN = MULTI["phantoms"]["drawn_findings"]
+
 pytestmark = pytest.mark.slow  # Kedro sessions
-
-DRAWN = ["Cardiomegaly", "Effusion", "Mass", "Nodule", "Pneumothorax"]
-FINDINGS = ["Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumothorax"]  # NIH order
-MULTI = {
-    "target_findings": "|".join(FINDINGS),
-    "phantoms": {"drawn_findings": DRAWN, "n_patients": 160, "prevalence": 0.3},
-    "data_processing": {"rebalance": {"strategy": "class_weight"}},
-    "model_training": {"view_loss_weight": 0.0},
-}
-
-
-@pytest.fixture(scope="module")
-def multilabel_project(tmp_path_factory):
-    project = make_tiny_project(tmp_path_factory.mktemp("multilabel"))
-    here = os.getcwd()
-    os.chdir(project)
-    try:
-        run_pipeline(project, "multilabel", runtime_params=MULTI)
-    finally:
-        os.chdir(here)
-    return project
 
 
 def _latest(project, pattern):
@@ -71,7 +54,7 @@ def test_mlflow_has_per_finding_metrics_in_one_run(multilabel_project):
     experiment = client.get_experiment_by_name(
         "+".join(["Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumothorax"])
     )
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = client.search_runs([experiment.experiment_id], "tags.pipeline_names LIKE '%multilabel%'")
     assert run.info.status == "FINISHED"
     for finding in FINDINGS:
         assert f"test_auc.{finding}" in run.data.metrics and f"threshold.{finding}" in run.data.metrics
