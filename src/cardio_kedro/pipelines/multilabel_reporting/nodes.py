@@ -270,5 +270,6 @@ def build_multilabel_report(
         best=best.iloc[0].to_dict() if len(best) else None,
         image_size=image_size,
         drawn=drawn,
+        best_epoch_findings=parameters["model_training"]["best_epoch_findings"],
         figures={name.replace("_", " "): png_data_uri(png) for name, png in figures.items()},
     )

@@ -52,18 +52,15 @@ def roc_grid(curves: dict[str, tuple[np.ndarray, np.ndarray]], metrics: dict[str
 
 def cooccurrence(labels: pd.DataFrame) -> plt.Figure:
     """``P(column finding | row finding)`` over the cohort's images, with each finding's image count."""
-    counts = labels.T @ labels
+    counts = labels.astype(np.int64).T @ labels.astype(np.int64)  # int8 labels would overflow
     diagonal = np.diag(counts).astype(float)
     conditional = counts / np.maximum(diagonal[:, None], 1)
     names = [f"{c} ({int(n):,})" for c, n in zip(labels.columns, diagonal)]
     k = len(names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
-    image = ax.imshow(
-        conditional.to_numpy(),
-        cmap="viridis",
-        vmin=0,
-        vmax=min(1.0, max(0.05, np.nanmax(np.where(np.eye(k, dtype=bool), np.nan, conditional.to_numpy())))),
-    )
+    off_diagonal = np.where(np.eye(k, dtype=bool), np.nan, conditional.to_numpy(dtype=float))  # the diagonal is 1
+    top = min(1.0, max(0.05, float(np.nanmax(off_diagonal)) if k > 1 else 1.0))
+    image = ax.imshow(np.ma.masked_invalid(off_diagonal), cmap="viridis", vmin=0, vmax=top)
     for i in range(k):
         for j in range(k):
             if i != j:
@@ -112,5 +109,5 @@ def attention_grid(rows: dict[str, list[tuple[np.ndarray, str]]], ncols: int) ->
                 ax.set_title(title, fontsize=7, color=POS if title.endswith("+") else NEG)
         axes[r, 0].text(-0.08, 0.5, finding, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center")
     fig.suptitle("Attention per finding on its highest-scoring test images (title: p, + labelled positive)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.02, 0, 1, 0.98))
     return fig
