@@ -83,12 +83,12 @@ def test_a_failing_run_ends_failed_in_mlflow(tiny_project, phantom_cohort_dir):
     cohort = tiny_project / "no_images"
     cohort.mkdir()
     (cohort / "Data_Entry_2017.csv").write_bytes((phantom_cohort_dir / "Data_Entry_2017.csv").read_bytes())
-    with pytest.raises(ValueError, match="only 0 patient"):  # every image is missing: nothing to split
+    with pytest.raises(ValueError, match=r"Too few patients with Cardiomegaly \(0\)"):  # every image is missing
         run_pipeline(tiny_project, "training", runtime_params={"cohort_dir": str(cohort)})
     client = _client(tiny_project)
     runs = client.search_runs([client.get_experiment_by_name("Cardiomegaly").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
-    assert runs[0].data.tags["cardio.end_reason"].startswith("UserValueError: The cohort has only 0 patient")
+    assert runs[0].data.tags["cardio.end_reason"].startswith("UserValueError: Too few patients with Cardiomegaly (0)")
     assert not list((tiny_project / "data/06_models").glob("classifier.keras/*"))
     # what the failed run saved is set aside: no later run takes it as the latest version
     versions = [p for p in (tiny_project / "data").rglob("*") if re.fullmatch(r"\d{4}-\d\d-\d\dT[\d.]+Z", p.name)]

@@ -8,6 +8,7 @@ NIH's own separator: ``Cardiomegaly|Effusion|Edema``, the form that fits ``kedro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,9 @@ from cardio_kedro.errors import UserValueError
 from cardio_kedro.nih import NIH_FINDINGS
 
 ALL = "all"
+# A ``target_findings`` value in a node's signature: a finding, "A|B", a list of findings or "all".
+# Typed Any, not a union: Kedro warns on every run that it cannot validate union-typed parameters.
+TargetFindings = Any
 TARGET_PREFIX = "target."
 SCORE_PREFIX = "score."  # a multi-label model's raw score of one finding
 PROBABILITY_PREFIX = "probability."  # and its calibrated probability

@@ -25,7 +25,7 @@ BLOCKS = {
 }
 RATES = (0.4, 0.3, 0.3)
 WEIGHTS = {f: {"0": 0.5 / (1 - r), "1": 0.5 / r} for f, r in zip(FINDINGS, RATES)}
-PARAMS = dict(view_loss_weight=0.0, fine_tune={"epochs": 8, "learning_rate": 3e-3})
+PARAMS = dict(view_loss_weight=0.0, fine_tune={"epochs": 5, "learning_rate": 3e-3})
 
 
 @pytest.fixture(scope="module")

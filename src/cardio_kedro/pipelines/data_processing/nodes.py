@@ -12,7 +12,13 @@ import pandas as pd
 from cardio_kedro.config import DataProcessingParams, RebalanceParams, SplitParams
 from cardio_kedro.datasets import DecodedChunk, PixelCache
 from cardio_kedro.errors import UserValueError
-from cardio_kedro.findings import label_matrix, parse_target_findings, stratified_patient_split, target_columns
+from cardio_kedro.findings import (
+    TargetFindings,
+    label_matrix,
+    parse_target_findings,
+    stratified_patient_split,
+    target_columns,
+)
 from cardio_kedro.imaging import check_file
 from cardio_kedro.nih import NIH_FINDINGS, NO_FINDING
 from cardio_kedro.parallel import imap_progress
@@ -43,7 +49,7 @@ def _label_counts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
 
 
 def clean_metadata(
-    labels: pd.DataFrame, target_findings: str | list[str], params: dict[str, Any]
+    labels: pd.DataFrame, target_findings: TargetFindings, params: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict]:
     """Type the NIH columns, derive the targets and flag implausible ages.
 
@@ -314,7 +320,7 @@ def _official_assignment(
 
 
 def split_by_patient(
-    decoded: pd.DataFrame, official_split: dict, target_findings: str | list[str], params: dict[str, Any]
+    decoded: pd.DataFrame, official_split: dict, target_findings: TargetFindings, params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Split images into train/validation/test so that no patient is in two splits.
 
@@ -385,7 +391,7 @@ def check_disjoint_patients(*splits: pd.DataFrame) -> None:
 
 
 def rebalance(
-    train: pd.DataFrame, validation: pd.DataFrame, target_findings: str | list[str], params: dict[str, Any]
+    train: pd.DataFrame, validation: pd.DataFrame, target_findings: TargetFindings, params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Rebalance train and validation; the test split is never touched.
 

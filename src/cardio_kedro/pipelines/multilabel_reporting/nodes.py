@@ -250,7 +250,6 @@ def build_multilabel_report(
     localization: dict,
     quality: dict,
     history: pd.DataFrame,
-    target_findings: str | list[str],
     image_size: int,
     parameters: dict[str, Any],
     **figures: bytes,

@@ -62,7 +62,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "localization": "finding_localization",
                     "quality": "data_quality_report",
                     "history": "training_history",
-                    "target_findings": "params:target_findings",
                     "image_size": "params:image_size",
                     "parameters": "parameters",
                     **{name: f"{name}_plot" for name in FIGURES},
