@@ -74,30 +74,28 @@ def tiny_project(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture(scope="session")
-def trained_project(tmp_path_factory) -> Path:
-    """A tiny project on which `kedro run --pipelines=training` ran once (shared, read-mostly)."""
-    project = make_tiny_project(tmp_path_factory.mktemp("trained"))
+def _project_after_one_run(folder: Path, pipeline: str, runtime_params: dict | None = None) -> Path:
+    """A tiny project in ``folder`` on which ``pipeline`` ran once, from inside the project."""
+    project = make_tiny_project(folder)
     here = os.getcwd()
     os.chdir(project)
     try:
-        run_pipeline(project, "training")  # the demo cohort is generated on first use
+        run_pipeline(project, pipeline, runtime_params=runtime_params)  # the demo cohort is generated on first use
     finally:
         os.chdir(here)
     return project
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """A tiny project on which `kedro run --pipelines=training` ran once (shared, read-mostly)."""
+    return _project_after_one_run(tmp_path_factory.mktemp("trained"), "training")
 
 
 @pytest.fixture(scope="session")
 def multilabel_project(tmp_path_factory) -> Path:
     """A tiny project on which `kedro run --pipelines=multilabel` ran once (shared, read-mostly)."""
-    project = make_tiny_project(tmp_path_factory.mktemp("multilabel"))
-    here = os.getcwd()
-    os.chdir(project)
-    try:
-        run_pipeline(project, "multilabel", runtime_params=MULTI_LABEL_PARAMS)
-    finally:
-        os.chdir(here)
-    return project
+    return _project_after_one_run(tmp_path_factory.mktemp("multilabel"), "multilabel", MULTI_LABEL_PARAMS)
 
 
 @pytest.fixture(scope="session")
