@@ -11,12 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
-from cardio_kedro.datasets import DecodedChunk, PixelCacheDataset
 from cardio_kedro.team_server import MlflowServer, Postgres, postgres_bin
 from tests.helpers import (
     MULTI_LABEL_PARAMS,
@@ -25,6 +22,7 @@ from tests.helpers import (
     make_phantom_cohort,
     make_tiny_project,
     run_pipeline,
+    write_toy_cache,
 )
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
@@ -101,23 +99,16 @@ def multilabel_project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_cache(tmp_path_factory):
     """A learnable toy set in a 32 px pixel cache: positives carry a bright block on the left."""
-    root = tmp_path_factory.mktemp("toy")
     rng = np.random.default_rng(0)
-    rows, pixels = [], []
+    images, rows = [], []
     for i in range(96):
         target = int(i % 3 == 0)
         img = rng.integers(20, 60, (32, 32)).astype(np.uint8)
         if target:
             img[8:24, 2:14] = 220
-        path = root / f"{i}.png"
-        cv2.imwrite(str(path), img)
-        pixels.append(img)
-        row = {"image_index": path.name, "patient_id": i, "path": str(path), "target": target}
-        rows.append({**row, "sex": "MF"[i % 2], "view": "PA", "age": 50.0})
-    table = pd.DataFrame(rows)
-    dataset = PixelCacheDataset(str(root / "cache"), image_size=32)
-    n = len(table)
-    dataset.save(DecodedChunk(32, table["path"].tolist(), np.stack(pixels), np.full((n, 2), 32), np.ones((n, 2), int)))
+        images.append(img)
+        rows.append({"target": target, "sex": "MF"[i % 2], "view": "PA", "age": 50.0})
+    table, dataset = write_toy_cache(tmp_path_factory.mktemp("toy"), images, rows)
     return {
         "cache": dataset.load(),
         "dataset": dataset,

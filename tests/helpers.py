@@ -19,7 +19,13 @@ from typing import Any
 import yaml
 
 from cardio_kedro.config import deep_merge
-from cardio_kedro.datasets import BoxListDataset, ImageFileIndexDataset, LabelTableDataset
+from cardio_kedro.datasets import (
+    BoxListDataset,
+    DecodedChunk,
+    ImageFileIndexDataset,
+    LabelTableDataset,
+    PixelCacheDataset,
+)
 from cardio_kedro.nih import BOX_LIST_FILE, LABEL_TABLE_FILE
 from cardio_kedro.pipelines.phantom_cohort.nodes import generate_phantom_cohort
 
@@ -218,3 +224,23 @@ MULTI_LABEL_PARAMS = {
     "data_processing": {"rebalance": {"strategy": "class_weight"}},
     "model_training": {"view_loss_weight": 0.0},
 }
+
+
+def write_toy_cache(root: Path, images: list, rows: list[dict]):
+    """Write 32 px toy ``images`` as PNGs in ``root`` and into a pixel cache there; ``rows`` (one dict of
+    columns per image) gain ``image_index``, ``patient_id`` (the image's number) and ``path``.
+    Returns the table and the cache dataset."""
+    import cv2
+    import numpy as np
+    import pandas as pd
+
+    table = []
+    for i, (img, row) in enumerate(zip(images, rows)):
+        path = root / f"{i}.png"
+        cv2.imwrite(str(path), img)
+        table.append({"image_index": path.name, "patient_id": i, "path": str(path), **row})
+    table = pd.DataFrame(table)
+    dataset = PixelCacheDataset(str(root / "cache"), image_size=32)
+    n = len(table)
+    dataset.save(DecodedChunk(32, table["path"].tolist(), np.stack(images), np.full((n, 2), 32), np.ones((n, 2), int)))
+    return table, dataset

@@ -7,14 +7,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
-from cardio_kedro.datasets import DecodedChunk, PixelCacheDataset
 from cardio_kedro.pipelines.model_training.nodes import epoch_metrics, train_model
-from tests.helpers import tiny_params
+from tests.helpers import tiny_params, write_toy_cache
 
 FINDINGS = ("Cardiomegaly", "Effusion", "Mass")
 # each finding draws its own block, independently of the others: left, right, bottom
@@ -30,24 +27,24 @@ PARAMS = dict(view_loss_weight=0.0, fine_tune={"epochs": 5, "learning_rate": 3e-
 
 @pytest.fixture(scope="module")
 def multi_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multi")
     rng = np.random.default_rng(0)
-    rows, pixels = [], []
-    for i in range(160):
+    images, rows = [], []
+    for _ in range(160):
         img = rng.integers(20, 60, (32, 32)).astype(np.uint8)
         has = rng.random(3) < RATES
         for finding, present in zip(FINDINGS, has):
             if present:
                 img[BLOCKS[finding]] = 220
-        path = root / f"{i}.png"
-        cv2.imwrite(str(path), img)
-        pixels.append(img)
-        row = {"image_index": path.name, "patient_id": i, "path": str(path), "target": int(has.any())}
-        rows.append({**row, **{f"target.{f}": int(h) for f, h in zip(FINDINGS, has)}, "view": "PA", "sex": "M"})
-    table = pd.DataFrame(rows)
-    dataset = PixelCacheDataset(str(root / "cache"), image_size=32)
-    n = len(table)
-    dataset.save(DecodedChunk(32, table["path"].tolist(), np.stack(pixels), np.full((n, 2), 32), np.ones((n, 2), int)))
+        images.append(img)
+        rows.append(
+            {
+                "target": int(has.any()),
+                **{f"target.{f}": int(h) for f, h in zip(FINDINGS, has)},
+                "view": "PA",
+                "sex": "M",
+            }
+        )
+    table, dataset = write_toy_cache(tmp_path_factory.mktemp("multi"), images, rows)
     return {"cache": dataset.load(), "train": table.iloc[:112].reset_index(drop=True), "validation": table.iloc[112:]}
 
 
