@@ -65,13 +65,13 @@ mlflow-ui: install
 MLFLOW_PORT ?= 5000
 PG_PORT ?= 5433
 mlflow-server: install
-	$(BIN)/python -m cardio_kedro.team_server --root data/team_server --port $(MLFLOW_PORT) --pg-port $(PG_PORT)
+	$(BIN)/python -m cardio_kedro.team.server --root data/team_server --port $(MLFLOW_PORT) --pg-port $(PG_PORT)
 
 # one sweep worker (start it on as many machines as you like): conf/base/parameters_sweep.yml says what is searched;
 # make sweep STORAGE=postgresql://postgres@host:5433/optuna [SWEEP_ENV=nih] [TRIALS=4] [PARAMS=cohort_dir=/data/nih]
 STORAGE ?= $(CARDIO_SWEEP_STORAGE)
 sweep: install
-	$(BIN)/python -m cardio_kedro.sweep --storage "$(STORAGE)" $(if $(SWEEP_ENV),--env $(SWEEP_ENV)) \
+	$(BIN)/python -m cardio_kedro.team.sweep --storage "$(STORAGE)" $(if $(SWEEP_ENV),--env $(SWEEP_ENV)) \
 		$(if $(TRIALS),--trials $(TRIALS)) $(if $(PARAMS),--params "$(PARAMS)")
 
 # refresh requirements.lock from pyproject.toml's ranges (then `make test` before committing it)

@@ -99,8 +99,8 @@ def decode_rate(sources: list[Path], n: int, size: int) -> float:
     """images/s of decoding ``n`` files to ``size`` px on every core, as the inference pipeline does."""
     from functools import partial
 
-    from cardio_kedro.imaging import try_load_gray
-    from cardio_kedro.parallel import imap_progress
+    from cardio_kedro.cohort.imaging import try_load_gray
+    from cardio_kedro.common.parallel import imap_progress
 
     paths = [str(sources[i % len(sources)]) for i in range(n)]
     start = time.perf_counter()
@@ -119,7 +119,7 @@ def phantom_sources(folder: Path, count: int = 32, size: int = 1024) -> list[Pat
     """``count`` phantom radiographs written as ``size`` px PNGs in ``folder`` (NIH's size by default)."""
     import cv2
 
-    from cardio_kedro.phantoms import render_phantom, sample_cohort
+    from cardio_kedro.cohort.phantoms import render_phantom, sample_cohort
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -132,7 +132,7 @@ def phantom_sources(folder: Path, count: int = 32, size: int = 1024) -> list[Pat
 
 def bare_rate(model, sources: list[Path], n: int, size: int, batch: int = 64) -> float:
     """images/s of the bare model on ``n`` in-memory uint8 arrays, ``predict_on_batch`` batch after batch."""
-    from cardio_kedro.imaging import load_gray
+    from cardio_kedro.cohort.imaging import load_gray
 
     x = np.stack([load_gray(sources[i % len(sources)], size)[0] for i in range(n)])[..., None]
     model.predict_on_batch(x[:batch])  # warm-up (compiles)
@@ -146,7 +146,7 @@ def serve_latencies(project: Path, model_file: Path, image: bytes, requests: int
     """Milliseconds per single-image request to the registered pyfunc behind ``mlflow models serve``."""
     import mlflow
 
-    from cardio_kedro.serving import XrayClassifierService
+    from cardio_kedro.modeling.serving import XrayClassifierService
 
     uri = f"sqlite:///{project}/mlflow.db"
     mlflow.set_tracking_uri(uri)

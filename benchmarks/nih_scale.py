@@ -94,7 +94,7 @@ def _render(row: dict, size: int, folder: str) -> None:
 
 def render_all(drawn: pd.DataFrame, size: int, folder: Path) -> float:
     """Every row's phantom as a PNG in ``folder`` (kept between runs); returns the seconds it took."""
-    from cardio_kedro.parallel import imap_progress
+    from cardio_kedro.common.parallel import imap_progress
 
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -107,7 +107,7 @@ def render_all(drawn: pd.DataFrame, size: int, folder: Path) -> float:
 
 def cohort_folder(drawn: pd.DataFrame, labels: pd.DataFrame, n: int, native: int, images: Path, root: Path) -> Path:
     """An NIH-layout cohort of whole patients (at least ``n`` rows, drawn at random) linked to the rendered PNGs."""
-    from cardio_kedro.phantoms import heart_box
+    from cardio_kedro.cohort.phantoms import heart_box
 
     folder = root / f"cohort_{n}"
     if folder.exists():
@@ -261,7 +261,7 @@ def main() -> int:
     if not LABELS.is_file():
         sys.exit(f"{LABELS} is missing: this benchmark needs the real NIH label table in ../shared/data/nih")
 
-    from cardio_kedro.phantoms import phantoms_for_labels
+    from cardio_kedro.cohort.phantoms import phantoms_for_labels
 
     labels = pd.read_csv(LABELS)
     drawn = phantoms_for_labels(labels, seed=0)

@@ -63,8 +63,8 @@ def project_run(paths_file: str, cache_dir: str, size: int) -> None:
     import psutil
     import yaml
 
+    from cardio_kedro.common.parallel import default_workers
     from cardio_kedro.datasets import PixelCacheDataset
-    from cardio_kedro.parallel import default_workers
     from cardio_kedro.pipelines.data_processing.nodes import decode_images, resolve_image_files
 
     logging.basicConfig(level=logging.WARNING)

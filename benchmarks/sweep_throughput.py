@@ -1,6 +1,6 @@
 """Sweep throughput on this machine: trials per hour with 1 worker and with N workers, in one run.
 
-Starts PostgreSQL and an MLflow server with proxied artifacts (``cardio_kedro.team_server``) in a
+Starts PostgreSQL and an MLflow server with proxied artifacts (``cardio_kedro.team.server``) in a
 scratch folder, generates a small phantom cohort, and runs two studies of ``--trials`` trials each
 in two scratch projects: one worker running them all, then ``--workers`` workers sharing them.
 Each trial is a real ``kedro run`` of model_training and reporting (the project's tiny test
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.helpers import TINY_GLOBALS, TINY_PARAMETERS, free_port, make_phantom_cohort  # noqa: E402
 
-from cardio_kedro.team_server import MlflowServer, Postgres  # noqa: E402
+from cardio_kedro.team.server import MlflowServer, Postgres  # noqa: E402
 
 
 def _project(root: Path, study: str, tiny: bool) -> Path:
@@ -51,7 +51,7 @@ def _sweep(project: Path, workers: int, trials: int, storage: str, url: str, coh
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "cardio_kedro.sweep", "--storage", storage, "--trials", str(n)]
+            [sys.executable, "-m", "cardio_kedro.team.sweep", "--storage", storage, "--trials", str(n)]
             + ["--params", f"cohort_dir={cohort}"],
             cwd=project,
             env=env,
@@ -91,7 +91,7 @@ def main() -> int:
             storage = postgres.create_database(f"optuna_{workers}")
             prepare_start = time.perf_counter()
             subprocess.run(  # data_processing once, timed apart from the trials (the sweep skips it then)
-                [sys.executable, "-m", "cardio_kedro.sweep", "--storage", storage, "--trials", "0"]
+                [sys.executable, "-m", "cardio_kedro.team.sweep", "--storage", storage, "--trials", "0"]
                 + ["--params", f"cohort_dir={cohort}"],
                 cwd=project,
                 env={**os.environ, "MLFLOW_TRACKING_URI": server.url},

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cardio_kedro.team_server import MlflowServer, Postgres, postgres_bin
+from cardio_kedro.team.server import MlflowServer, Postgres, postgres_bin
 from tests.helpers import (
     MULTI_LABEL_PARAMS,
+    PROJECT_ROOT,
     SHARED_NIH,
     free_port,
     make_phantom_cohort,
@@ -48,6 +49,14 @@ def _tracking_uri_as_the_session_started():
     _restore_tracking_uri()
     yield
     _restore_tracking_uri()
+
+
+@pytest.fixture
+def conf(tmp_path) -> Path:
+    """A copy of the project's conf (base and nih) with an empty conf/local."""
+    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (tmp_path / "conf" / "local").mkdir()
+    return tmp_path / "conf"
 
 
 @pytest.fixture(scope="session")

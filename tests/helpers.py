@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from cardio_kedro.cohort.nih import BOX_LIST_FILE, LABEL_TABLE_FILE
 from cardio_kedro.config import deep_merge
 from cardio_kedro.datasets import (
     BoxListDataset,
@@ -26,7 +27,6 @@ from cardio_kedro.datasets import (
     LabelTableDataset,
     PixelCacheDataset,
 )
-from cardio_kedro.nih import BOX_LIST_FILE, LABEL_TABLE_FILE
 from cardio_kedro.pipelines.phantom_cohort.nodes import generate_phantom_cohort
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -1,12 +1,61 @@
-"""The package's layering rules, read from the source: what may import what."""
+"""The package's layering rules, read from the table in docs/architecture.md: what may import what."""
+
+from __future__ import annotations
 
 import ast
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cardio_kedro"
+from tests.helpers import PROJECT_ROOT
+
+PACKAGE = PROJECT_ROOT / "src" / "cardio_kedro"
+TABLE_MARK = "<!-- layering: read by tests/test_layering.py -->"
+MODULE_LEVEL = " at module level"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the table: the files it covers, the project folders they may import, what they never import."""
+
+    covers: tuple[str, ...]
+    may_import: frozenset[str] | None  # None: anything of the project
+    never: frozenset[str]
+    never_at_module_level: frozenset[str]
+
+
+def _names(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def _rules(doc: str) -> list[Rule]:
+    """The layering table of docs/architecture.md (the rows after the marker)."""
+    lines = doc.split(TABLE_MARK, 1)[1].strip().splitlines()
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        covers, _, may, never = cells
+        words = [w.strip() for w in never.split(",")] if never != "none" else []
+        rows.append(
+            Rule(
+                covers=tuple(_names(covers)),
+                may_import=None if may == "any" else frozenset(n.strip("/") for n in _names(may)),
+                never=frozenset(w for w in words if not w.endswith(MODULE_LEVEL)),
+                never_at_module_level=frozenset(
+                    w.removesuffix(MODULE_LEVEL) for w in words if w.endswith(MODULE_LEVEL)
+                ),
+            )
+        )
+    return rows
+
+
+RULES = _rules((PROJECT_ROOT / "docs" / "architecture.md").read_text())
 PIPELINES = sorted(p.name for p in (PACKAGE / "pipelines").iterdir() if p.is_dir() and not p.name.startswith("_"))
+SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 
 def _imports(path: Path, module_level_only: bool = False) -> set[str]:
@@ -27,43 +76,67 @@ def _imports(path: Path, module_level_only: bool = False) -> set[str]:
     return names
 
 
-def _files(folder: Path) -> list[Path]:
-    files = sorted(folder.rglob("*.py"))
-    assert files, folder
-    return files
+def _rule_of(path: Path) -> Rule | None:
+    part = path.relative_to(PACKAGE).parts
+    key = f"{part[0]}/" if len(part) > 1 else part[0]
+    matches = [r for r in RULES if key in r.covers]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _project_folder(name: str) -> str | None:
+    """``cardio_kedro.cohort.nih`` -> ``cohort``; the bare package -> None."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "cardio_kedro" and len(parts) > 1 else None
+
+
+def test_the_table_is_read():
+    assert len(RULES) >= 10
+    assert {"common/", "cohort/", "pipelines/"} <= {c for r in RULES for c in r.covers}
+
+
+def test_every_module_is_in_exactly_one_row():
+    missing = [str(p.relative_to(PACKAGE)) for p in SOURCES if _rule_of(p) is None]
+    assert not missing, f"docs/architecture.md's layering table covers none (or several) of: {missing}"
+
+
+def test_every_row_names_what_exists():
+    existing = {f"{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    existing |= {p.name for p in PACKAGE.glob("*.py")}
+    stale = {c for r in RULES for c in r.covers} - existing
+    assert not stale, f"the layering table names what the package does not have: {sorted(stale)}"
+    for rule in RULES:
+        unknown = (rule.may_import or set()) - {e.strip("/") for e in existing}
+        assert not unknown, (rule.covers, unknown)
+
+
+def test_every_folder_says_what_it_may_import():
+    for folder in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
+        assert "may import" in doc.lower(), f"{folder.name}/__init__.py: say what lives there and what it may import"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_table(path):
+    rule = _rule_of(path)
+    assert rule is not None
+    own = path.relative_to(PACKAGE).parts[0]
+    names = _imports(path)
+    if rule.may_import is not None:
+        folders = {_project_folder(n) for n in names} - {None, own}
+        assert folders <= rule.may_import, f"{path.relative_to(PACKAGE)} imports {sorted(folders - rule.may_import)}"
+    roots = {n.split(".")[0] for n in names}
+    assert not roots & rule.never, f"{path.relative_to(PACKAGE)} imports {sorted(roots & rule.never)}"
+    top = {n.split(".")[0] for n in _imports(path, module_level_only=True)}
+    assert not top & rule.never_at_module_level, f"{path.relative_to(PACKAGE)}: {top & rule.never_at_module_level}"
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_no_pipeline_imports_another_pipeline(pipeline):
     assert len(PIPELINES) == 6
-    for path in _files(PACKAGE / "pipelines" / pipeline):
+    for path in sorted((PACKAGE / "pipelines" / pipeline).rglob("*.py")):
         others = {
             name
             for name in _imports(path)
             if name.startswith("cardio_kedro.pipelines.") and name.split(".")[2] != pipeline
         }
         assert not others, f"{path.relative_to(PACKAGE)} imports {others}"
-
-
-def test_datasets_import_no_pipeline():
-    for path in _files(PACKAGE / "datasets"):
-        pipelines = {name for name in _imports(path) if name.startswith("cardio_kedro.pipelines")}
-        assert not pipelines, f"{path.relative_to(PACKAGE)} imports {pipelines}"
-
-
-def test_modeling_imports_neither_kedro_nor_tensorflow_at_module_level():
-    for path in _files(PACKAGE / "modeling"):
-        roots = {name.split(".")[0] for name in _imports(path, module_level_only=True)}
-        assert not roots & {"kedro", "kedro_datasets", "kedro_mlflow", "tensorflow"}, path.relative_to(PACKAGE)
-        inner = {name for name in _imports(path, module_level_only=True) if name.startswith("cardio_kedro.")}
-        assert all(name.startswith("cardio_kedro.modeling") for name in inner), (path, inner)
-
-
-def test_nodes_never_import_mlflow():
-    for path in _files(PACKAGE / "pipelines"):
-        assert not {n for n in _imports(path) if n.split(".")[0] == "mlflow"}, path.relative_to(PACKAGE)
-
-
-def test_no_parameter_is_read_with_a_default_hidden_in_code():
-    for path in _files(PACKAGE):
-        assert "params.get(" not in path.read_text(), path.relative_to(PACKAGE)

@@ -5,11 +5,11 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from cardio_kedro.findings import findings_name
-from cardio_kedro.hooks import MlflowTagHooks
-from cardio_kedro.preflight import PreflightHooks
-from cardio_kedro.run_guard import RunGuardHooks
-from cardio_kedro.run_summary import RunSummaryHooks
+from cardio_kedro.cohort.findings import findings_name
+from cardio_kedro.hooks.mlflow_tags import MlflowTagHooks
+from cardio_kedro.hooks.preflight import PreflightHooks
+from cardio_kedro.hooks.run_guard import RunGuardHooks
+from cardio_kedro.hooks.run_summary import RunSummaryHooks
 
 # noise of the installed stack on every command, not actionable by a user of this project
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardio_kedro import storage
+from cardio_kedro.cohort import storage
 from cardio_kedro.datasets import ImageFileIndexDataset, LabelTableDataset
 from tests.helpers import free_port, make_tiny_project, run_pipeline, serve
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import cardio_kedro.pipelines.data_processing.nodes as dp
-from cardio_kedro import storage
+from cardio_kedro.cohort import storage
 from cardio_kedro.datasets import DecodedChunk, PixelCacheDataset
 from tests.helpers import base_params
 

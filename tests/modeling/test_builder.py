@@ -133,7 +133,7 @@ def test_saved_and_reloaded_model_predicts_identically(tmp_path):
 
 
 def test_a_calibrated_model_carries_its_calibration_and_threshold(tmp_path):
-    from cardio_kedro.calibration import apply_calibration
+    from cardio_kedro.evaluation.calibration import apply_calibration
     from cardio_kedro.modeling import calibrate, operating_threshold, with_score
 
     raw = build_model(32, **TINY_MODEL)
@@ -192,7 +192,7 @@ def test_finding_attention_pooling_pools_each_map_on_its_own():
 
 
 def test_the_multi_label_model_saves_reloads_and_keeps_per_finding_calibration(tmp_path):
-    from cardio_kedro.calibration import apply_calibration
+    from cardio_kedro.evaluation.calibration import apply_calibration
     from cardio_kedro.modeling import calibrate, model_findings, operating_threshold, with_score
 
     augmentation = {"rotation": 5, "translation": 0.05}

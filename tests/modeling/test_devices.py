@@ -24,8 +24,8 @@ def test_this_cpu_machine_sees_no_accelerator_and_says_which_backend():
 
 @pytest.mark.slow
 def test_require_accelerator_stops_before_any_data_and_logs_the_device(tiny_project, monkeypatch):
-    from cardio_kedro import preflight
     from cardio_kedro.config import ParameterError
+    from cardio_kedro.hooks import preflight
     from tests.helpers import run_pipeline
 
     lines = []

@@ -1,4 +1,7 @@
-"""Custom Kedro datasets of the project: they store and load; nodes do the work."""
+"""Custom Kedro datasets of the project: they store and load; nodes do the work.
+
+May import: ``common``, ``cohort``, ``modeling``; never a pipeline.
+"""
 
 from .cohort import (
     BoxListDataset,

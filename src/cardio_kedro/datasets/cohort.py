@@ -17,16 +17,16 @@ import fsspec
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
-from cardio_kedro import storage
-from cardio_kedro.errors import UserDatasetError
-from cardio_kedro.imaging import IMAGE_SUFFIXES
-from cardio_kedro.nih import (
+from cardio_kedro.cohort import storage
+from cardio_kedro.cohort.imaging import IMAGE_SUFFIXES
+from cardio_kedro.cohort.nih import (
     BOX_COLUMNS,
     LABEL_TABLE_COLUMNS,
     OFFICIAL_SPLIT_FILES,
     REQUIRED_LABEL_COLUMNS,
 )
-from cardio_kedro.storage import is_remote
+from cardio_kedro.cohort.storage import is_remote
+from cardio_kedro.common.errors import UserDatasetError
 
 from ._files import atomic_file, atomic_folder, walk_files, write_files
 

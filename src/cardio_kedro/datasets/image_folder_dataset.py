@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 
-from cardio_kedro.errors import UserDatasetError
-from cardio_kedro.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES
-from cardio_kedro.storage import filesystem, is_remote, list_files
+from cardio_kedro.cohort.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from cardio_kedro.cohort.storage import filesystem, is_remote, list_files
+from cardio_kedro.common.errors import UserDatasetError
 
 from ._files import atomic_folder, version_exists, walk_files, write_files
 

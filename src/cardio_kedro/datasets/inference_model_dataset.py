@@ -8,7 +8,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from cardio_kedro.errors import UserDatasetError
+from cardio_kedro.common.errors import UserDatasetError
 
 logger = logging.getLogger(__name__)
 

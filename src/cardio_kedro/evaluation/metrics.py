@@ -14,8 +14,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from cardio_kedro.calibration import calibration_slope_intercept, expected_calibration_error
-from cardio_kedro.parallel import Progress
+from cardio_kedro.common.parallel import Progress
+from cardio_kedro.evaluation.calibration import calibration_slope_intercept, expected_calibration_error
 
 
 def auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:

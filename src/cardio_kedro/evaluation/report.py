@@ -6,7 +6,7 @@ import base64
 
 import jinja2
 
-from cardio_kedro.formatting import fmt, fmt_auc, fmt_interval
+from cardio_kedro.common.formatting import fmt, fmt_auc, fmt_interval
 
 
 def report_templates() -> jinja2.Environment:

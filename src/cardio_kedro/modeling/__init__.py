@@ -1,7 +1,11 @@
 """The attention classifier, its training loop pieces and its data feeds; Keras only (any backend).
 
 Imports neither Kedro nor TensorFlow at module level, so the same code runs under
-``KERAS_BACKEND=jax`` on a machine without TensorFlow.
+``KERAS_BACKEND=jax`` on a machine without TensorFlow. ``serving`` is the MLflow pyfunc that serves a
+trained classifier over HTTP.
+
+May import: ``common``, ``cohort``; keras (and mlflow for the pyfunc); never kedro, never tensorflow at
+module level.
 """
 
 from .attention import attention_model, encode_png, overlay, predict_finding_maps, predict_with_attention, upsample

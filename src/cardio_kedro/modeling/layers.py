@@ -194,7 +194,7 @@ class Calibration(layers.Layer):
     """The raw score made a calibrated probability, with the model's operating threshold.
 
     ``sigmoid(slope * logit(score) + intercept)``: the prior-shift correction and Platt scaling
-    fitted on validation (``cardio_kedro.calibration``). ``threshold`` is the operating point chosen
+    fitted on validation (``cardio_kedro.evaluation.calibration``). ``threshold`` is the operating point chosen
     on that calibrated scale. Both live in the saved model, so a model and its calibration and
     threshold cannot be separated. A multi-label model has one of each per finding (lists, in the
     order of ``findings``, the names of its output columns).

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cardio_kedro.cohort.findings import target_columns
 from cardio_kedro.datasets import ImageFileIndexDataset, LabelTableDataset, PixelCacheDataset
-from cardio_kedro.findings import target_columns
 from cardio_kedro.pipelines.data_processing.nodes import (
     build_quality_report,
     check_disjoint_patients,

@@ -8,7 +8,7 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from cardio_kedro.calibration import apply_calibration
+from cardio_kedro.evaluation.calibration import apply_calibration
 from cardio_kedro.modeling import build_model, calibrate, operating_threshold
 from cardio_kedro.pipelines.inference import create_pipeline
 from cardio_kedro.pipelines.inference.nodes import overlay_names

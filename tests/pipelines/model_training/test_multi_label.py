@@ -118,8 +118,8 @@ def test_the_multi_label_model_trains_saves_and_reloads_under_jax(tmp_path):
 def test_each_finding_is_calibrated_and_thresholded_on_validation_and_saved_in_the_model(
     trained, multi_cache, tmp_path
 ):
-    from cardio_kedro.calibration import apply_calibration
     from cardio_kedro.datasets import KerasModelDataset
+    from cardio_kedro.evaluation.calibration import apply_calibration
     from cardio_kedro.modeling import model_findings, operating_threshold, with_score
     from cardio_kedro.pipelines.model_training.nodes import calibrate_classifier, score_validation
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardio_kedro.calibration import apply_calibration
+from cardio_kedro.evaluation.calibration import apply_calibration
 from cardio_kedro.pipelines.model_training.nodes import (
     calibrate_classifier,
     epoch_metrics,

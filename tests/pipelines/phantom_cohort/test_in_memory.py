@@ -3,8 +3,8 @@
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
+from cardio_kedro.cohort.nih import REQUIRED_LABEL_COLUMNS
 from cardio_kedro.datasets import ImageFileIndexDataset
-from cardio_kedro.nih import REQUIRED_LABEL_COLUMNS
 from cardio_kedro.pipelines.phantom_cohort import create_pipeline
 from tests.helpers import phantom_params
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardio_kedro.decision import choose_threshold
+from cardio_kedro.evaluation.decision import choose_threshold
 from cardio_kedro.evaluation.localization import localization_scores
 from cardio_kedro.evaluation.metrics import bootstrap_auc, calibration_metrics, rates_at
 from cardio_kedro.modeling import predict_with_attention

@@ -9,21 +9,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cardio_kedro.config import DataProcessingParams, RebalanceParams, SplitParams
-from cardio_kedro.datasets import DecodedChunk, PixelCache
-from cardio_kedro.errors import UserValueError
-from cardio_kedro.findings import (
+from cardio_kedro.cohort.findings import (
     TargetFindings,
     label_matrix,
     parse_target_findings,
     stratified_patient_split,
     target_columns,
 )
-from cardio_kedro.imaging import check_file
-from cardio_kedro.nih import NIH_FINDINGS, NO_FINDING
-from cardio_kedro.parallel import imap_progress
-from cardio_kedro.sampling import undersample
-from cardio_kedro.storage import image_loader
+from cardio_kedro.cohort.imaging import check_file
+from cardio_kedro.cohort.nih import NIH_FINDINGS, NO_FINDING
+from cardio_kedro.cohort.sampling import undersample
+from cardio_kedro.cohort.storage import image_loader
+from cardio_kedro.common.errors import UserValueError
+from cardio_kedro.common.parallel import imap_progress
+from cardio_kedro.config import DataProcessingParams, RebalanceParams, SplitParams
+from cardio_kedro.datasets import DecodedChunk, PixelCache
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def clean_metadata(
 ) -> tuple[pd.DataFrame, dict]:
     """Type the NIH columns, derive the targets and flag implausible ages.
 
-    One finding: the binary ``target``. Several (``target_findings``, see ``cardio_kedro.findings``):
+    One finding: the binary ``target``. Several (``target_findings``, see ``cardio_kedro.cohort.findings``):
     one 0/1 ``target.<finding>`` column each, and ``target`` is 1 when the image has any of them.
     Age rule: an age above ``max_plausible_age`` (NIH has a few, e.g. 148 or 412) or below 0 is set
     to missing and flagged ``age_implausible``; the image is kept, since age is not a model input.

@@ -12,11 +12,11 @@ import keras
 import numpy as np
 import pandas as pd
 
+from cardio_kedro.cohort.storage import image_loader
+from cardio_kedro.common.errors import UserValueError
+from cardio_kedro.common.parallel import imap_progress
 from cardio_kedro.config import InferenceParams
-from cardio_kedro.errors import UserValueError
 from cardio_kedro.modeling import attention_model, encode_png, model_findings, overlay, with_score
-from cardio_kedro.parallel import imap_progress
-from cardio_kedro.storage import image_loader
 
 logger = logging.getLogger(__name__)
 

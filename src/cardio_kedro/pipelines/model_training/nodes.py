@@ -10,12 +10,17 @@ import keras
 import numpy as np
 import pandas as pd
 
-from cardio_kedro.calibration import apply_calibration, expected_calibration_error, fit_platt, prior_shift_offset
+from cardio_kedro.cohort.findings import SCORE_PREFIX, TARGET_PREFIX, target_columns
+from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.config import ModelTrainingParams
 from cardio_kedro.datasets import PixelCache
-from cardio_kedro.decision import choose_threshold
-from cardio_kedro.errors import UserValueError
-from cardio_kedro.findings import SCORE_PREFIX, TARGET_PREFIX, target_columns
+from cardio_kedro.evaluation.calibration import (
+    apply_calibration,
+    expected_calibration_error,
+    fit_platt,
+    prior_shift_offset,
+)
+from cardio_kedro.evaluation.decision import choose_threshold
 from cardio_kedro.modeling import build_model, calibrate, with_view_head
 from cardio_kedro.modeling.feeds import feed, predict_cached
 from cardio_kedro.modeling.training import (

@@ -14,18 +14,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cardio_kedro.calibration import expected_calibration_error
+from cardio_kedro.cohort.findings import PROBABILITY_PREFIX, SCORE_PREFIX, TARGET_PREFIX, label_matrix
+from cardio_kedro.cohort.nih import NIH_FINDINGS
+from cardio_kedro.common.errors import UserValueError
+from cardio_kedro.common.formatting import fmt, fmt_auc
 from cardio_kedro.config import ReportingParams
 from cardio_kedro.datasets import PixelCache
-from cardio_kedro.errors import UserValueError
+from cardio_kedro.evaluation.calibration import expected_calibration_error
 from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, localization_scores
 from cardio_kedro.evaluation.metrics import auc_or_none, evaluate
 from cardio_kedro.evaluation.report import png_data_uri, report_templates
-from cardio_kedro.findings import PROBABILITY_PREFIX, SCORE_PREFIX, TARGET_PREFIX, label_matrix
-from cardio_kedro.formatting import fmt, fmt_auc
 from cardio_kedro.modeling import model_findings, overlay, predict_finding_maps
 from cardio_kedro.modeling.feeds import predict_cached
-from cardio_kedro.nih import NIH_FINDINGS
 
 from . import plots
 

@@ -9,10 +9,10 @@ from typing import Any
 import cv2
 import pandas as pd
 
+from cardio_kedro.cohort.nih import REQUIRED_LABEL_COLUMNS
+from cardio_kedro.cohort.phantoms import finding_box, render_phantom, sample_cohort
+from cardio_kedro.common.parallel import imap_progress
 from cardio_kedro.config import PhantomParams
-from cardio_kedro.nih import REQUIRED_LABEL_COLUMNS
-from cardio_kedro.parallel import imap_progress
-from cardio_kedro.phantoms import finding_box, render_phantom, sample_cohort
 
 
 def _render_png(row: dict, size: int) -> bytes:

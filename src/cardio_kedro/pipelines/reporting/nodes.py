@@ -13,16 +13,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cardio_kedro.cohort.sampling import undersample
+from cardio_kedro.common.formatting import fmt, fmt_auc
 from cardio_kedro.config import ReportingParams
 from cardio_kedro.datasets import PixelCache
-from cardio_kedro.decision import net_benefit
+from cardio_kedro.evaluation.decision import net_benefit
 from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, localization_scores
 from cardio_kedro.evaluation.metrics import auc_or_none, bootstrap_auc, calibration_metrics, evaluate, roc_band
 from cardio_kedro.evaluation.report import png_data_uri, report_templates
-from cardio_kedro.formatting import fmt, fmt_auc
 from cardio_kedro.modeling import overlay, predict_with_attention
 from cardio_kedro.modeling.feeds import predict_cached
-from cardio_kedro.sampling import undersample
 
 from . import plots
 

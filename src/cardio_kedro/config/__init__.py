@@ -1,0 +1,46 @@
+"""Parameters: the schema, where values come from, ``--params`` parsing and docs/parameters.md.
+
+- ``schema``: one frozen pydantic model per parameter group; ``ProjectParams`` holds every rule that
+  spans groups.
+- ``sources``: ``ConfigSources`` (which conf file sets a key), ``validate_parameters`` and
+  ``ParameterError`` (every bad key, its value and the file that sets it).
+- ``runtime``: ``--params`` text parsed and trees merged as ``kedro run`` does.
+- ``docs``: docs/parameters.md (``python -m cardio_kedro.config``).
+
+May import: ``common``, ``cohort`` (the NIH facts and finding names), pydantic, yaml, omegaconf;
+never kedro's session, keras or mlflow.
+"""
+
+from cardio_kedro.config.runtime import deep_merge, parse_runtime_params
+from cardio_kedro.config.schema import (
+    DataProcessingParams,
+    InferenceParams,
+    ModelTrainingParams,
+    PhantomParams,
+    ProjectParams,
+    RebalanceParams,
+    ReportingParams,
+    SplitParams,
+    SweepDimension,
+    SweepParams,
+)
+from cardio_kedro.config.sources import ConfigSources, ParameterError, has_parameter, validate_parameters
+
+__all__ = [
+    "ConfigSources",
+    "DataProcessingParams",
+    "InferenceParams",
+    "ModelTrainingParams",
+    "ParameterError",
+    "PhantomParams",
+    "ProjectParams",
+    "RebalanceParams",
+    "ReportingParams",
+    "SplitParams",
+    "SweepDimension",
+    "SweepParams",
+    "deep_merge",
+    "has_parameter",
+    "parse_runtime_params",
+    "validate_parameters",
+]

@@ -1,0 +1,168 @@
+"""MLflow hooks: what a run records that its catalog cannot declare, tags and model registration.
+
+Parameters, metrics and artifacts are declared in conf/base/catalog.yml (kedro-mlflow datasets).
+The other project hooks: ``preflight.py`` (checks before a run) and ``run_summary.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from cardio_kedro.cohort.findings import findings_name
+
+logger = logging.getLogger(__name__)
+
+MODEL_DATASET = "classifier"  # the calibrated classifier: registered as <finding>-classifier(-service) when saved
+TRAINING_PARAMS = "params:model_training"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+SWEEP_ENV = {"sweep.study": "CARDIO_SWEEP_STUDY", "sweep.trial": "CARDIO_SWEEP_TRIAL"}  # set by cardio_kedro.team.sweep
+RUN_NAME_ENV = "CARDIO_RUN_NAME"  # the MLflow run's name (conf/base/mlflow.yml), set by cardio_kedro.team.sweep
+
+
+def sweep_tags() -> dict[str, str]:
+    """``sweep.study`` and ``sweep.trial`` of a run that a sweep worker started (none otherwise)."""
+    return {tag: os.environ[var] for tag, var in SWEEP_ENV.items() if os.environ.get(var)}
+
+
+def create_experiment(tracking_uri: str, name: str, kwargs: Any = None) -> None:
+    """Create the experiment ``name`` unless it exists; safe when several processes do it at once."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(name) is not None:
+        return
+    try:
+        client.create_experiment(
+            name,
+            artifact_location=getattr(kwargs, "artifact_location", None),
+            tags=getattr(kwargs, "tags", None),
+        )
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+class MlflowTagHooks:
+    """Tags (``git.commit``; ``keras.backend`` and ``device`` when the run trains) and model registration.
+
+    When ``classifier`` (network + calibration + threshold) is saved, it is logged in MLflow's Keras
+    flavour and registered as ``<finding>-classifier``, and the HTTP-serving pyfunc around it as
+    ``<finding>-classifier-service``.
+    """
+
+    def __init__(self) -> None:
+        self._target = ""
+        self._service_limits: dict = {}
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's own after_context_created looks the experiment up
+    def after_context_created(self, context) -> None:
+        """Create the run's experiment on a tracking server so that runs starting together all find it.
+
+        kedro-mlflow gets the experiment by name and creates it when it is missing: two runs starting
+        at the same moment both miss it and the second create fails. Here the create comes first and
+        an ``already exists`` answer means another run won the race, which is fine.
+        """
+        from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
+
+        config = KedroMlflowConfig.model_validate(context.config_loader["mlflow"])
+        uri = config.server.mlflow_tracking_uri or ""
+        if not uri.startswith(("http://", "https://")):
+            return  # a local store: one user, no race
+        create_experiment(uri, config.tracking.experiment.name, config.tracking.experiment.create_experiment_kwargs)
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        import mlflow
+
+        if mlflow.active_run() is None:  # tracking is off for this pipeline
+            return
+        self._target = findings_name(catalog.load("params:target_findings"))
+        self._service_limits = dict(catalog.load("params:inference")["service"])
+        tags = {"git.commit": _git_commit(), **sweep_tags()}
+        if TRAINING_PARAMS in pipeline.inputs():
+            import keras
+
+            from cardio_kedro.modeling.devices import device_summary
+
+            tags["keras.backend"] = keras.backend.backend()
+            tags["device"] = device_summary()  # e.g. "backend jax on gpu:0 (NVIDIA H200)"
+        mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        if dataset_name == MODEL_DATASET:
+            self._register_model(data)
+            self._register_service(data)
+
+    def _register_model(self, model) -> None:
+        import mlflow
+        import numpy as np
+        from mlflow.models import infer_signature
+
+        size, outputs = int(model.inputs[0].shape[1]), int(model.outputs[0].shape[-1])
+        signature = infer_signature(np.zeros((1, size, size, 1), np.uint8), np.zeros((1, outputs), np.float32))
+        name = f"{self._target}-classifier"
+        info = mlflow.keras.log_model(model, name="model", signature=signature, registered_model_name=name)
+        mlflow.set_tag("registered_model", f"{name}/{info.registered_model_version}")
+        logger.info("Model logged to MLflow and registered as %s (version %s)", name, info.registered_model_version)
+
+    def _register_service(self, model) -> None:
+        """Log and register the HTTP-serving pyfunc (base64 images in, probability and label out)."""
+        import base64
+
+        import mlflow
+        import numpy as np
+        import pandas as pd
+        from mlflow.models import infer_signature
+
+        import cardio_kedro
+        from cardio_kedro.modeling import encode_png, model_findings, operating_threshold
+        from cardio_kedro.modeling.serving import XrayClassifierService, finding_outputs
+
+        name = f"{self._target}-classifier-service"
+        size = int(model.inputs[0].shape[1])
+        example = pd.DataFrame({"image": [base64.b64encode(encode_png(np.zeros((size, size, 3), np.uint8))).decode()]})
+        threshold, findings = operating_threshold(model), model_findings(model)
+        outputs = finding_outputs(np.full((1, len(findings or [0])), 0.5), threshold, findings)
+        signature = infer_signature(example, outputs)
+        with tempfile.TemporaryDirectory() as tmp:
+            model_file = Path(tmp) / "classifier.keras"
+            model.save(model_file)
+            info = mlflow.pyfunc.log_model(
+                name="service",
+                python_model=XrayClassifierService(),
+                artifacts={"keras_model": str(model_file)},
+                signature=signature,
+                input_example=example,
+                model_config=self._service_limits,
+                code_paths=[str(Path(cardio_kedro.__file__).parent)],  # the model carries the code that serves it
+                registered_model_name=name,
+            )
+        mlflow.set_tag("registered_service", f"{name}/{info.registered_model_version}")
+        logger.info(
+            "Serving model registered as %s (version %s), threshold %s",
+            name,
+            info.registered_model_version,
+            ", ".join(f"{t:.3f}" for t in np.atleast_1d(threshold)),
+        )

@@ -1,0 +1,142 @@
+"""Checks before a run touches data or opens its MLflow run; the demo cohort when a fresh clone has none."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from kedro.framework.hooks import hook_impl
+
+from cardio_kedro.common.errors import install_excepthook
+from cardio_kedro.config import ConfigSources, ParameterError, ProjectParams, validate_parameters
+from cardio_kedro.hooks.mlflow_tags import TRAINING_PARAMS
+from cardio_kedro.hooks.process import keep_arrays_on_the_heap
+
+logger = logging.getLogger(__name__)
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_backbone_weights(params: ProjectParams, sources: ConfigSources) -> None:
+    """A local ``backbone_weights`` file must exist and load into the configured backbone; ``imagenet`` is fetched.
+
+    Checked before any data is touched: building the headless backbone and loading the file takes
+    seconds, where finding out at the training node would come after data processing.
+    """
+    model = params.model_training.model
+    weights = model.backbone_weights
+    if weights is None:
+        return
+    key = "model_training.model.backbone_weights"
+    where = f"(set in {sources.locate(key)})"
+    if weights == "imagenet":  # fetched now, with a timeout and retries, not after data processing
+        from cardio_kedro.modeling.pretrained import fetch_imagenet_weights
+
+        try:
+            fetch_imagenet_weights(model.backbone)
+        except RuntimeError as exc:
+            raise ParameterError(f"'{key}' = 'imagenet' {where}: {exc}") from None
+        return
+    path = Path(weights)
+    if not path.is_file():
+        raise ParameterError(
+            f"'{key}' = {weights!r}: no such file {where}. Use the path of a local headless "
+            f"{model.backbone} weights file, imagenet (needs network access) or null (random initialisation)."
+        )
+    with path.open("rb") as fh:
+        if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+            raise ParameterError(f"'{key}' = {weights!r}: not an HDF5 (.h5) weights file {where}.")
+    from cardio_kedro.modeling import build_backbone
+
+    try:
+        build_backbone(model.backbone, params.image_size, weights, model.backbone_width, model.backbone_batchnorm)
+    except Exception as exc:
+        raise ParameterError(
+            f"'{key}' = {weights!r}: does not load into a headless {model.backbone} at {params.image_size} px "
+            f"{where}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+class PreflightHooks:
+    """Checks before anything is read or an MLflow run is opened; generates the demo cohort if missing.
+
+    ``tryfirst``: these run before kedro-mlflow opens its run, so a bad parameter leaves no run behind.
+    """
+
+    def __init__(self) -> None:
+        self._sources = ConfigSources(Path("conf"))  # replaced by the session's in after_context_created
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        install_excepthook()  # a user error ends the command with its message, not 300 lines of traceback
+        keep_arrays_on_the_heap()  # before TensorFlow's data ops can freeze malloc's mmap threshold
+        loader = context.config_loader
+        self._sources = ConfigSources(
+            conf_source=Path(loader.conf_source),
+            env=context.env or loader.default_run_env,
+            base_env=loader.base_env,
+            runtime_params=dict(loader.runtime_params or {}),
+        )
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        params = validate_parameters(catalog.load("parameters"), self._sources)
+        check_report_matches_targets(params, {node.name for node in pipeline.nodes})
+        if TRAINING_PARAMS in pipeline.inputs():
+            check_accelerator(params, self._sources)
+            check_backbone_weights(params, self._sources)
+        if "cohort_labels" in pipeline.inputs() and not catalog.exists("cohort_labels"):
+            self._generate_demo_cohort(params, catalog)
+
+    @staticmethod
+    def _generate_demo_cohort(params, catalog) -> None:
+        """Run the ``phantom_cohort`` pipeline first when the demo cohort is missing (a fresh clone)."""
+        if not params.phantoms.generate_if_missing or params.cohort_dir:
+            return  # the label table's load raises a clear error naming what to do
+        from kedro.framework.project import pipelines
+        from kedro.runner import SequentialRunner
+
+        logger.info(
+            "No cohort yet: running the phantom_cohort pipeline first (%d phantom patients, once; "
+            "phantoms.generate_if_missing: false turns this off)",
+            params.phantoms.n_patients,
+        )
+        SequentialRunner().run(pipelines["phantom_cohort"], catalog)
+
+
+BINARY_REPORT, MULTILABEL_REPORT = "build_report", "build_multilabel_report"
+
+
+def check_report_matches_targets(params: ProjectParams, node_names: set[str]) -> None:
+    """Stop before any work when the run's report cannot read its model: the binary report with
+    several target findings, or the multi-label report with one."""
+    n = len(params.findings)
+    if n > 1 and BINARY_REPORT in node_names:
+        raise ParameterError(
+            f"target_findings {params.target_findings!r} names {n} findings: train and report them with the "
+            "multilabel pipeline (kedro run --pipelines=multilabel; the demo: kedro run --env=multilabel "
+            "--pipelines=multilabel). The training and reporting pipelines are for one finding."
+        )
+    if n == 1 and MULTILABEL_REPORT in node_names:
+        raise ParameterError(
+            f"target_findings {params.target_findings!r} is one finding: the multilabel pipeline needs several "
+            "(e.g. --params='target_findings=Cardiomegaly|Effusion', or all); for one, run the training pipeline."
+        )
+
+
+def check_accelerator(params: ProjectParams, sources: ConfigSources) -> None:
+    """Log what the run trains on; with ``require_accelerator``, stop now when that is only the CPU."""
+    from cardio_kedro.modeling.devices import accelerator_problem, device_summary, visible_devices
+
+    devices = visible_devices()
+    logger.info("Training on %s", device_summary(devices))
+    if not params.model_training.require_accelerator:
+        return
+    problem = accelerator_problem(devices)
+    if problem:
+        key = "model_training.require_accelerator"
+        raise ParameterError(
+            f"'{key}' is true (set in {sources.locate(key)}) but {problem} "
+            f"To train on the CPU anyway: --params={key}=false"
+        )

@@ -1,0 +1,97 @@
+"""The MLflow pyfunc that serves the classifier over HTTP (`mlflow models serve`).
+
+Input: a DataFrame with an ``image`` column of base64-encoded PNG or JPEG files. Output: one row
+per image with ``probability`` (calibrated, at the cohort's natural prevalence) and ``label`` (at the
+operating threshold saved with the model); for a multi-label model, ``probability.<finding>`` and
+``label.<finding>`` for every finding, each at that finding's own threshold.
+An image that cannot be decoded, or whose header claims more than ``MAX_SIDE`` px (checked before
+any pixel is decoded), fails the request with a 400 that names the row and the reason; so do an
+empty request and one over the limits in ``model_config`` (``inference.service`` when registered).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from cardio_kedro.cohort.imaging import ImageError, decode_bytes
+
+MAX_IMAGE_BYTES = 64 * 2**20
+DEFAULT_LIMITS = {"max_images_per_request": 64, "max_request_mib": 64}  # a service logged without model_config
+
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException(message, INVALID_PARAMETER_VALUE)
+
+
+class XrayClassifierService(mlflow.pyfunc.PythonModel):
+    """Decodes base64 images with the training code path and scores them with the Keras model."""
+
+    def load_context(self, context) -> None:
+        from cardio_kedro.modeling import load_model, model_findings, operating_threshold
+
+        self.model = load_model(context.artifacts["keras_model"])
+        self.threshold = operating_threshold(self.model)
+        self.findings = model_findings(self.model)
+        if self.threshold is None:
+            raise ValueError("the served model has no threshold of its own: serve a calibrated classifier")
+        self.size = int(self.model.inputs[0].shape[1])
+        self.limits = {**DEFAULT_LIMITS, **(getattr(context, "model_config", None) or {})}
+
+    def _pixels(self, value) -> np.ndarray:
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a base64-encoded PNG or JPEG string")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not valid base64") from None
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ValueError(f"larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+        return decode_bytes(data, self.size)
+
+    def _check_request(self, model_input: pd.DataFrame) -> None:
+        if "image" not in model_input.columns:
+            raise _bad_request("the input needs an 'image' column of base64 PNG/JPEG")
+        n, most = len(model_input), int(self.limits["max_images_per_request"])
+        if n == 0:
+            raise _bad_request("the request holds no image: send one or more rows in the 'image' column")
+        if n > most:
+            raise _bad_request(f"the request holds {n} images, more than max_images_per_request={most}: split it")
+        mib = sum(len(v) for v in model_input["image"] if isinstance(v, str)) * 3 / 4 / 2**20
+        if mib > float(self.limits["max_request_mib"]):
+            raise _bad_request(
+                f"the request holds {mib:.1f} MiB of images, more than max_request_mib={self.limits['max_request_mib']}"
+            )
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        self._check_request(model_input)
+        pixels = []
+        for i, value in enumerate(model_input["image"]):
+            try:
+                pixels.append(self._pixels(value))
+            except (ValueError, ImageError) as exc:
+                raise _bad_request(f"row {i}: {exc}") from None
+        probability = np.asarray(self.model.predict_on_batch(np.stack(pixels)[..., None])).astype(float)
+        return finding_outputs(probability, self.threshold, self.findings)
+
+
+def finding_outputs(
+    probability: np.ndarray, threshold: float | list[float], findings: list[str] | None
+) -> pd.DataFrame:
+    """``probability`` and ``label`` per image; for a multi-label model (``findings``), one pair of
+    columns per finding (``probability.<finding>``, ``label.<finding>``), each at its own threshold."""
+    if not findings:
+        p = probability.reshape(-1)
+        return pd.DataFrame({"probability": p, "label": (p >= threshold).astype(int)})
+    p = probability.reshape(len(probability), len(findings))
+    columns = {}
+    for j, finding in enumerate(findings):
+        columns[f"probability.{finding}"] = p[:, j]
+        columns[f"label.{finding}"] = (p[:, j] >= threshold[j]).astype(int)
+    return pd.DataFrame(columns)

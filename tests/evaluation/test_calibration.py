@@ -1,0 +1,72 @@
+"""Calibration: prior shift with a known answer, Platt scaling, ECE, slope and intercept by hand."""
+
+import numpy as np
+import pytest
+from scipy.special import expit, logit
+
+from cardio_kedro.evaluation.calibration import (
+    apply_calibration,
+    calibration_slope_intercept,
+    expected_calibration_error,
+    fit_platt,
+    prior_shift_offset,
+)
+
+
+def test_prior_shift_recovers_the_natural_posterior():
+    """Scores of a model that is exact at 25% prevalence, read at 5%: Bayes gives the answer."""
+    rng = np.random.default_rng(0)
+    likelihood_ratio = np.exp(rng.normal(0, 2, 1000))
+    at_25 = 1 / (1 + (0.75 / 0.25) / likelihood_ratio)
+    at_5 = 1 / (1 + (0.95 / 0.05) / likelihood_ratio)
+    offset = prior_shift_offset(0.25, 0.05)
+    assert offset == pytest.approx(logit(0.05) - logit(0.25))
+    np.testing.assert_allclose(apply_calibration(at_25, 1.0, offset), at_5, rtol=1e-6)
+    with pytest.raises(ValueError, match="target prevalence"):
+        prior_shift_offset(0.25, 0.0)
+
+
+def test_platt_recovers_a_known_miscalibration():
+    rng = np.random.default_rng(1)
+    true_logit = rng.normal(-1.5, 2.0, 20000)
+    y = (rng.random(20000) < expit(true_logit)).astype(int)
+    scores = expit((true_logit - 0.7) / 2.0)  # too flat and shifted: slope 2, intercept 0.7 undo it
+    slope, intercept = fit_platt(scores, y, offset=0.0, shrinkage=0.0)
+    assert slope == pytest.approx(2.0, abs=0.08) and intercept == pytest.approx(0.7, abs=0.08)
+
+
+def test_shrinkage_keeps_a_separated_split_finite():
+    scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    free = fit_platt(scores, y, offset=-1.0, shrinkage=0.0)
+    shrunk = fit_platt(scores, y, offset=-1.0, shrinkage=5.0)
+    assert free[0] > 10  # plain Platt runs off towards an infinite slope
+    assert 1.0 < shrunk[0] < free[0] and shrunk[1] < 0  # the prior holds it near (1, offset)
+
+
+def test_ece_by_hand():
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 1, 0, 0])
+    p = np.array([0.05, 0.05, 0.05, 0.05, 0.95, 0.95, 0.95, 0.95, 0.55, 0.55])
+    # bins: 0.05 (4 images, 50% positive): gap 0.45; 0.95 (4, 75%): gap 0.20; 0.55 (2, 0%): gap 0.55
+    assert expected_calibration_error(y, p) == pytest.approx((4 * 0.45 + 4 * 0.20 + 2 * 0.55) / 10)
+    assert expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0])) == 0.0
+
+
+def test_slope_and_intercept_of_calibrated_and_overconfident_models():
+    rng = np.random.default_rng(2)
+    true_logit = rng.normal(-1, 1.5, 40000)
+    y = (rng.random(40000) < expit(true_logit)).astype(int)
+    slope, intercept = calibration_slope_intercept(y, expit(true_logit))
+    assert slope == pytest.approx(1.0, abs=0.05) and intercept == pytest.approx(0.0, abs=0.05)
+    slope, _ = calibration_slope_intercept(y, expit(2 * true_logit))  # twice too extreme
+    assert slope == pytest.approx(0.5, abs=0.03)
+    assert np.isnan(calibration_slope_intercept(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))[0])
+
+
+def test_calibration_in_the_large_converges_for_confident_scores():
+    """Scores of 1e-6 for images that are positive 10% of the time: the intercept is logit(0.1) - logit(1e-6).
+    A plain Newton step there is about 1e5 log-odds and diverges."""
+    y = np.r_[np.ones(10), np.zeros(90)]
+    p = np.full(100, 1e-6)
+    _, intercept = calibration_slope_intercept(y, p)
+    assert intercept == pytest.approx(logit(0.1) - logit(1e-6), abs=1e-6)
