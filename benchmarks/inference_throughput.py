@@ -123,7 +123,9 @@ def phantom_sources(folder: Path, count: int = 32, size: int = 1024) -> list[Pat
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for row in sample_cohort(count, 0.25, 0.0, seed=0).head(count).to_dict("records"):
+    phantoms = yaml.safe_load((ROOT / "conf/base/parameters_phantom_cohort.yml").read_text())["phantoms"]
+    drawing = {k: phantoms[k] for k in ("ap_fraction", "reader_sd", "ctr_spread", "drawn_findings")}
+    for row in sample_cohort(count, 0.25, 0.0, seed=0, **drawing).head(count).to_dict("records"):
         path = folder / row["Image Index"]
         cv2.imwrite(str(path), render_phantom(row, size))
         paths.append(path)

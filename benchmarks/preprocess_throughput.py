@@ -95,7 +95,7 @@ def project_run(paths_file: str, cache_dir: str, size: int) -> None:
     )
     checked = time.perf_counter()
     cache = PixelCacheDataset(cache_dir, image_size=size)
-    for chunk in decode_images(resolved, cache.load(), size, params):
+    for chunk in decode_images(resolved, cache.load(), size, params, {}):
         cache.save(chunk)
     done = time.perf_counter()
     stop.set()

@@ -140,3 +140,94 @@ def test_no_pipeline_imports_another_pipeline(pipeline):
             if name.startswith("cardio_kedro.pipelines.") and name.split(".")[2] != pipeline
         }
         assert not others, f"{path.relative_to(PACKAGE)} imports {others}"
+
+
+# ---- one home for every default: conf ------------------------------------------------------------
+PARAMETER_TREE = re.compile(r"\b(params|parameters|[a-z_]*_params|config|cfg)\b")
+VALUE_LAYERS = ("pipelines", "modeling", "evaluation", "cohort", "config", "datasets")
+
+
+def _hidden_defaults(source: str, layer: str) -> list[str]:
+    """``params.get(key, default)``, ``config.get(...)``, ``getattr(config, key, default)``: a default
+    hidden in code beside the YAML's value (``config`` counts in the layers that get parameter groups)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func, args = node.func, [*node.args, *node.keywords]
+        if isinstance(func, ast.Attribute) and func.attr in ("get", "setdefault") and len(args) >= 2:
+            receiver = ast.unparse(func.value)
+        elif isinstance(func, ast.Name) and func.id == "getattr" and len(node.args) == 3:
+            receiver = ast.unparse(node.args[0])
+        else:
+            continue
+        match = PARAMETER_TREE.search(receiver)
+        if match and (match.group(1) not in ("config", "cfg") or layer in VALUE_LAYERS):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_parameter_is_read_with_a_default_hidden_in_code():
+    found = [
+        f"{path.relative_to(PACKAGE)}:{line}"
+        for path in SOURCES
+        for line in _hidden_defaults(path.read_text(), path.relative_to(PACKAGE).parts[0])
+    ]
+    assert not found, "defaults beside conf: read the key strictly (a missing key must fail)\n" + "\n".join(found)
+
+
+def test_the_check_finds_a_hidden_default():
+    source = "def f(params, config):\n    return params.get('a', 1), getattr(config, 'b', 2), config['c'].get('d', 3)\n"
+    assert len(_hidden_defaults(source, layer="pipelines")) == 3
+    assert len(_hidden_defaults(source, layer="hooks")) == 1  # a hook's config is a catalog entry, not parameters
+    assert _hidden_defaults("def f(row):\n    return row.get('a', 0), params['a']\n", layer="pipelines") == []
+
+
+def _parameter_models():
+    from pydantic import BaseModel
+
+    from cardio_kedro.config import schema
+
+    return [m for m in vars(schema).values() if isinstance(m, type) and issubclass(m, BaseModel) and m is not BaseModel]
+
+
+# the only fields with a default: runtime-only keys, absent unless given with --params, and the keys of a
+# sweep dimension that its type does not use
+DEFAULTS_ALLOWED = {
+    "ProjectParams": {"cohort_dir", "images_dir", "model_uri"},
+    "SweepDimension": {"low", "high", "log", "choices"},
+}
+
+
+def test_no_parameter_field_has_a_default():
+    with_default = {
+        f"{model.__name__}.{name}"
+        for model in _parameter_models()
+        for name, info in model.model_fields.items()
+        if not info.is_required() and name not in DEFAULTS_ALLOWED.get(model.__name__, set())
+    }
+    assert not with_default, f"parameter fields with a default in code (set them in conf/base): {sorted(with_default)}"
+
+
+def test_node_functions_take_every_value_from_the_catalog():
+    """A node function's default argument would be a parameter that conf does not set."""
+    import inspect
+    import warnings
+
+    from kedro.framework.project import configure_project
+
+    configure_project("cardio_kedro")
+    from cardio_kedro.pipeline_registry import register_pipelines
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipelines = register_pipelines()
+    nodes = {node.func for pipeline in pipelines.values() for node in pipeline.nodes}
+    assert len(nodes) > 20
+    defaults = [
+        f"{func.__module__}.{func.__name__}({name}={p.default!r})"
+        for func in nodes
+        for name, p in inspect.signature(func).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    ]
+    assert not defaults, f"node functions with defaults hidden in code: {defaults}"

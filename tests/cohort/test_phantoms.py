@@ -14,10 +14,19 @@ from cardio_kedro.cohort.phantoms import (
     render_phantom,
     sample_cohort,
 )
+from tests.helpers import base_params
+
+DRAWING = ("ap_fraction", "reader_sd", "ctr_spread", "drawn_findings")
+
+
+def _cohort(n_patients, prevalence, mean_follow_ups, seed, **overrides):
+    """``sample_cohort`` with conf/base's drawing settings, ``overrides`` on top."""
+    drawing = {key: value for key, value in base_params("phantoms").items() if key in DRAWING}
+    return sample_cohort(n_patients, prevalence, mean_follow_ups, seed, **{**drawing, **overrides})
 
 
 def test_labels_follow_the_cardiothoracic_ratio():
-    cohort = sample_cohort(400, prevalence=0.3, mean_follow_ups=0.6, seed=1)
+    cohort = _cohort(400, prevalence=0.3, mean_follow_ups=0.6, seed=1, reader_sd=0.0)
     positive = cohort["Finding Labels"].str.contains("Cardiomegaly")
     assert (positive == (cohort["ctr"] > CTR_THRESHOLD)).all()
     assert set(cohort["p_cardiomegaly"]) == {0.0, 1.0}
@@ -27,8 +36,8 @@ def test_labels_follow_the_cardiothoracic_ratio():
 
 
 def test_reader_error_makes_labels_near_the_cut_off_uncertain_with_a_known_probability():
-    exact = sample_cohort(3000, prevalence=0.3, mean_follow_ups=0.6, seed=3)
-    read = sample_cohort(3000, prevalence=0.3, mean_follow_ups=0.6, seed=3, reader_sd=0.01)
+    exact = _cohort(3000, prevalence=0.3, mean_follow_ups=0.6, seed=3, reader_sd=0.0)
+    read = _cohort(3000, prevalence=0.3, mean_follow_ups=0.6, seed=3, reader_sd=0.01)
     assert np.array_equal(exact["ctr"], read["ctr"])  # the anatomy does not move with the reader
     positive = read["Finding Labels"].str.contains("Cardiomegaly").to_numpy()
     p, distance = read["p_cardiomegaly"].to_numpy(), (read["ctr"] - CTR_THRESHOLD).to_numpy()
@@ -41,11 +50,11 @@ def test_reader_error_makes_labels_near_the_cut_off_uncertain_with_a_known_proba
         assert abs(positive[inside].mean() - p[inside].mean()) < 0.1
     assert (positive != (distance > 0)).sum() > 20  # some images are read across the cut-off
     with pytest.raises(ValueError, match="reader_sd"):
-        sample_cohort(10, 0.3, 0.5, seed=1, reader_sd=-0.01)
+        _cohort(10, 0.3, 0.5, seed=1, reader_sd=-0.01)
 
 
 def test_follow_ups_other_findings_and_no_finding_present():
-    cohort = sample_cohort(400, prevalence=0.3, mean_follow_ups=0.6, seed=2)
+    cohort = _cohort(400, prevalence=0.3, mean_follow_ups=0.6, seed=2)
     assert cohort["Follow-up #"].max() >= 2
     assert (cohort.groupby("Patient ID").size() > 1).sum() > 50
     labels = set(cohort["Finding Labels"].str.split("|").explode())
@@ -54,21 +63,21 @@ def test_follow_ups_other_findings_and_no_finding_present():
 
 
 def test_generation_is_deterministic_per_seed():
-    a, b = sample_cohort(30, 0.3, 0.5, seed=5), sample_cohort(30, 0.3, 0.5, seed=5)
+    a, b = _cohort(30, 0.3, 0.5, seed=5), _cohort(30, 0.3, 0.5, seed=5)
     assert a.equals(b)
     assert np.array_equal(render_phantom(a.iloc[0], 64), render_phantom(b.iloc[0], 64))
-    assert not sample_cohort(30, 0.3, 0.5, seed=6).equals(a)
+    assert not _cohort(30, 0.3, 0.5, seed=6).equals(a)
 
 
 def test_ap_views_magnify_the_heart():
-    row = sample_cohort(1, 0.5, 0.0, seed=0).iloc[0].to_dict()
+    row = _cohort(1, 0.5, 0.0, seed=0).iloc[0].to_dict()
     pa = heart_box({**row, "View Position": "PA"}, 1024)
     ap = heart_box({**row, "View Position": "AP"}, 1024)
     assert ap[2] == pytest.approx(pa[2] * 1.12, rel=0.05)
 
 
 def test_heart_box_covers_the_bright_heart():
-    row = sample_cohort(1, 0.5, 0.0, seed=4).iloc[0].to_dict()
+    row = _cohort(1, 0.5, 0.0, seed=4).iloc[0].to_dict()
     row.update({"rotation": 0.0, "noise": 0.0, "exposure": 1.0, "gamma": 1.0})
     img = render_phantom(row, 256).astype(float)
     x, y, w, h = heart_box(row, 256)
@@ -80,7 +89,7 @@ def test_heart_box_covers_the_bright_heart():
 @pytest.fixture(scope="module")
 def drawn_cohort():
     """Phantoms drawing every drawable finding, with their global image statistics."""
-    cohort = sample_cohort(700, prevalence=0.5, mean_follow_ups=0.0, seed=11, drawn_findings=DRAWABLE_FINDINGS)
+    cohort = _cohort(700, prevalence=0.5, mean_follow_ups=0.0, seed=11, drawn_findings=DRAWABLE_FINDINGS)
     feats = []
     for row in cohort.to_dict("records"):
         img = render_phantom(row, 96).astype(np.float32)
@@ -100,7 +109,7 @@ def test_no_drawn_finding_is_readable_from_global_image_statistics(drawn_cohort,
 
 
 def test_drawn_findings_are_visible_inside_their_boxes():
-    cohort = sample_cohort(300, prevalence=0.3, mean_follow_ups=0.0, seed=12, drawn_findings=DRAWABLE_FINDINGS)
+    cohort = _cohort(300, prevalence=0.3, mean_follow_ups=0.0, seed=12, drawn_findings=DRAWABLE_FINDINGS)
     for finding, brighter in (("Effusion", True), ("Mass", True), ("Nodule", True), ("Pneumothorax", False)):
         rows = cohort[cohort["Finding Labels"].str.contains(finding)].head(5).to_dict("records")
         assert rows, finding
@@ -122,7 +131,7 @@ def test_drawn_findings_are_visible_inside_their_boxes():
 
 
 def test_other_findings_co_occur_with_cardiomegaly_as_in_nih():
-    cohort = sample_cohort(3000, prevalence=0.3, mean_follow_ups=0.0, seed=13, reader_sd=0.004)
+    cohort = _cohort(3000, prevalence=0.3, mean_follow_ups=0.0, seed=13, reader_sd=0.004)
     labels = cohort["Finding Labels"].str.split("|")
     cardio = labels.apply(lambda s: "Cardiomegaly" in s)
     effusion = labels.apply(lambda s: "Effusion" in s)
@@ -131,7 +140,7 @@ def test_other_findings_co_occur_with_cardiomegaly_as_in_nih():
     # only drawn findings get a geometry: the default cohort draws the heart alone
     assert (cohort["effusion_height"] == 0).all() and (cohort["mass_radius"] == 0).all()
     with pytest.raises(ValueError, match="drawn_findings"):
-        sample_cohort(10, 0.3, 0.0, seed=1, drawn_findings=["Effusion"])
+        _cohort(10, 0.3, 0.0, seed=1, drawn_findings=["Effusion"])
 
 
 def test_phantoms_follow_each_row_of_a_real_label_table():

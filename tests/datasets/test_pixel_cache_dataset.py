@@ -48,7 +48,7 @@ def decode(root, paths: list[str], size: int, workers: int = 1):
     """What a run of the decode_images node does: read the cache, decode what is missing, save each chunk."""
     dataset = PixelCacheDataset(str(root), image_size=size)
     params = base_params("data_processing", workers=workers)
-    for chunk in dp.decode_images(resolved(paths), dataset.load(), size, params):
+    for chunk in dp.decode_images(resolved(paths), dataset.load(), size, params, {}):
         dataset.save(chunk)
     return dataset.load()
 
@@ -91,7 +91,7 @@ def test_every_saved_chunk_survives_a_run_that_dies_later(tmp_path, images, monk
         copy.write_bytes(open(p, "rb").read())
         copies.append(str(copy))
     dataset = PixelCacheDataset(str(tmp_path / "cache"), image_size=16)
-    chunks = dp.decode_images(resolved(copies), dataset.load(), 16, base_params("data_processing", workers=1))
+    chunks = dp.decode_images(resolved(copies), dataset.load(), 16, base_params("data_processing", workers=1), {})
     dataset.save(next(chunks))  # the run dies after its first chunk
     assert len(dataset.load().index) == 64
     decode_again = decode(tmp_path / "cache", copies, 16)

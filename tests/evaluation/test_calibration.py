@@ -48,8 +48,8 @@ def test_ece_by_hand():
     y = np.array([0, 0, 1, 1, 1, 0, 1, 1, 0, 0])
     p = np.array([0.05, 0.05, 0.05, 0.05, 0.95, 0.95, 0.95, 0.95, 0.55, 0.55])
     # bins: 0.05 (4 images, 50% positive): gap 0.45; 0.95 (4, 75%): gap 0.20; 0.55 (2, 0%): gap 0.55
-    assert expected_calibration_error(y, p) == pytest.approx((4 * 0.45 + 4 * 0.20 + 2 * 0.55) / 10)
-    assert expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0])) == 0.0
+    assert expected_calibration_error(y, p, bins=10) == pytest.approx((4 * 0.45 + 4 * 0.20 + 2 * 0.55) / 10)
+    assert expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0]), bins=10) == 0.0
 
 
 def test_slope_and_intercept_of_calibrated_and_overconfident_models():

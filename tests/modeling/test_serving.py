@@ -26,6 +26,16 @@ def service(tmp_path_factory):
     return svc
 
 
+def test_a_service_without_its_limits_refuses_to_load(tmp_path):
+    path = tmp_path / "classifier.keras"
+    calibrate(build_model(32, **TINY_MODEL), 1.0, 0.0, 0.5).save(path)
+    for config in (None, {"max_images_per_request": 3}):
+        with pytest.raises(ValueError, match=r"without its limits .*max_request_mib.*register it again"):
+            XrayClassifierService().load_context(
+                SimpleNamespace(artifacts={"keras_model": str(path)}, model_config=config)
+            )
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

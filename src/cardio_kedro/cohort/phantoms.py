@@ -51,10 +51,11 @@ def sample_cohort(
     prevalence: float,
     mean_follow_ups: float,
     seed: int,
-    ap_fraction: float = 0.4,
-    reader_sd: float = 0.0,
-    ctr_spread: float = 0.05,
-    drawn_findings: Sequence[str] = ("Cardiomegaly",),
+    *,
+    ap_fraction: float,
+    reader_sd: float,
+    ctr_spread: float,
+    drawn_findings: Sequence[str],
 ) -> pd.DataFrame:
     """Draw the per-image metadata of a phantom cohort (no pixels).
 

@@ -333,6 +333,9 @@ class ReportingParams(Group):
 
     batch_size: int = Field(ge=1, description="images per prediction batch")
     n_bootstrap: int = Field(ge=0, description="patient-level bootstrap resamples for confidence intervals")
+    roc_band_max_resamples: int = Field(
+        ge=0, description="the ROC plot's 95% band draws n_bootstrap resamples, at most this many"
+    )
     original_neg_per_pos: float = Field(gt=0, description="negatives per positive of the 3:1 comparison test set")
     subgroup_min_per_class: int = Field(ge=1, description="fewer cases of a class in a subgroup: not scored")
     examples_per_class: int = Field(ge=1, description="example images per class")

@@ -68,7 +68,7 @@ def fit_platt(scores: np.ndarray, y: np.ndarray, offset: float, shrinkage: float
     return float(slope), float(intercept)
 
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int) -> float:
     """ECE: the count-weighted mean gap between predicted and observed rate over equal-width bins."""
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
     which = np.minimum((p * bins).astype(int), bins - 1)

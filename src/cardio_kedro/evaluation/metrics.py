@@ -106,7 +106,7 @@ class _WeightedAuc:
         return float(np.dot(pos, below + 0.5 * neg) / (n_pos * n_neg))
 
 
-def bootstrap_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+def bootstrap_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict:
     """ROC AUC with a patient-level bootstrap CI: ``{"auc", "ci_low", "ci_high", "n_boot"}``.
 
     The same resamples and values as ``patient_bootstrap`` with ``auc_or_none``, computed as weights

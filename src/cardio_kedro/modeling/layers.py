@@ -60,11 +60,11 @@ class XrayAugment(layers.Layer):
 
     def __init__(
         self,
-        rotation: float = 5.0,
-        translation: float = 0.05,
-        zoom: float = 0.05,
-        brightness: float = 0.1,
-        contrast: float = 0.1,
+        rotation: float,
+        translation: float,
+        zoom: float,
+        brightness: float,
+        contrast: float,
         seed: int | None = None,
         **kwargs,
     ):

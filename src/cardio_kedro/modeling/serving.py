@@ -23,7 +23,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from cardio_kedro.cohort.imaging import ImageError, decode_bytes
 
 MAX_IMAGE_BYTES = 64 * 2**20
-DEFAULT_LIMITS = {"max_images_per_request": 64, "max_request_mib": 64}  # a service logged without model_config
+LIMITS = ("max_images_per_request", "max_request_mib")  # inference.service, saved as the model's model_config
 
 
 def _bad_request(message: str) -> MlflowException:
@@ -42,7 +42,15 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
         if self.threshold is None:
             raise ValueError("the served model has no threshold of its own: serve a calibrated classifier")
         self.size = int(self.model.inputs[0].shape[1])
-        self.limits = {**DEFAULT_LIMITS, **(getattr(context, "model_config", None) or {})}
+        config = getattr(context, "model_config", None) or {}
+        missing = [key for key in LIMITS if key not in config]
+        if missing:
+            raise ValueError(
+                f"the service model was logged without its limits {missing} (model_config, from the "
+                "inference.service parameters): register it again with a training run, or log it with "
+                f"model_config={{{', '.join(f'{k!r}: ...' for k in LIMITS)}}}"
+            )
+        self.limits = {key: config[key] for key in LIMITS}
 
     def _pixels(self, value) -> np.ndarray:
         if not isinstance(value, str) or not value:

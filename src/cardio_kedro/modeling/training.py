@@ -282,8 +282,6 @@ def compile_model(
     per finding.
     """
     if finding_weights is not None:
-        if loss != "binary_crossentropy":
-            raise ValueError(f"a multi-label model trains with binary_crossentropy, not '{loss}'")
         findings = list(finding_weights)
         losses = WeightedBinaryCrossentropy(
             [finding_weights[f]["1"] for f in findings], [finding_weights[f]["0"] for f in findings], label_smoothing

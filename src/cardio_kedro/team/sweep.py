@@ -49,8 +49,9 @@ class TrialRunFailed(RuntimeError):
     """The trial's ``kedro run`` exited with an error (its log tail is in the message)."""
 
 
-def load_sweep_params(project: Path, env: str | None, runtime_params: dict[str, Any]) -> tuple[SweepParams, str]:
-    """The ``sweep`` group and the target finding, from the project's conf as ``kedro run`` would merge it,
+def load_sweep_params(project: Path, env: str | None, runtime_params: dict[str, Any]) -> tuple[SweepParams, str, str]:
+    """The ``sweep`` group, the target finding and the MLflow tracking URI, from the project's conf as
+    ``kedro run`` would merge it (``mlflow.yml``: ``MLFLOW_TRACKING_URI`` or the project's sqlite store),
     every parameter checked as before a run (a typo fails here, not in the first trial)."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
@@ -61,13 +62,22 @@ def load_sweep_params(project: Path, env: str | None, runtime_params: dict[str, 
     with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
         context = session.load_context()
         params = validate_parameters(context.params, ConfigSources(project / "conf", env, "base", runtime_params))
+        tracking_uri = _project_uri(context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"], project)
     missing = [key for key in params.sweep.space if not has_parameter(context.params, key)]
     if missing:
         raise ValueError(
             f"sweep.space names {missing}, which are not parameters of the project "
             f"(conf/base/parameters_sweep.yml); use dotted keys such as model_training.fine_tune.learning_rate"
         )
-    return params.sweep, findings_name(params.target_findings)
+    return params.sweep, findings_name(params.target_findings), tracking_uri
+
+
+def _project_uri(uri: str, project: Path) -> str:
+    """A relative sqlite store (``sqlite:///mlflow.db``: relative to the run's folder, the project) made absolute."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri.removeprefix(prefix)).is_absolute():
+        return f"{prefix}{project / uri.removeprefix(prefix)}"
+    return uri
 
 
 def draw(trial, space: dict[str, SweepDimension]) -> dict[str, Any]:
@@ -257,9 +267,8 @@ def main(argv: list[str] | None = None) -> int:
 
     project = args.project.resolve()
     runtime = parse_runtime_params(args.params)
-    config, finding = load_sweep_params(project, args.env, runtime)
+    config, finding, tracking_uri = load_sweep_params(project, args.env, runtime)
     trials = config.trials_per_worker if args.trials is None else args.trials
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project / 'mlflow.db'}"
     create_experiment(tracking_uri, finding)
     client = mlflow.MlflowClient(tracking_uri)
     experiment_id = client.get_experiment_by_name(finding).experiment_id

@@ -97,7 +97,7 @@ def test_resolve_decode_select_and_quality_report(phantom_cohort_dir, tmp_path):
     assert len(resolved) == len(clean) - 1 and problems["reason"].tolist() == ["missing"]
     assert (resolved["nbytes"] > 0).all() and (resolved["mtime_ns"] > 0).all()
     cache = PixelCacheDataset(str(tmp_path / "cache"), image_size=32)
-    for chunk in decode_images(resolved, cache.load(), 32, PARAMS):
+    for chunk in decode_images(resolved, cache.load(), 32, PARAMS, {}):
         cache.save(chunk)
     decoded, dropped = select_decoded_images(resolved, cache.load(), problems)
     assert len(decoded) == len(resolved) and decoded["src_width"].eq(64).all()
@@ -111,7 +111,7 @@ def test_resolve_decode_select_and_quality_report(phantom_cohort_dir, tmp_path):
 def test_image_size_that_differs_from_the_cache_entry_is_refused(tmp_path):
     cache = PixelCacheDataset(str(tmp_path / "cache"), image_size=32)
     with pytest.raises(ValueError, match="globals.yml"):
-        next(decode_images(pd.DataFrame(columns=["path", "nbytes", "mtime_ns"]), cache.load(), 64, PARAMS))
+        next(decode_images(pd.DataFrame(columns=["path", "nbytes", "mtime_ns"]), cache.load(), 64, PARAMS, {}))
 
 
 def test_patient_wise_split_is_disjoint_stratified_and_seeded():

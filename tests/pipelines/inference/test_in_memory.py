@@ -56,8 +56,8 @@ def test_a_model_without_its_own_threshold_is_refused_unless_one_is_given(toy_ca
     info = {"model": raw, "threshold": operating_threshold(raw), "version": "v7", "source": "somewhere"}
     params = base_params("inference", workers=1)
     with pytest.raises(ValueError, match="v7 .*has no threshold of its own.*inference.threshold"):
-        score_images(images, info, params)
-    table, _ = score_images(images, info, {**params, "threshold": 0.25})
+        score_images(images, info, params, {})
+    table, _ = score_images(images, info, {**params, "threshold": 0.25}, {})
     assert table["threshold"].tolist() == [0.25] and table["label"].tolist() == [int(table["probability"][0] >= 0.25)]
 
 
@@ -82,7 +82,7 @@ def test_a_multi_label_model_gives_a_probability_label_and_overlay_per_finding(t
     paths = toy_cache["train"]["path"].iloc[:4].tolist()
     images = pd.DataFrame({"file": [f"{i}.png" for i in range(4)], "path": paths})
     info = {"model": model, "threshold": operating_threshold(model), "version": "v3", "source": "memory"}
-    table, overlays = score_images(images, info, base_params("inference", workers=1, batch_size=3, heatmaps=True))
+    table, overlays = score_images(images, info, base_params("inference", workers=1, batch_size=3, heatmaps=True), {})
     expected = model.predict(toy_cache["cache"].images(paths)[..., None], verbose=0)
     for j, finding in enumerate(findings):
         np.testing.assert_allclose(table[f"probability.{finding}"], expected[:, j], rtol=1e-5)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from cardio_kedro.pipelines.model_training.nodes import epoch_metrics, train_model
-from tests.helpers import tiny_params, write_toy_cache
+from tests.helpers import base_params, tiny_params, write_toy_cache
+
+CALIBRATION_BINS = base_params("reporting")["calibration_bins"]
 
 FINDINGS = ("Cardiomegaly", "Effusion", "Mass")
 # each finding draws its own block, independently of the others: left, right, bottom
@@ -134,7 +136,7 @@ def test_each_finding_is_calibrated_and_thresholded_on_validation_and_saved_in_t
     ]
     natural = {"Cardiomegaly": 0.05, "Effusion": 0.3, "Mass": 0.1}
     rebalancing = {"class_weight": WEIGHTS, "prevalence": {"natural": natural, "trained": dict.fromkeys(FINDINGS, 0.5)}}
-    calibrated, report = calibrate_classifier(model, scores, rebalancing, params)
+    calibrated, report = calibrate_classifier(model, scores, rebalancing, params, CALIBRATION_BINS)
     assert report["findings"] == list(FINDINGS)
     offsets = {f: report["by_finding"][f]["prior_shift_offset"] for f in FINDINGS}
     assert offsets["Cardiomegaly"] < offsets["Mass"] < offsets["Effusion"] < 0  # each read at its own prevalence

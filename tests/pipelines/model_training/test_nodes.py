@@ -17,7 +17,9 @@ from cardio_kedro.pipelines.model_training.nodes import (
     score_validation,
     train_model,
 )
-from tests.helpers import NO_REBALANCING, tiny_params
+from tests.helpers import NO_REBALANCING, base_params, tiny_params
+
+CALIBRATION_BINS = base_params("reporting")["calibration_bins"]
 
 NO_WEIGHTS = NO_REBALANCING
 
@@ -117,7 +119,7 @@ def test_calibration_and_threshold_are_fitted_on_validation_and_saved_in_the_mod
     scores = score_validation(model, toy_cache["validation"], toy_cache["cache"], params)
     assert list(scores.columns) == ["image_index", "patient_id", "target", "score"]
     rebalancing = {**NO_WEIGHTS, "prevalence": {"natural": 0.05, "trained": 1 / 3}}
-    calibrated, report = calibrate_classifier(model, scores, rebalancing, params)
+    calibrated, report = calibrate_classifier(model, scores, rebalancing, params, CALIBRATION_BINS)
     assert report["prior_shift_offset"] < 0  # read at 5% prevalence, scores learnt at 33% come down
     assert report["threshold"]["chosen_on"] == "validation" and report["threshold"]["scale"] == "calibrated"
     saved = KerasModelDataset(str(tmp_path / "classifier.keras"))
@@ -130,7 +132,11 @@ def test_calibration_and_threshold_are_fitted_on_validation_and_saved_in_the_mod
     expected = apply_calibration(scores["score"], report["slope"], report["intercept"])
     np.testing.assert_allclose(probability, expected, rtol=1e-4, atol=1e-6)
     prior_only = calibrate_classifier(
-        model, scores, rebalancing, {**params, "calibration": {"method": "prior_shift", "shrinkage": 0}}
+        model,
+        scores,
+        rebalancing,
+        {**params, "calibration": {"method": "prior_shift", "shrinkage": 0}},
+        CALIBRATION_BINS,
     )[1]
     assert prior_only["slope"] == 1.0 and prior_only["intercept"] == prior_only["prior_shift_offset"]
 

@@ -16,10 +16,10 @@ from tests.helpers import base_params
 def test_auc_perfect_inverted_and_constant():
     y = np.array([0, 0, 1, 1, 0, 1])
     groups = np.arange(6)
-    assert bootstrap_auc(y, y * 0.8 + 0.1, groups, n_boot=0)["auc"] == 1.0
-    assert bootstrap_auc(y, 1 - y, groups, n_boot=0)["auc"] == 0.0
-    assert bootstrap_auc(y, np.full(6, 0.3), groups, n_boot=0)["auc"] == 0.5
-    assert bootstrap_auc(np.ones(6), np.arange(6), groups, n_boot=0)["auc"] is None
+    assert bootstrap_auc(y, y * 0.8 + 0.1, groups, n_boot=0, seed=0)["auc"] == 1.0
+    assert bootstrap_auc(y, 1 - y, groups, n_boot=0, seed=0)["auc"] == 0.0
+    assert bootstrap_auc(y, np.full(6, 0.3), groups, n_boot=0, seed=0)["auc"] == 0.5
+    assert bootstrap_auc(np.ones(6), np.arange(6), groups, n_boot=0, seed=0)["auc"] is None
 
 
 def test_rates_at_a_threshold_by_hand():

@@ -214,7 +214,7 @@ def decode_images(
     existing: PixelCache,
     image_size: int,
     params: dict[str, Any],
-    storage_options: dict[str, Any] | None = None,
+    storage_options: dict[str, Any],
 ) -> Iterator[DecodedChunk]:
     """Decode every resolved image not yet in the pixel cache at ``image_size`` px, on every core.
 
@@ -442,12 +442,6 @@ def _balanced_weights(target: pd.Series) -> dict[str, float]:
 def _multi_label_weights(
     train: pd.DataFrame, validation: pd.DataFrame, findings: tuple[str, ...], config: RebalanceParams
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    if config.strategy != "class_weight":
-        raise UserValueError(
-            f"data_processing.rebalance.strategy '{config.strategy}' needs one target finding; with "
-            f"{len(findings)} findings set it to class_weight (per-finding positive weights in the loss): "
-            "--params=data_processing.rebalance.strategy=class_weight"
-        )
     shuffled = train.iloc[np.random.default_rng(config.seed).permutation(len(train))].reset_index(drop=True)
     columns = target_columns(findings)
     weights = {f: _balanced_weights(train[c]) for f, c in zip(findings, columns)}

@@ -109,7 +109,7 @@ def _row(file: str, probability: np.ndarray, score: np.ndarray, thresholds: np.n
 
 
 def score_images(
-    images: pd.DataFrame, model_info: dict, params: dict[str, Any], storage_options: dict[str, Any] | None = None
+    images: pd.DataFrame, model_info: dict, params: dict[str, Any], storage_options: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict]:
     """Calibrated probability, label and raw score for every file; unreadable files become rows with an ``error``.
 

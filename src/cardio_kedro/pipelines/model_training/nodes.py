@@ -191,11 +191,6 @@ def train_model(
     _require_both_classes(train=train, validation=validation)
     findings = frame_findings(train)
     finding_weights = None if findings is None else {f: rebalancing["class_weight"][f] for f in findings}
-    if findings is not None and config.view_loss_weight > 0:
-        raise UserValueError(
-            f"model_training.view_loss_weight {config.view_loss_weight} is for one target finding; with "
-            f"{len(findings)} set it to 0 (--params=model_training.view_loss_weight=0)"
-        )
     if config.distribution == "multi_host":
         train, validation, config = _multi_host_share(train, validation, config)
     previous_policy = keras.mixed_precision.dtype_policy()
@@ -204,11 +199,6 @@ def train_model(
         keras.utils.set_random_seed(config.seed)
         fit = _fit_inputs(train, validation, pixel_cache, config)
         fit["class_weight"] = _class_weight(rebalancing)
-        if fit["class_weight"] and config.view_loss_weight > 0:
-            raise UserValueError(
-                "data_processing.rebalance.strategy class_weight and model_training.view_loss_weight > 0 do not "
-                "combine (Keras weights classes of one output only): set view_loss_weight to 0 or use undersample"
-            )
         logger.info(
             "Training on %d images (%d positive), validating on %d; %s at %d px, precision %s, backend %s",
             len(train),
@@ -309,7 +299,7 @@ def _calibration_map(
 
 
 def _calibrate_one(
-    y: np.ndarray, raw: np.ndarray, prevalence: dict, config: ModelTrainingParams, name: str = ""
+    y: np.ndarray, raw: np.ndarray, prevalence: dict, config: ModelTrainingParams, bins: int, name: str = ""
 ) -> dict[str, Any]:
     """One finding's calibration and threshold on validation: the report entry."""
     slope, intercept, offset = _calibration_map(raw, y, prevalence, config)
@@ -339,14 +329,18 @@ def _calibrate_one(
         "validation": {
             "n_images": int(len(y)),
             "n_positive": int(y.sum()),
-            "ece_raw": expected_calibration_error(y, raw),
-            "ece_calibrated": expected_calibration_error(y, calibrated),
+            "ece_raw": expected_calibration_error(y, raw, bins),
+            "ece_calibrated": expected_calibration_error(y, calibrated, bins),
         },
     }
 
 
 def calibrate_classifier(
-    classifier: keras.Model, validation_scores: pd.DataFrame, rebalancing: dict, params: dict[str, Any]
+    classifier: keras.Model,
+    validation_scores: pd.DataFrame,
+    rebalancing: dict,
+    params: dict[str, Any],
+    calibration_bins: int,
 ) -> tuple[keras.Model, dict]:
     """The deployable classifier: the network, its calibration and its operating threshold in one model.
 
@@ -361,7 +355,7 @@ def calibrate_classifier(
     findings = frame_findings(validation_scores)
     if findings is None:
         y, raw = validation_scores["target"].to_numpy(), validation_scores["score"].to_numpy()
-        report = _calibrate_one(y, raw, rebalancing["prevalence"], config)
+        report = _calibrate_one(y, raw, rebalancing["prevalence"], config, calibration_bins)
         return calibrate(classifier, report["slope"], report["intercept"], report["threshold"]["value"]), report
     prevalence = rebalancing["prevalence"]
     by_finding = {
@@ -370,6 +364,7 @@ def calibrate_classifier(
             validation_scores[f"{SCORE_PREFIX}{f}"].to_numpy(),
             {"natural": prevalence["natural"][f], "trained": prevalence["trained"][f]},
             config,
+            calibration_bins,
             f,
         )
         for f in findings

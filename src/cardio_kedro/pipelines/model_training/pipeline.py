@@ -23,7 +23,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 calibrate_classifier,
-                inputs=["uncalibrated_classifier", "validation_scores", "rebalancing", "params:model_training"],
+                inputs=[
+                    "uncalibrated_classifier",
+                    "validation_scores",
+                    "rebalancing",
+                    "params:model_training",
+                    "params:reporting.calibration_bins",
+                ],
                 outputs=["classifier", "calibration"],
                 name="calibrate_classifier",
             ),

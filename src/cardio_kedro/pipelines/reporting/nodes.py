@@ -227,7 +227,7 @@ def evaluation_plots(test_predictions: pd.DataFrame, metrics: dict, curve: pd.Da
     config = ReportingParams.model_validate(params)
     y, p, groups = _scores(test_predictions)
     test = metrics["test"]
-    band = roc_band(y, p, groups, min(config.n_bootstrap, 200), config.seed)
+    band = roc_band(y, p, groups, min(config.n_bootstrap, config.roc_band_max_resamples), config.seed)
     raw = test_predictions["score"].to_numpy()
     return (
         plots.roc(y, p, test["roc_auc"], test, band),
