@@ -1,7 +1,8 @@
 """Shared fixtures: small phantom cohorts, the read-only NIH material, throw-away Kedro projects.
 
-Helpers live in ``tests/helpers.py``. Tests that run Kedro sessions, servers or a browser are
-marked ``slow``; ``make test-fast`` runs the rest.
+Helpers live in ``tests/helpers.py``. Tests are marked by what they start (``kedro_session``,
+``server``, ``browser``, ``gpu_smoke``); each of those is ``slow`` too, as are long computations.
+``make test-fast`` runs the rest; ``pytest -m server`` (or any marker) runs one tier.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ from tests.helpers import (
     run_pipeline,
     write_toy_cache,
 )
+
+TIERS = ("kedro_session", "server", "browser", "gpu_smoke")  # what a test starts; each is also `slow`
+
+
+def pytest_collection_modifyitems(items):
+    """A test marked with what it starts is slow too, so `-m "not slow"` is the fast tier."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

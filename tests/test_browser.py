@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import PROJECT_ROOT, free_port, run_pipeline, serve
 
-pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
+pytestmark = [pytest.mark.kedro_session, pytest.mark.server, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"

@@ -17,7 +17,7 @@ from tests.helpers import make_tiny_project, run_pipeline
 
 DRAWN = MULTI["phantoms"]["drawn_findings"]
 
-pytestmark = pytest.mark.slow  # Kedro sessions
+pytestmark = pytest.mark.kedro_session
 
 
 def _latest(project, pattern):

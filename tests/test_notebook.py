@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
+pytestmark = pytest.mark.kedro_session
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_explore_cohort.ipynb"
 

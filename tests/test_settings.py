@@ -4,7 +4,7 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
+pytestmark = pytest.mark.kedro_session
 
 
 def _resolved(project, runtime_params=None):

@@ -11,7 +11,7 @@ from cardio_kedro.modeling import operating_threshold
 from cardio_kedro.pipelines.reporting.pipeline import REPORT_FIGURES
 from tests.helpers import run_pipeline
 
-pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
+pytestmark = pytest.mark.kedro_session
 
 
 def _client(project):

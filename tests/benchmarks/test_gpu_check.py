@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_gpu_check_smoke_runs_every_section_and_writes_its_figures(tmp_path):
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
     done = subprocess.run(

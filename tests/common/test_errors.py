@@ -40,7 +40,7 @@ def test_the_hook_prints_the_message_and_logs_the_traceback(tmp_path, monkeypatc
     assert calls == [(RuntimeError, bug, None)]  # anything else keeps the full traceback
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 def test_kedro_run_with_a_bad_parameter_prints_a_short_error(tiny_project):
     kedro = str(Path(sys.executable).parent / "kedro")
     command = [kedro, "run", "--pipelines=training", "--params=model_training.model.backbone=resnet50"]

@@ -125,7 +125,7 @@ def test_parameters_doc_is_generated_from_the_typed_config():
         assert f"`{key}`" in generated
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 def test_a_bad_parameter_stops_a_run_before_any_data_or_mlflow_run(tiny_project):
     with pytest.raises(ParameterError, match="model_training.model.backbone"):
         run_pipeline(tiny_project, "training", runtime_params={"model_training": {"model": {"backbone": "resnet50"}}})

@@ -57,7 +57,8 @@ def _cache(project: Path) -> tuple[bytes, pd.DataFrame]:
     return (folder / "pixels.u8").read_bytes(), index
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
+@pytest.mark.server
 def test_data_processing_from_s3_builds_the_same_pixel_cache_as_the_local_copy(shared_nih, s3_endpoint, tmp_path):
     sample = shared_nih / "sample"
     assert _upload(sample, s3_endpoint, "nih") == 201  # the label table and 200 PNGs
@@ -82,6 +83,7 @@ def test_data_processing_from_s3_builds_the_same_pixel_cache_as_the_local_copy(s
         assert report["dropped_rows"] == 0
 
 
+@pytest.mark.server
 def test_a_bad_object_becomes_a_quality_entry_not_a_crash(s3_endpoint):
     options = _credentials(s3_endpoint)
     fs = fsspec.filesystem("s3", **options)

@@ -128,7 +128,7 @@ def _load_split(project: Path, version: str | None) -> pd.DataFrame:
     return ParquetDataset(filepath=str(project / SPLIT), version=Version(version, None)).load()
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_the_run_killed_and_sets_its_outputs_aside(trained_project, tmp_path, signum):
     project = _copy(trained_project, tmp_path)
@@ -157,7 +157,7 @@ def test_a_signal_ends_the_run_killed_and_sets_its_outputs_aside(trained_project
     assert not list(project.glob("data/06_models/classifier.keras/*/classifier.keras.tmp*"))
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 def test_a_killed_runs_mlflow_run_and_outputs_are_dealt_with_by_the_next_run(trained_project, tmp_path):
     project = _copy(trained_project, tmp_path)
     before = _versions(project)

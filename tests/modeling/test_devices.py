@@ -22,7 +22,7 @@ def test_this_cpu_machine_sees_no_accelerator_and_says_which_backend():
     assert devices.device_summary().startswith("backend ") and "cpu:0" in devices.device_summary()
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 def test_require_accelerator_stops_before_any_data_and_logs_the_device(tiny_project, monkeypatch):
     from cardio_kedro.config import ParameterError
     from cardio_kedro.hooks import preflight

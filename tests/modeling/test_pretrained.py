@@ -47,7 +47,8 @@ def test_the_cached_file_is_the_one_printed(silent_vgg16_url, tmp_path):
     assert pretrained.cached_weights("mobilenetv3small").name.startswith("weights_mobilenet_v3_small")
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
+@pytest.mark.server
 def test_imagenet_weights_are_checked_before_any_data(tiny_project, silent_vgg16_url, monkeypatch):
     from cardio_kedro.config import ParameterError
     from tests.helpers import run_pipeline

@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import free_port, make_tiny_project, run_pipeline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.kedro_session, pytest.mark.gpu_smoke]
 TIMEOUT_S = 600
 
 

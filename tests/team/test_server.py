@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from cardio_kedro.team.server import MlflowServer, postgres_bin
 from tests.helpers import free_port, make_tiny_project, mlflow_serve_command, serve
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.kedro_session, pytest.mark.server]
 FINDING = "Cardiomegaly"
 
 

@@ -22,7 +22,7 @@ from cardio_kedro.datasets.inference_model_dataset import normalise_model_uri
 from cardio_kedro.team.sweep import CHAMPION, draw, objective_value, params_argument
 from tests.helpers import make_tiny_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.kedro_session, pytest.mark.server]
 FINDING = "Cardiomegaly"
 SWEEP_LOCAL = """
 sweep:

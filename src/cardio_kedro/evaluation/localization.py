@@ -7,6 +7,13 @@ import numpy as np
 POINTING_TOLERANCE = 15 / 224  # the pointing game's 15 px at 224 px (Zhang et al. 2016), as a share of the side
 
 
+def boxes_in_cache_frame(boxes: np.ndarray, source_shapes: np.ndarray, size: int) -> np.ndarray:
+    """Boxes (n, 4: x, y, w, h in each source image's pixels) in the ``size`` px frame of the pixel cache;
+    ``source_shapes`` (n, 2) are the images' (height, width) as they were decoded."""
+    scale_x, scale_y = size / source_shapes[:, 1], size / source_shapes[:, 0]
+    return np.asarray(boxes, float) * np.stack([scale_x, scale_y, scale_x, scale_y], axis=1)
+
+
 def _box_mask(shape: tuple[int, int], box: np.ndarray, margin: float = 0.0) -> np.ndarray:
     x, y, w, h = box
     inside = np.zeros(shape, dtype=bool)

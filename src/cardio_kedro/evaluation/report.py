@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import jinja2
+import pandas as pd
 
 from cardio_kedro.common.formatting import fmt, fmt_auc, fmt_interval
 
@@ -24,3 +26,19 @@ def report_templates() -> jinja2.Environment:
 def png_data_uri(png: bytes) -> str:
     """A PNG as a ``data:`` URI, so a report is one self-contained file."""
     return f"data:image/png;base64,{base64.b64encode(png).decode()}"
+
+
+def best_epoch(history: pd.DataFrame) -> dict | None:
+    """The row of the training history whose weights were kept (``best``), or None."""
+    best = history[history["best"].astype(bool)]
+    return best.iloc[0].to_dict() if len(best) else None
+
+
+def render_report(template: str, figures: dict[str, bytes], **context: Any) -> str:
+    """One self-contained HTML report: ``template`` rendered with ``context`` and every figure embedded
+    (``roc_plot`` shows as "roc plot")."""
+    embedded = {name.replace("_", " "): png_data_uri(png) for name, png in figures.items()}
+    return _TEMPLATES.get_template(template).render(figures=embedded, **context)
+
+
+_TEMPLATES = report_templates()

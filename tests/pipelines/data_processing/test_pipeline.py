@@ -53,7 +53,7 @@ def test_the_views_filter_on_the_real_label_table(shared_nih):
     assert len(ap) == 44_810 and ap["target.Cardiomegaly"].sum() + pa["target"].sum() == 2_776
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 def test_real_nih_images_run_through_data_processing(shared_nih, tiny_project):
     sample = shared_nih / "sample"
     run_pipeline(tiny_project, "data_processing", runtime_params={"cohort_dir": str(sample)})
@@ -71,7 +71,7 @@ def test_real_nih_images_run_through_data_processing(shared_nih, tiny_project):
     assert not (sample / "Data_Entry_2017.csv").with_name("pixels.u8").exists()  # nothing written into shared/
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 def test_bad_files_become_quality_entries(tiny_project, phantom_cohort_dir):
     cohort = tiny_project / "bad_cohort"
     shutil.copytree(phantom_cohort_dir, cohort)
@@ -88,7 +88,7 @@ def test_bad_files_become_quality_entries(tiny_project, phantom_cohort_dir):
     assert not set(table["image_index"]) & {p.name for p in pngs[:3]}
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 def test_missing_csv_or_column_fails_clearly_and_writes_nothing(tiny_project, tmp_path):
     from kedro.io import DatasetError
 
@@ -102,7 +102,7 @@ def test_missing_csv_or_column_fails_clearly_and_writes_nothing(tiny_project, tm
     assert not list((tiny_project / "data").rglob("*.parquet"))
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 def test_too_few_positives_fails_before_any_split_is_written(tiny_project, tmp_path):
     cohort = tmp_path / "rare"
     make_phantom_cohort(cohort, n_patients=12, prevalence=0.08, seed=1)
@@ -111,7 +111,7 @@ def test_too_few_positives_fails_before_any_split_is_written(tiny_project, tmp_p
     assert not list((tiny_project / "data").glob("05_model_input/*_split.parquet/*/*"))
 
 
-@pytest.mark.slow
+@pytest.mark.kedro_session
 def test_other_split_parameters_do_not_decode_again(tiny_project, phantom_cohort_dir):
     params = {"cohort_dir": str(phantom_cohort_dir)}
     run_pipeline(tiny_project, "data_processing", runtime_params=params)

@@ -18,7 +18,7 @@ from kedro.io import DatasetError, Version
 
 from tests.helpers import free_port, mlflow_serve_command, run_pipeline, serve
 
-pytestmark = pytest.mark.slow  # Kedro sessions, servers or a browser
+pytestmark = [pytest.mark.kedro_session, pytest.mark.server]
 
 
 def _latest(project: Path, pattern: str) -> Path:

@@ -83,7 +83,7 @@ def test_multi_label_refuses_what_it_cannot_do(multi_cache):
         train_model(multi_cache["train"], no_mass, multi_cache["cache"], rebalancing, tiny_params(**PARAMS))
 
 
-@pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_the_multi_label_model_trains_saves_and_reloads_under_jax(tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np, keras

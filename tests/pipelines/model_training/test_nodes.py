@@ -78,7 +78,7 @@ def test_epoch_metrics_are_mlflow_histories_by_epoch():
     assert epoch_metrics(kept)["best_epoch"] == [{"value": 2.0, "step": 0}]
 
 
-@pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_data_parallel_trains_on_two_logical_cpu_devices(toy_cache, tmp_path):
     table_dir = tmp_path / "tables"
     table_dir.mkdir()

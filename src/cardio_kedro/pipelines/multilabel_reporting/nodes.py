@@ -18,19 +18,18 @@ from cardio_kedro.cohort.findings import PROBABILITY_PREFIX, SCORE_PREFIX, TARGE
 from cardio_kedro.cohort.nih import NIH_FINDINGS
 from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.common.formatting import fmt, fmt_auc
-from cardio_kedro.config import ReportingParams
+from cardio_kedro.config import ModelTrainingParams, PhantomParams, ReportingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation.calibration import expected_calibration_error
-from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, localization_scores
+from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, boxes_in_cache_frame, localization_scores
 from cardio_kedro.evaluation.metrics import auc_or_none, evaluate
-from cardio_kedro.evaluation.report import png_data_uri, report_templates
+from cardio_kedro.evaluation.report import best_epoch, render_report
 from cardio_kedro.modeling import model_findings, overlay, predict_finding_maps
 from cardio_kedro.modeling.feeds import predict_cached
 
 from . import plots
 
 logger = logging.getLogger(__name__)
-_TEMPLATES = report_templates()
 
 # CheXNet (Rajpurkar et al. 2017, arXiv:1711.05225, Table 1): DenseNet-121 at 224 px on a random
 # patient-wise split of NIH ChestX-ray14. Published figures on a different split, for reference only.
@@ -164,10 +163,11 @@ def finding_localization(
         if frame.empty:
             out[finding] = {"n_images": 0, "note": f"no test image has a {finding} box"}
             continue
-        shapes = pixel_cache.source_shapes(frame["path"])
-        scale_x, scale_y = pixel_cache.size / shapes[:, 1], pixel_cache.size / shapes[:, 0]
-        b = by_box[finding].loc[frame["image_index"]].to_numpy(float)
-        b = b * np.stack([scale_x, scale_y, scale_x, scale_y], axis=1)
+        b = boxes_in_cache_frame(
+            by_box[finding].loc[frame["image_index"]].to_numpy(float),
+            pixel_cache.source_shapes(frame["path"]),
+            pixel_cache.size,
+        )
         _, maps = predict_finding_maps(classifier, pixel_cache.images(frame["path"]))
         out[finding] = localization_scores(maps[..., j], b, tolerance)
         logger.info(
@@ -251,24 +251,27 @@ def build_multilabel_report(
     quality: dict,
     history: pd.DataFrame,
     image_size: int,
-    parameters: dict[str, Any],
+    phantom_params: dict[str, Any],
+    model_params: dict[str, Any],
+    cohort_dir: str | None,
     **figures: bytes,
 ) -> str:
     """One self-contained HTML report of a multi-label run (figures embedded). On the offline phantom
-    cohort (generated when missing, no ``cohort_dir`` given) it says which findings the images draw."""
-    best = history[history["best"].astype(bool)]
-    phantoms = parameters["phantoms"]
-    phantom = bool(phantoms["generate_if_missing"]) and not parameters.get("cohort_dir")  # a runtime-only key
-    drawn = list(phantoms["drawn_findings"]) if phantom else None
-    return _TEMPLATES.get_template("multilabel_report.html.j2").render(
+    cohort (generated when missing, no ``cohort_dir`` given at run time) it says which findings the
+    images draw."""
+    phantoms = PhantomParams.model_validate(phantom_params)
+    model = ModelTrainingParams.model_validate(model_params)
+    drawn = list(phantoms.drawn_findings) if phantoms.generate_if_missing and not cohort_dir else None
+    return render_report(
+        "multilabel_report.html.j2",
+        figures,
         findings=metrics["findings"],
         metrics=metrics,
         calibration=calibration_report,
         localization=localization,
         quality=quality,
-        best=best.iloc[0].to_dict() if len(best) else None,
+        best=best_epoch(history),
         image_size=image_size,
         drawn=drawn,
-        best_epoch_findings=parameters["model_training"]["best_epoch_findings"],
-        figures={name.replace("_", " "): png_data_uri(png) for name, png in figures.items()},
+        best_epoch_findings=model.best_epoch_findings,
     )

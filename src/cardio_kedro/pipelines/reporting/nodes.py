@@ -15,12 +15,12 @@ from sklearn.preprocessing import StandardScaler
 
 from cardio_kedro.cohort.sampling import undersample
 from cardio_kedro.common.formatting import fmt, fmt_auc
-from cardio_kedro.config import ReportingParams
+from cardio_kedro.config import ModelTrainingParams, ReportingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation.decision import net_benefit
-from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, localization_scores
+from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, boxes_in_cache_frame, localization_scores
 from cardio_kedro.evaluation.metrics import auc_or_none, bootstrap_auc, calibration_metrics, evaluate, roc_band
-from cardio_kedro.evaluation.report import png_data_uri, report_templates
+from cardio_kedro.evaluation.report import best_epoch, render_report
 from cardio_kedro.modeling import overlay, predict_with_attention
 from cardio_kedro.modeling.feeds import predict_cached
 
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 AGE_BANDS = [0, 40, 60, 80, 200]
 AGE_LABELS = ["<40", "40-59", "60-79", "80+"]
 PREDICTION_COLUMNS = ["image_index", "patient_id", "path", "sex", "view", "age", "target"]
-_TEMPLATES = report_templates()
 
 
 def predict_split(classifier, split: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]) -> pd.DataFrame:
@@ -335,10 +334,11 @@ def attention_localization(
     frame = test_predictions[test_predictions["image_index"].isin(target_boxes.index)]
     if frame.empty:
         return {"n_images": 0, "note": f"no test image has a {target_finding} box"}
-    shapes = pixel_cache.source_shapes(frame["path"])
-    scale_x, scale_y = pixel_cache.size / shapes[:, 1], pixel_cache.size / shapes[:, 0]
-    b = target_boxes.loc[frame["image_index"], ["x", "y", "w", "h"]].to_numpy(float)
-    b = b * np.stack([scale_x, scale_y, scale_x, scale_y], axis=1)
+    b = boxes_in_cache_frame(
+        target_boxes.loc[frame["image_index"], ["x", "y", "w", "h"]].to_numpy(float),
+        pixel_cache.source_shapes(frame["path"]),
+        pixel_cache.size,
+    )
     _, maps = predict_with_attention(classifier, pixel_cache.images(frame["path"]))
     tolerance = POINTING_TOLERANCE * pixel_cache.size
     out = localization_scores(maps, b, tolerance)
@@ -369,9 +369,11 @@ def build_report(
     **figures: bytes,
 ) -> str:
     """One self-contained HTML report (figures embedded) with a model card section."""
-    best = history[history["best"].astype(bool)]
+    model = ModelTrainingParams.model_validate(model_params)
     by_view = metrics.get("by_view", {})  # reports before the per-view breakdown have none
-    return _TEMPLATES.get_template("report.html.j2").render(
+    return render_report(
+        "report.html.j2",
+        figures,
         target=target_finding,
         image_size=image_size,
         metrics=metrics,
@@ -387,8 +389,7 @@ def build_report(
         localization=localization,
         quality=quality,
         dropped=", ".join(f"{k}: {v['count']}" for k, v in quality["dropped_by_reason"].items()) or "none",
-        best=best.iloc[0].to_dict() if len(best) else None,
-        model=model_params["model"],
-        batch_size=model_params["batch_size"],
-        figures={name.replace("_", " "): png_data_uri(png) for name, png in figures.items()},
+        best=best_epoch(history),
+        model=model.model.model_dump(),
+        batch_size=model.batch_size,
     )
