@@ -43,3 +43,30 @@ def test_readme_and_makefile_name_only_registered_pipelines():
         used = set(re.findall(r"--pipelines?[= ]([a-z_]+)", text))
         assert used and used <= registered, (path, used - registered)
         assert "--pipeline=" not in text, f"{path}: use --pipelines (--pipeline is deprecated)"
+
+
+def _doc_texts():
+    paths = [PROJECT_ROOT / "README.md", PROJECT_ROOT / "Makefile", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+    paths += sorted((PROJECT_ROOT / "conf").rglob("*.yml"))
+    return {p.relative_to(PROJECT_ROOT): p.read_text() for p in paths}
+
+
+def test_every_file_the_docs_name_exists():
+    missing = []
+    for doc, text in _doc_texts().items():
+        for name in set(re.findall(r"\b((?:src|tests|benchmarks|docs|conf|notebooks)/[\w/.-]*\w)", text)):
+            users_own = name.startswith("conf/local/")  # a user's own files (not in git)
+            if "<" not in name and not users_own and not (PROJECT_ROOT / name).exists():
+                missing.append(f"{doc}: {name}")
+    assert not missing, f"the docs name files that do not exist: {missing}"
+
+
+def test_every_module_the_docs_run_exists():
+    import importlib.util
+
+    missing = []
+    for doc, text in _doc_texts().items():
+        for module in set(re.findall(r"python3? -m (cardio_kedro(?:\.\w+)*)", text)):
+            if importlib.util.find_spec(module) is None:
+                missing.append(f"{doc}: python -m {module}")
+    assert not missing, f"the docs run modules that do not exist: {missing}"

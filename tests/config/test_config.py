@@ -77,6 +77,15 @@ def test_base_and_nih_configurations_validate(conf):
             {"data_processing": {"rebalance": {"strategy": "class_weight"}}},
             ["view_loss_weight > 0 and data_processing.rebalance.strategy class_weight do not combine"],
         ),
+        (  # the rules that span groups live in ProjectParams alone: the nodes do not repeat them
+            {"target_findings": "Cardiomegaly|Effusion", "model_training": {"loss": "focal"}},
+            [
+                "target_findings names 2 findings, and a multi-label model needs",
+                "data_processing.rebalance.strategy=class_weight",
+                "model_training.view_loss_weight=0",
+                "model_training.loss=binary_crossentropy",
+            ],
+        ),
         (
             {"model_training": {"model": {"backbone_weights": "imagenet"}}},  # with VGG16-BN from base
             ["'model_training.model'", "backbone_batchnorm: true exist only for backbone vgg16 without imagenet"],

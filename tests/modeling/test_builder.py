@@ -14,7 +14,9 @@ from cardio_kedro.modeling import (
     build_backbone,
     build_model,
 )
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, base_params
+
+AUGMENTATION = base_params("model_training")["model"]["augmentation"]  # conf/base's
 
 
 @pytest.mark.parametrize(
@@ -123,7 +125,7 @@ def test_the_view_head_shares_the_weights_and_needs_the_global_branch():
 
 
 def test_saved_and_reloaded_model_predicts_identically(tmp_path):
-    model = build_model(32, **{**TINY_MODEL, "augmentation": {"rotation": 5}, "global_context": "mean"})
+    model = build_model(32, **{**TINY_MODEL, "augmentation": AUGMENTATION, "global_context": "mean"})
     ds = KerasModelDataset(str(tmp_path / "model.keras"), version=None)
     ds.save(model)
     x = np.random.default_rng(2).integers(0, 255, (3, 32, 32, 1)).astype(np.uint8)
@@ -195,8 +197,7 @@ def test_the_multi_label_model_saves_reloads_and_keeps_per_finding_calibration(t
     from cardio_kedro.evaluation.calibration import apply_calibration
     from cardio_kedro.modeling import calibrate, model_findings, operating_threshold, with_score
 
-    augmentation = {"rotation": 5, "translation": 0.05}
-    raw = build_model(32, **{**TINY_MODEL, "augmentation": augmentation, "global_context": "max"}, findings=FINDINGS)
+    raw = build_model(32, **{**TINY_MODEL, "augmentation": AUGMENTATION, "global_context": "max"}, findings=FINDINGS)
     slopes, intercepts, thresholds = [1.0, 0.5, 2.0], [-1.0, 0.0, 0.3], [0.2, 0.5, 0.7]
     model = calibrate(raw, slopes, intercepts, thresholds, findings=FINDINGS)
     ds = KerasModelDataset(str(tmp_path / "classifier.keras"), version=None)

@@ -12,6 +12,9 @@ from cardio_kedro.common.formatting import fmt, fmt_auc
 from cardio_kedro.hooks.mlflow_tags import MODEL_DATASET
 from cardio_kedro.hooks.run_guard import versioned_filepath
 
+# the saved files the end-of-run summary names, where the run wrote them (catalog entries)
+SUMMARY_FILES = {MODEL_DATASET: "model", "evaluation_report": "report", "inference_predictions": "predictions"}
+
 logger = logging.getLogger(__name__)
 
 METRICS_DATASET = "evaluation_metrics"
@@ -54,11 +57,7 @@ class RunSummaryHooks:
     def after_pipeline_run(self, pipeline) -> None:
         lines = []
         outputs = pipeline.all_outputs()
-        for name, what in (
-            (MODEL_DATASET, "model"),
-            ("evaluation_report", "report"),
-            ("inference_predictions", "predictions"),
-        ):
+        for name, what in SUMMARY_FILES.items():
             path = self._saved_file(name) if name in outputs else None
             if path is not None:
                 lines.append(f"{what}: {path}")

@@ -5,7 +5,7 @@ from kedro.runner import SequentialRunner
 
 from cardio_kedro.modeling import operating_threshold
 from cardio_kedro.pipelines.model_training import create_pipeline
-from tests.helpers import NO_REBALANCING, tiny_params
+from tests.helpers import NO_REBALANCING, base_params, tiny_params
 
 
 def test_the_pipeline_trains_calibrates_and_returns_the_epoch_metrics(toy_cache):
@@ -15,6 +15,7 @@ def test_the_pipeline_trains_calibrates_and_returns_the_epoch_metrics(toy_cache)
     catalog["pixel_cache"] = MemoryDataset(toy_cache["cache"], copy_mode="assign")
     catalog["rebalancing"] = NO_REBALANCING
     catalog["params:model_training"] = tiny_params(fine_tune={"epochs": 1})
+    catalog["params:reporting.calibration_bins"] = base_params("reporting")["calibration_bins"]
     outputs = SequentialRunner().run(create_pipeline(), catalog)
     metrics = outputs["training_metrics"].load()
     assert [m["step"] for m in metrics["val_auc"]] == [1, 2] and len(metrics["loss"]) == 2
