@@ -34,6 +34,20 @@ SHARED_NIH = PROJECT_ROOT.parent / "shared" / "data" / "nih"
 BASE_CONF = PROJECT_ROOT / "conf" / "base"
 
 
+def registered_pipelines() -> dict:
+    """The project's registered pipelines (``pipeline_registry``), as ``kedro run`` finds them."""
+    import warnings
+
+    from kedro.framework.project import configure_project
+
+    configure_project("cardio_kedro")
+    from cardio_kedro.pipeline_registry import register_pipelines
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return register_pipelines()
+
+
 def base_params(group: str, **overrides: Any) -> dict:
     """A parameter group as conf/base sets it, with ``overrides`` merged in key by key."""
     tree: dict = {}

@@ -1,26 +1,14 @@
 """The docs name what the code has: every node and dataset in architecture.md, every README command's pipeline."""
 
 import re
-import warnings
 
-from tests.helpers import PROJECT_ROOT
-
-
-def _pipelines():
-    from kedro.framework.project import configure_project
-
-    configure_project("cardio_kedro")
-    from cardio_kedro.pipeline_registry import register_pipelines
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return register_pipelines()
+from tests.helpers import PROJECT_ROOT, registered_pipelines
 
 
 def test_architecture_names_every_node_and_dataset():
     doc = (PROJECT_ROOT / "docs" / "architecture.md").read_text()
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", doc))
-    pipelines = _pipelines()
+    pipelines = registered_pipelines()
     for name in (
         "phantom_cohort",
         "data_processing",
@@ -36,8 +24,8 @@ def test_architecture_names_every_node_and_dataset():
         assert not missing, f"docs/architecture.md does not name {sorted(missing)} of the {name} pipeline"
 
 
-def test_readme_and_makefile_name_only_registered_pipelines():
-    registered = set(_pipelines())
+def test_readme_and_makefile_name_only_registeredregistered_pipelines():
+    registered = set(registered_pipelines())
     for path in ("README.md", "Makefile"):
         text = (PROJECT_ROOT / path).read_text()
         used = set(re.findall(r"--pipelines?[= ]([a-z_]+)", text))

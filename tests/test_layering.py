@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, registered_pipelines
 
 PACKAGE = PROJECT_ROOT / "src" / "cardio_kedro"
 TABLE_MARK = "<!-- layering: read by tests/test_layering.py -->"
@@ -212,16 +212,8 @@ def test_no_parameter_field_has_a_default():
 def test_node_functions_take_every_value_from_the_catalog():
     """A node function's default argument would be a parameter that conf does not set."""
     import inspect
-    import warnings
 
-    from kedro.framework.project import configure_project
-
-    configure_project("cardio_kedro")
-    from cardio_kedro.pipeline_registry import register_pipelines
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipelines = register_pipelines()
+    pipelines = registered_pipelines()
     nodes = {node.func for pipeline in pipelines.values() for node in pipeline.nodes}
     assert len(nodes) > 20
     defaults = [
