@@ -10,7 +10,16 @@ path is a distinct cache entry). In the same run it times:
 
 Target: project >= 0.9 x cores x the single-core OpenCV rate, and peak RSS flat in N.
 
+With ``--decoders`` it compares PNG decoders on one core instead, on the same real files (the
+shared sample's 8-bit grayscale and RGBA PNGs, and 16-bit copies of them): OpenCV (the project's
+decoder) against the candidates that are installed (``pyspng``, ``imagecodecs``' libpng, Pillow with
+its zlib-ng), each checked for identical 8-bit grayscale pixels first, then timed in interleaved
+rounds (A B C A B C ..., the order rotated each round) so that a noisy machine moves all of them
+alike; beside them the inflate floor (zlib's ``decompress`` of each file's IDAT stream alone, and
+ISA-L's where ``isal`` is installed). The decode target is 0.7 x cores x the zlib floor.
+
     python benchmarks/preprocess_throughput.py --n 800 3200
+    python benchmarks/preprocess_throughput.py --decoders --rounds 6
 """
 
 from __future__ import annotations
@@ -114,6 +123,173 @@ def project_run(paths_file: str, cache_dir: str, size: int) -> None:
     )
 
 
+def _idat(data: bytes) -> bytes:
+    """A PNG's compressed image data: its IDAT chunks joined."""
+    import struct
+
+    out, i = [], 8
+    while i < len(data):
+        (n,) = struct.unpack(">I", data[i : i + 4])
+        if data[i + 4 : i + 8] == b"IDAT":
+            out.append(data[i + 8 : i + 8 + n])
+        i += 12 + n
+    return b"".join(out)
+
+
+def _row_filters(files: list[bytes]) -> dict[str, float]:
+    """Share of image rows per PNG filter type (8-bit grayscale files): Average and Paeth rows depend on
+    the pixel to their left, so unfiltering them is a serial loop (libpng's C, not numpy)."""
+    import zlib
+
+    import numpy as np
+
+    counts = np.zeros(5)
+    for data in files:
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        raw = np.frombuffer(zlib.decompress(_idat(data)), np.uint8)
+        counts += np.bincount(raw[:: width + 1][:height], minlength=5)[:5]
+    return dict(zip(("none", "sub", "up", "average", "paeth"), counts / counts.sum()))
+
+
+def _decoders() -> dict:
+    """PNG bytes -> the decoded array with its channel order, per installed decoder."""
+    import io
+
+    import cv2
+    import numpy as np
+
+    out = {"opencv": lambda d: (cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_UNCHANGED), "bgr")}
+    try:
+        import pyspng
+
+        out["pyspng"] = lambda d: (pyspng.load(d), "rgb")
+    except ImportError:
+        pass
+    try:
+        import imagecodecs
+
+        out["imagecodecs"] = lambda d: (imagecodecs.png_decode(d), "rgb")
+    except ImportError:
+        pass
+    from PIL import Image
+
+    def pillow(data: bytes):
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im), "rgb"
+
+    out["pillow"] = pillow
+    return out
+
+
+def _gray8(decoded):
+    """8-bit grayscale as the project makes it (``imaging.to_gray8``), whatever the channel order."""
+    import cv2
+    import numpy as np
+
+    image, order = decoded
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 2:  # gray + alpha (pyspng gives 16-bit gray so)
+        image = np.ascontiguousarray(image[..., 0])
+    if image.ndim == 3:
+        codes = {("bgr", 3): cv2.COLOR_BGR2GRAY, ("bgr", 4): cv2.COLOR_BGRA2GRAY}
+        codes |= {("rgb", 3): cv2.COLOR_RGB2GRAY, ("rgb", 4): cv2.COLOR_RGBA2GRAY}
+        image = cv2.cvtColor(np.ascontiguousarray(image), codes[order, image.shape[2]])
+    return image
+
+
+def _real_pngs(folder: Path) -> dict[str, list[bytes]]:
+    """The shared sample's PNGs by kind: 8-bit grayscale, RGBA, and 16-bit copies of the grayscale ones."""
+    import cv2
+    import numpy as np
+
+    kinds: dict[str, list[bytes]] = {"8-bit gray": [], "RGBA": [], "16-bit gray": []}
+    for path in sorted(SAMPLE.rglob("*.png")):
+        data = path.read_bytes()
+        color_type = data[25]  # IHDR: 0 gray, 6 RGBA
+        kinds["RGBA" if color_type == 6 else "8-bit gray"].append(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(kinds["8-bit gray"][:20]):
+        gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).astype(np.uint16)
+        path = folder / f"{i}_16bit.png"
+        cv2.imwrite(str(path), (gray << 8) | gray)
+        kinds["16-bit gray"].append(path.read_bytes())
+    return kinds
+
+
+def _rate(function, items) -> float:
+    start = time.perf_counter()
+    for item in items:
+        function(item)
+    return len(items) / (time.perf_counter() - start)
+
+
+def compare_decoders(rounds: int, count: int) -> int:
+    """Identical pixels first, then one-core rates in interleaved rounds, beside the inflate floor."""
+    import statistics
+    import zlib
+
+    import cv2
+    import numpy as np
+
+    from cardio_kedro.common.parallel import default_workers
+
+    cv2.setNumThreads(1)
+    decoders = _decoders()
+    kinds = _real_pngs(Path(tempfile.mkdtemp(prefix="cardio-decoders-")))
+    print("pixels against OpenCV's (8-bit grayscale, max |difference| over the files of each kind):")
+    identical = {}
+    for name, decode in decoders.items():
+        worst = {}
+        for kind, files in kinds.items():
+            worst[kind] = max(
+                int(np.abs(_gray8(decode(d)).astype(int) - _gray8(decoders["opencv"](d)).astype(int)).max())
+                for d in files
+            )
+        identical[name] = not any(worst.values())
+        print(f"  {name:12} " + ", ".join(f"{k} ({len(kinds[k])} files) {v}" for k, v in worst.items()))
+    files = (kinds["8-bit gray"] * (count // len(kinds["8-bit gray"]) + 1))[:count]
+    idats = [_idat(d) for d in files]
+    floors = {"zlib inflate": zlib.decompress}
+    try:
+        from isal import isal_zlib
+
+        floors["isal inflate"] = isal_zlib.decompress
+    except ImportError:
+        pass
+    timed = {
+        **{n: (f, idats) for n, f in floors.items()},
+        **{n: (lambda d, f=f: _gray8(f(d)), files) for n, f in decoders.items()},
+    }
+    rates: dict[str, list[float]] = {name: [] for name in timed}
+    names = list(timed)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # the order rotates every round
+            function, items = timed[name]
+            rates[name].append(_rate(function, items))
+    floor, cores = statistics.median(rates["zlib inflate"]), default_workers()
+    base = rates["opencv"]
+    print(f"\none core, {count} real 1024x1024 NIH PNGs a round, {rounds} interleaved rounds (img/s, median):")
+    print(f"  {'':16} {'img/s':>8} {'x OpenCV (per round, median)':>30} {'pixels':>9}")
+    for name, values in rates.items():
+        ratio = statistics.median(v / b for v, b in zip(values, base))
+        pixels = "" if name in floors else ("identical" if identical[name] else "DIFFER")
+        print(f"  {name:16} {statistics.median(values):>8.1f} {ratio:>30.2f} {pixels:>9}")
+    filters = _row_filters(kinds["8-bit gray"])
+    ms = {name: 1000 / statistics.median(values) for name, values in rates.items()}
+    print(
+        f"\nper image: zlib's inflate {ms['zlib inflate']:.1f} ms of OpenCV's {ms['opencv']:.1f} ms; the rest is "
+        f"unfiltering, conversion and copies. Row filters: " + ", ".join(f"{k} {v:.0%}" for k, v in filters.items())
+    )
+    best = max((n for n in decoders if identical[n]), key=lambda n: statistics.median(rates[n]))
+    print(
+        f"\ntarget: decode >= 0.7 x cores x zlib floor = 0.7 x {cores} x {floor:.0f} = {0.7 * cores * floor:.0f} img/s "
+        f"({0.7 * floor:.0f} per core); best decoder with identical pixels: {best}, "
+        f"{statistics.median(rates[best]):.0f} per core ({statistics.median(rates[best]) / floor:.2f} x the floor)"
+    )
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         project_run(*sys.argv[2:4], int(sys.argv[4]))
@@ -122,7 +298,12 @@ def main() -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[800, 3200], help="numbers of images (two for RSS)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--baseline-n", type=int, default=400, help="images in the single-process OpenCV loop")
+    parser.add_argument("--decoders", action="store_true", help="compare PNG decoders on one core instead")
+    parser.add_argument("--rounds", type=int, default=6, help="--decoders: interleaved rounds")
+    parser.add_argument("--count", type=int, default=120, help="--decoders: files per round")
     args = parser.parse_args()
+    if args.decoders:
+        return compare_decoders(args.rounds, args.count)
 
     work = Path(tempfile.mkdtemp(prefix="cardio-preprocess-"))
     paths = make_files(work / "png", max(args.n))
