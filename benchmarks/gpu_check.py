@@ -11,7 +11,11 @@ start after ``--budget-s`` are skipped and listed):
    backbone, fine-tuning everything) and the ratio (target >= 0.9).
 3. ``inference``: the inference pipeline on 1024 px PNGs against decoding on every core and the
    bare ``predict`` on the GPU; the bound min(decode, predict) and the ratio to it.
-4. ``sweep``: the bare model's training images/s (training steps only, no validation) per phase,
+4. ``frozen_parts``: where a Kedro run's frozen phase loses time against the bare model, one part
+   added at a time to the bare model on in-memory arrays (the gradient cap, weight averaging with
+   its swap callback, the auxiliary view head, validation each epoch, the epoch monitor with early
+   stopping and the plateau callback): images/s and the ratio to the bare model after each.
+5. ``sweep``: the bare model's training images/s (training steps only, no validation) per phase,
    batch size and image size (224 px and the seed's 512 px), with ``steps_per_execution`` as a
    second knob: the figure to set against plain PyTorch's 4,846 img/s (full fine-tuning, 224 px,
    H200).
@@ -186,20 +190,98 @@ def inference_section(figures: dict, sizes: dict) -> None:
           f"bare predict {figures[f'predict_{size}']:.1f} img/s")  # fmt: skip
 
 
-def bare_train_rate(size: int, phase: str, batch: int, steps_per_execution: int, steps: int, width: float) -> float:
-    """Training images/s of the bare NIH-architecture model on in-memory uint8 arrays (no validation)."""
-    import keras
-    import numpy as np
+FROZEN_PARTS = ("bare", "+ gradient clipnorm", "+ weight averaging", "+ view head", "+ validation", "+ epoch callbacks")
+
+
+def _nih_training_config(width: float):
+    """conf/base's training parameters with the NIH architecture (random weights, ``width``)."""
     import yaml
     from train_throughput import ARCHITECTURES
 
     from cardio_kedro.config import ModelTrainingParams
-    from cardio_kedro.modeling import build_model
-    from cardio_kedro.modeling.training import compile_model, resolve_precision, set_trainable
 
     conf = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
     conf["model"].update(backbone_width=width, backbone_weights=None, **ARCHITECTURES["nih"])
-    config = ModelTrainingParams.model_validate(conf)
+    return ModelTrainingParams.model_validate(conf)
+
+
+def frozen_part_rates(size: int, batch: int, steps: int, width: float) -> list[dict]:
+    """Frozen-phase training images/s of the bare NIH model with the Kedro run's parts added one by one."""
+    import keras
+    import numpy as np
+
+    from cardio_kedro.modeling import build_model, with_view_head
+    from cardio_kedro.modeling.training import (
+        EpochMonitor,
+        averaged_weights,
+        compile_model,
+        monitored,
+        resolve_precision,
+        set_trainable,
+    )
+
+    config = _nih_training_config(width)
+    keras.mixed_precision.set_dtype_policy(resolve_precision("auto"))
+    rng = np.random.default_rng(0)
+    n, n_val = batch * steps, max(batch, batch * steps // 4)
+    x = rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+    y = (rng.random(n) < 0.25).astype("float32")
+    view = (rng.random(n) < 0.4).astype("float32")
+    x_val = rng.integers(0, 256, (n_val, size, size, 1), dtype=np.uint8)
+    y_val, view_val = (rng.random(n_val) < 0.25).astype("float32"), (rng.random(n_val) < 0.4).astype("float32")
+    rows = []
+    for k, part in enumerate(FROZEN_PARTS):
+        keras.utils.set_random_seed(0)
+        model = build_model(size, **config.model.model_dump())
+        set_trainable(model, 0)
+        with_view = k >= FROZEN_PARTS.index("+ view head")
+        trainer = with_view_head(model) if with_view else model
+        averaging = config.weight_averaging if k >= FROZEN_PARTS.index("+ weight averaging") else None
+        compile_model(
+            trainer,
+            config.head.learning_rate,
+            config.loss,
+            config.jit_compile,
+            config.gradient_clipnorm if k >= 1 else None,
+            view_loss_weight=config.view_loss_weight if with_view else 0.0,
+            weight_averaging=averaging,
+        )
+        targets = (y, view) if with_view else y
+        callbacks = averaged_weights(averaging)
+        if k >= FROZEN_PARTS.index("+ epoch callbacks"):  # as train_model has them, on the validation AUC
+            callbacks += [
+                EpochMonitor(n),
+                keras.callbacks.EarlyStopping(monitor=monitored(trainer), mode="max", patience=100),
+                keras.callbacks.ReduceLROnPlateau(monitor=monitored(trainer), mode="max", patience=100),
+            ]
+        validation = None
+        if k >= FROZEN_PARTS.index("+ validation"):
+            validation = (x_val, (y_val, view_val) if with_view else y_val)
+        fit = {"batch_size": batch, "verbose": 0, "validation_data": validation}
+        trainer.fit(x, targets, epochs=1, callbacks=callbacks, **fit)  # compile + warm-up
+        start = time.perf_counter()
+        trainer.fit(x, targets, epochs=3, initial_epoch=1, callbacks=callbacks, **fit)
+        rate = 2 * n / (time.perf_counter() - start)  # training images/s; validation time counted in, as a run has it
+        rows.append({"part": part, "img_s": rate, "ratio": rate / rows[0]["img_s"] if rows else 1.0})
+        print(f"  {part:<22} {rate:>8.0f} img/s {rows[-1]['ratio']:>6.2f} x bare", flush=True)
+        keras.backend.clear_session()
+    return rows
+
+
+def frozen_parts_section(figures: dict, sizes: dict) -> None:
+    print(f"frozen phase, {sizes['size']}px, batch {sizes['batch']}, {sizes['sweep_steps']} steps an epoch:")
+    figures["rows"] = frozen_part_rates(sizes["size"], sizes["batch"], sizes["sweep_steps"], sizes["width"])
+
+
+def bare_train_rate(size: int, phase: str, batch: int, steps_per_execution: int, steps: int, width: float) -> float:
+    """Training images/s of the bare NIH-architecture model on in-memory uint8 arrays (no validation)."""
+    import keras
+    import numpy as np
+
+    from cardio_kedro.modeling import build_model
+    from cardio_kedro.modeling.training import compile_model, resolve_precision, set_trainable
+
+    config = _nih_training_config(width)
     keras.mixed_precision.set_dtype_policy(resolve_precision("auto"))
     keras.utils.set_random_seed(0)
     model = build_model(size, **config.model.model_dump())
@@ -248,7 +330,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("gpu_check_out"), help="folder of gpu_check.json")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU")
     parser.add_argument("--budget-s", type=float, default=480, help="no section starts after this many seconds")
-    parser.add_argument("--only", default="env,kedro,inference,sweep", help="sections to run, comma-separated")
+    parser.add_argument(
+        "--only", default="env,kedro,inference,frozen_parts,sweep", help="sections to run, comma-separated"
+    )
     args = parser.parse_args()
     SMOKE_RUN = args.smoke
     sizes = SMOKE if args.smoke else FULL
@@ -256,7 +340,7 @@ def main() -> int:
     report.data.update(mode="smoke" if args.smoke else "full", sizes=sizes)
     wanted = args.only.split(",")
     # rough seconds each section needs on an H100/H200 (compiles included), to skip what cannot finish
-    needs = {"env": 0, "kedro": 150, "inference": 90, "sweep": 60}
+    needs = {"env": 0, "kedro": 150, "inference": 90, "frozen_parts": 60, "sweep": 60}
     if args.smoke:
         needs = dict.fromkeys(needs, 0)
     for name in wanted:
@@ -269,6 +353,8 @@ def main() -> int:
                 kedro_section(figures, sizes)
             elif name == "inference":
                 inference_section(figures, sizes)
+            elif name == "frozen_parts":
+                frozen_parts_section(figures, sizes)
             elif name == "sweep":
                 sweep_section(figures, sizes, report)
     print(f"\nfigures in {report.path}; errors: {report.data['errors'] or 'none'}; skipped: {report.data['skipped']}")

@@ -87,9 +87,10 @@ def test_the_multi_label_model_trains_saves_and_reloads_under_jax(tmp_path):
         from cardio_kedro.datasets import KerasModelDataset
         from cardio_kedro.modeling import build_model, calibrate, model_findings
         from cardio_kedro.modeling.training import compile_model
-        from tests.helpers import TINY_MODEL
+        from tests.helpers import TINY_MODEL, base_params
         findings = ("Cardiomegaly", "Effusion")
-        model = build_model(32, **{{**TINY_MODEL, "augmentation": {{"rotation": 5}}}}, findings=findings)
+        augmentation = base_params("model_training")["model"]["augmentation"]
+        model = build_model(32, **{{**TINY_MODEL, "augmentation": augmentation}}, findings=findings)
         compile_model(model, 1e-3, "binary_crossentropy", jit_compile=True, clipnorm=1.0,
                       finding_weights={{f: {{"0": 1.0, "1": 2.0}} for f in findings}})
         x = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 1)).astype(np.uint8)
