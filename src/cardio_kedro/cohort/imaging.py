@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import io
+import logging
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+logger = logging.getLogger(__name__)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a cohort folder holds
-DICOM_SUFFIXES = (".dcm",)  # also scored by the inference pipeline (with pydicom installed)
+DICOM_SUFFIXES = (".dcm", ".dicom")  # also scored by the inference pipeline; files without a suffix are sniffed
 # Far larger than any radiograph (NIH originals are about 3000 px): refuse decompression bombs.
 MAX_SIDE = 8192
 
@@ -121,11 +129,13 @@ def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def decode_bytes(data: bytes, size: int) -> np.ndarray:
-    """Decode encoded PNG/JPEG bytes to a ``size`` x ``size`` uint8 grayscale array.
+    """Decode encoded PNG, JPEG or DICOM bytes to a ``size`` x ``size`` uint8 grayscale array.
 
     The header is checked first (``check_image_bytes``): a decompression bomb is refused before
     any pixel is allocated.
     """
+    if is_dicom_bytes(data):
+        return resize_gray(decode_dicom(data).pixels, size)
     check_image_bytes(data)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -149,7 +159,7 @@ def try_load_gray(path: str, size: int) -> tuple[np.ndarray | None, tuple[int, i
     Decoding a cohort or scoring a folder must not stop at one bad file.
     """
     try:
-        if path.lower().endswith(DICOM_SUFFIXES):
+        if is_dicom_path(path):
             pixels, shape = load_dicom(path, size)
         else:
             pixels, shape = load_gray(path, size)
@@ -161,12 +171,162 @@ def try_load_gray(path: str, size: int) -> tuple[np.ndarray | None, tuple[int, i
 
 
 def load_dicom(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode a DICOM file (min-max windowed to 8 bit) and resize it; needs pydicom."""
+    """Decode a DICOM file (``decode_dicom``) and resize it; returns the pixels and the source ``(height, width)``."""
+    image = decode_dicom(path)
+    if image.note:
+        logger.warning("%s: %s", path, image.note)
+    return resize_gray(image.pixels, size), image.pixels.shape
+
+
+# --- DICOM ---------------------------------------------------------------------------------------
+# DICOM decoding: from a radiograph's stored values to the 8-bit grey levels the model reads.
+#
+# The display pipeline of PS3.3 C.11 in pydicom's own functions, in order:
+#
+# 1. the pixel data through pydicom's handlers (uncompressed, RLE, JPEG lossless and baseline,
+#    JPEG-LS, JPEG 2000 through the ``pylibjpeg`` plugins); of a multi-frame file, the first frame;
+# 2. the modality LUT (``RescaleSlope``/``RescaleIntercept`` or a Modality LUT Sequence:
+#    ``apply_modality_lut``);
+# 3. the VOI LUT the modality chose (a VOI LUT Sequence, or the first ``WindowCenter``/``WindowWidth``
+#    pair with its ``VOILUTFunction``: ``apply_voi_lut``), scaled from its output range to 0-255; where
+#    the header has none, a robust window from the 0.5th to the 99.5th percentile of the image, so that
+#    a few burnt-in bright pixels (text, a marker) do not squash the anatomy into a few grey levels;
+# 4. ``MONOCHROME1`` (bone dark) inverted, so that every image reaches the model bone bright.
+#
+# A file that is not a usable radiograph (no pixel data, a structured report, a segmentation, a
+# colour secondary capture) raises ``ImageError`` with the reason; decoding a cohort turns it into a
+# data-quality row.
+
+DICM_MAGIC = b"DICM"  # bytes 128-131 of a DICOM Part 10 file
+PERCENTILE_WINDOW = (0.5, 99.5)  # the window where the header gives none
+# Storage classes that are never a radiograph's pixels (PS3.4 B.5): documents, reports, overlays.
+NOT_IMAGE_MODALITIES = {"SR", "SEG", "PR", "KO", "DOC", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "ECG", "AU"}
+HEADER_FIELDS = ("PatientID", "StudyDate", "ViewPosition", "PatientSex", "PatientAge", "SOPInstanceUID")
+
+
+@dataclass(frozen=True)
+class DicomImage:
+    """A decoded radiograph: 8-bit grey levels (bone bright), header fields, and what was done."""
+
+    pixels: np.ndarray
+    header: dict[str, str]
+    window: str  # "voi_lut", "window" or "percentile"
+    note: str  # empty, or what the user should know (the first of N frames)
+
+
+def read_dataset(source: str | Path | bytes):
+    """Parse a DICOM file or its bytes with pydicom (``force`` for files without the Part 10 preamble)."""
+    name = "the DICOM data" if isinstance(source, bytes) else str(source)
     try:
-        import pydicom
-    except ImportError:
-        raise ImageError("unsupported", "DICOM needs pydicom (pip install pydicom)") from None
-    pixels = pydicom.dcmread(path).pixel_array.astype(np.float32)
-    lo, hi = float(pixels.min()), float(pixels.max())
-    gray = ((pixels - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
-    return resize_gray(gray, size), gray.shape[:2]
+        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, force=True)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a data-quality entry
+        raise ImageError("corrupt", f"{name}: not a readable DICOM file ({exc})") from None
+
+
+def header_fields(ds) -> dict[str, str]:
+    """The cohort columns a DICOM header holds (empty strings where the header has none)."""
+    return {field: str(ds.get(field, "") or "").strip() for field in HEADER_FIELDS}
+
+
+def _reject_non_radiographs(ds, name: str) -> None:
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality in NOT_IMAGE_MODALITIES:
+        raise ImageError("not_radiograph", f"{name}: Modality {modality} holds no radiograph")
+    if "PixelData" not in ds:
+        kinds = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        what = f"{kinds[0]} only" if kinds else "no Pixel Data element"
+        raise ImageError("no_pixels", f"{name}: {what}")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageError(
+            "not_radiograph",
+            f"{name}: {photometric} with {ds.get('SamplesPerPixel', 1)} samples per pixel is a colour image "
+            "(a secondary capture or a photograph), not a radiograph's grey levels",
+        )
+
+
+def _to_gray8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scaled = (values.astype(np.float64) - lo) / max(hi - lo, 1e-6) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _voi_lut_holder(ds) -> Dataset:
+    """The first VOI LUT of ``ds`` alone, with an 8-bit LUT declared 16-bit.
+
+    pydicom 3.0's ``apply_voi_lut`` indexes an 8-bit LUT with an 8-bit index array, so the input
+    values above 255 of a 12-bit image wrap around; the same entries read as 16-bit map every input.
+    """
+    item = copy.deepcopy(ds.VOILUTSequence[0])  # the LUT only, never the pixel data
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    if bits == 8:
+        item.LUTDescriptor = [entries, first, 16]
+    holder = Dataset()
+    holder.VOILUTSequence = [item]
+    if getattr(ds, "file_meta", None) is not None and "TransferSyntaxUID" in ds.file_meta:
+        holder.file_meta = ds.file_meta  # the endianness of an OW LUT
+    else:
+        holder.set_original_encoding(*ds.original_encoding[:2])
+    return holder
+
+
+def decode_dataset(ds, name: str = "the DICOM data") -> DicomImage:
+    """Decode a parsed DICOM dataset to 8-bit grey levels, bone bright (see the module docstring)."""
+    _reject_non_radiographs(ds, name)
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if max(rows, columns) > MAX_SIDE:  # before any pixel is decoded: no decompression bombs
+        raise ImageError("too_large", f"{name}: {columns}x{rows} exceeds {MAX_SIDE} px")
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - a missing handler or broken pixel data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        what = f" ({syntax.name})" if syntax is not None else ""
+        raise ImageError("corrupt", f"{name}: the pixel data{what} cannot be decoded: {exc}") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    note = ""
+    if frames > 1:
+        stored, note = stored[0], f"first of {frames} frames"
+    if stored.ndim != 2:
+        raise ImageError("not_radiograph", f"{name}: pixel array of shape {stored.shape} is not one grey image")
+    values = apply_modality_lut(stored, ds)
+    if "VOILUTSequence" in ds:
+        lut_holder = _voi_lut_holder(ds)
+        windowed = apply_voi_lut(values.astype(np.int64), lut_holder, index=0, prefer_lut=True)
+        entries, first, _ = (int(v) for v in lut_holder.VOILUTSequence[0].LUTDescriptor)
+        lut = apply_voi_lut(np.arange(first, first + (entries or 65536)), lut_holder, index=0, prefer_lut=True)
+        gray, window = _to_gray8(windowed, float(lut.min()), float(lut.max())), "voi_lut"
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        windowed = apply_voi_lut(values, ds, index=0, prefer_lut=False)
+        lo, hi = apply_voi_lut(np.array([-1e12, 1e12]), ds, index=0, prefer_lut=False)
+        gray, window = _to_gray8(windowed, float(lo), float(hi)), "window"
+    else:
+        lo, hi = np.percentile(values, PERCENTILE_WINDOW)
+        gray, window = _to_gray8(np.clip(values, lo, hi), float(lo), float(hi)), "percentile"
+    if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
+        gray = 255 - gray
+    return DicomImage(gray, header_fields(ds), window, note)
+
+
+def decode_dicom(source: str | Path | bytes) -> DicomImage:
+    """Read and decode one DICOM file (a path) or its bytes (an HTTP request)."""
+    name = "the DICOM data" if isinstance(source, bytes) else str(source)
+    return decode_dataset(read_dataset(source), name)
+
+
+def is_dicom_path(path: str | Path) -> bool:
+    """Whether a file is DICOM: a ``.dcm`` name, or any name but PNG/JPEG with the ``DICM`` magic
+    (DICOMDIR exports name their files without an extension)."""
+    name = str(path).lower()
+    if name.endswith(DICOM_SUFFIXES):
+        return True
+    if name.endswith(IMAGE_SUFFIXES):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return is_dicom_bytes(fh.read(132))
+    except OSError:
+        return False
+
+
+def is_dicom_bytes(data: bytes) -> bool:
+    """Whether ``data`` is a DICOM Part 10 file (the ``DICM`` magic after the 128-byte preamble)."""
+    return data[128:132] == DICM_MAGIC

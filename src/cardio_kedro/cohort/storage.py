@@ -22,7 +22,15 @@ from typing import Any
 import fsspec
 from fsspec.core import split_protocol
 
-from cardio_kedro.cohort.imaging import DICOM_SUFFIXES, ImageError, check_image_bytes, decode_bytes, try_load_gray
+from cardio_kedro.cohort.imaging import (
+    ImageError,
+    check_image_bytes,
+    decode_bytes,
+    decode_dicom,
+    is_dicom_bytes,
+    resize_gray,
+    try_load_gray,
+)
 
 LOCAL_PROTOCOLS = ("file", "local")
 
@@ -89,9 +97,10 @@ def try_load_gray_url(
 ) -> tuple[Any, tuple[int, int], ImageError | None]:
     """``imaging.try_load_gray`` for an object in a store: one read, the header checked, then decoded."""
     try:
-        if url.lower().endswith(DICOM_SUFFIXES):
-            raise ImageError("unsupported", f"{url}: DICOM from object storage is not supported; copy it locally")
         data = read_bytes(url, storage_options)
+        if is_dicom_bytes(data):
+            pixels = decode_dicom(data).pixels
+            return resize_gray(pixels, size), pixels.shape, None
         return decode_bytes(data, size), _source_shape(data), None
     except ImageError as exc:
         return None, (0, 0), ImageError(exc.reason, f"{url}: {exc.detail}")

@@ -116,14 +116,23 @@ class MlflowTagHooks:
             self._register_service(data)
 
     def _register_model(self, model) -> None:
+        import keras
         import mlflow
         import numpy as np
         from mlflow.models import infer_signature
 
+        from cardio_kedro.modeling.serving import serving_requirements
+
         size, outputs = int(model.inputs[0].shape[1]), int(model.outputs[0].shape[-1])
         signature = infer_signature(np.zeros((1, size, size, 1), np.uint8), np.zeros((1, outputs), np.float32))
         name = f"{self._target}-classifier"
-        info = mlflow.keras.log_model(model, name="model", signature=signature, registered_model_name=name)
+        info = mlflow.keras.log_model(
+            model,
+            name="model",
+            signature=signature,
+            registered_model_name=name,
+            pip_requirements=serving_requirements(keras.backend.backend()),
+        )
         mlflow.set_tag("registered_model", f"{name}/{info.registered_model_version}")
         logger.info("Model logged to MLflow and registered as %s (version %s)", name, info.registered_model_version)
 
@@ -131,6 +140,7 @@ class MlflowTagHooks:
         """Log and register the HTTP-serving pyfunc (base64 images in, probability and label out)."""
         import base64
 
+        import keras
         import mlflow
         import numpy as np
         import pandas as pd
@@ -138,7 +148,7 @@ class MlflowTagHooks:
 
         import cardio_kedro
         from cardio_kedro.modeling import encode_png, model_findings, operating_threshold
-        from cardio_kedro.modeling.serving import XrayClassifierService, finding_outputs
+        from cardio_kedro.modeling.serving import XrayClassifierService, finding_outputs, serving_requirements
 
         name = f"{self._target}-classifier-service"
         size = int(model.inputs[0].shape[1])
@@ -158,6 +168,7 @@ class MlflowTagHooks:
                 model_config=self._service_limits,
                 code_paths=[str(Path(cardio_kedro.__file__).parent)],  # the model carries the code that serves it
                 registered_model_name=name,
+                pip_requirements=serving_requirements(keras.backend.backend()),
             )
         mlflow.set_tag("registered_service", f"{name}/{info.registered_model_version}")
         logger.info(

@@ -23,7 +23,41 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from cardio_kedro.cohort.imaging import ImageError, decode_bytes
 
 MAX_IMAGE_BYTES = 64 * 2**20
+# What a logged model needs to be loaded and served (the code it carries imports these), pinned to the
+# versions it was trained with. Given to MLflow explicitly: inferring them loads the model in a
+# subprocess (about 8 s per logged model) and found only keras, not its backend.
+SERVING_PACKAGES = (
+    "keras",
+    "numpy",
+    "pandas",
+    "opencv-python-headless",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+)
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
 LIMITS = ("max_images_per_request", "max_request_mib")  # inference.service, saved as the model's model_config
+
+
+def serving_requirements(backend: str) -> list[str]:
+    """``package==version`` for every package a served model needs under Keras ``backend``, as installed.
+
+    A package of the list that is not installed is left out (``tensorflow-cpu`` where ``tensorflow``
+    is, ``jaxlib`` where JAX comes as one wheel); MLflow adds its own pin.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    if backend not in BACKEND_PACKAGES:
+        raise ValueError(f"unknown Keras backend {backend!r}: expected one of {sorted(BACKEND_PACKAGES)}")
+    pins = []
+    for package in (*SERVING_PACKAGES, *BACKEND_PACKAGES[backend]):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def _bad_request(message: str) -> MlflowException:
