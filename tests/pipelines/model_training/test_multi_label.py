@@ -152,6 +152,7 @@ def test_each_finding_is_calibrated_and_thresholded_on_validation_and_saved_in_t
         np.testing.assert_allclose(probability[:, j], expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # two trainings, about 9 s
 def test_best_epoch_findings_choose_what_the_mean_auc_averages(multi_cache):
     rebalancing = {"strategy": "class_weight", "class_weight": WEIGHTS}
     params = tiny_params(view_loss_weight=0.0, fine_tune={"epochs": 1}, best_epoch_findings=["Effusion", "Mass"])

@@ -141,6 +141,7 @@ def test_calibration_and_threshold_are_fitted_on_validation_and_saved_in_the_mod
     assert prior_only["slope"] == 1.0 and prior_only["intercept"] == prior_only["prior_shift_offset"]
 
 
+@pytest.mark.slow  # two trainings, about 14 s
 def test_weight_averaging_validates_and_keeps_the_averaged_weights(toy_cache):
     """The same seed with and without averaging: the raw last step differs from the moving average."""
     args = (toy_cache["train"], toy_cache["validation"], toy_cache["cache"], NO_WEIGHTS)
