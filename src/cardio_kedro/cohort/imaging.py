@@ -99,9 +99,13 @@ def check_image_bytes(data: bytes, name: str = "the image") -> tuple[int, int]:
 
 
 def check_file(path: str) -> tuple[int, int, ImageError | None]:
-    """``check_image_file`` that never raises: the file's size and mtime, or the ``ImageError`` that says why not."""
+    """``check_image_file`` that never raises: the file's size and mtime, or the ``ImageError`` that says why not.
+
+    A DICOM file is checked when it is decoded (its header says what it holds).
+    """
     try:
-        check_image_file(path)
+        if not is_dicom_path(path):
+            check_image_file(path)
     except ImageError as exc:
         return -1, -1, exc
     stat = os.stat(path)
@@ -109,9 +113,15 @@ def check_file(path: str) -> tuple[int, int, ImageError | None]:
 
 
 def to_gray8(image: np.ndarray) -> np.ndarray:
-    """Convert a decoded image (8/16-bit, gray, BGR or BGRA) to 8-bit grayscale."""
+    """Convert a decoded image (8/16-bit, gray, BGR or BGRA) to 8-bit grayscale.
+
+    A 16-bit PNG keeps its top 8 used bits: the bit depth is the one its brightest pixel needs (at
+    least 8), so a 12-bit radiograph in a 16-bit PNG (PadChest's) keeps its contrast instead of
+    becoming 16 grey levels.
+    """
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        used_bits = max(8, int(image.max()).bit_length())
+        image = (image >> (used_bits - 8)).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ImageError("unsupported", f"pixel type {image.dtype}")
     if image.ndim == 3:
@@ -226,6 +236,16 @@ def read_dataset(source: str | Path | bytes):
 def header_fields(ds) -> dict[str, str]:
     """The cohort columns a DICOM header holds (empty strings where the header has none)."""
     return {field: str(ds.get(field, "") or "").strip() for field in HEADER_FIELDS}
+
+
+def read_header(source: str | Path | bytes) -> dict[str, str]:
+    """A DICOM file's cohort fields (``header_fields``) without its pixels; ``error`` says why none could be read."""
+    try:
+        data = io.BytesIO(source) if isinstance(source, bytes) else source
+        ds = pydicom.dcmread(data, force=True, stop_before_pixels=True)
+        return {**header_fields(ds), "error": ""}
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a data-quality entry
+        return {**dict.fromkeys(HEADER_FIELDS, ""), "error": f"not a readable DICOM file ({exc})"}
 
 
 def _reject_non_radiographs(ds, name: str) -> None:

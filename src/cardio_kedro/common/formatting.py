@@ -20,3 +20,9 @@ def fmt_interval(low: float | None, high: float | None) -> str:
     if low is None or high is None:
         return "n/a"
     return f"{fmt(low)} to {fmt(high)}" if min(low, high) < 0 else f"{fmt(low)}-{fmt(high)}"
+
+
+def short_key(key: str, width: int = 30) -> str:
+    """An image key short enough for a plot title: NIH's file name as is; a long relative path
+    (``train/patient00001/study1/view1_frontal.jpg``) as ``…`` and its last ``width`` characters."""
+    return key if len(key) <= width else "…" + key[-(width - 1) :]

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cardio_kedro.cohort.findings import parse_target_findings
+from cardio_kedro.cohort.layouts import LAYOUTS, UNCERTAIN_POLICIES
 from cardio_kedro.cohort.nih import DRAWABLE_FINDINGS, NIH_FINDINGS
 
 Finding = Literal[NIH_FINDINGS]
@@ -33,6 +34,7 @@ RUNTIME_KEYS = {
 # The file that holds each group in conf/base (for messages about missing keys).
 GROUP_FILES = {
     "phantoms": "parameters_phantom_cohort.yml",
+    "cohort": "parameters_data_processing.yml",
     "data_processing": "parameters_data_processing.yml",
     "model_training": "parameters_model_training.yml",
     "reporting": "parameters_reporting.yml",
@@ -73,6 +75,50 @@ class PhantomParams(Group):
     images_per_folder: int = Field(ge=1, description="images per images_00N/images/ folder")
     seed: Seed
     workers: Workers
+
+
+# ---- the cohort folder's layout (data_processing) -------------------------------------------------
+class CohortTableParams(Group):
+    """``cohort.table``: the label CSV of the ``csv`` and ``dicom`` layouts and its columns."""
+
+    file: str = Field(min_length=1, description="the CSV, relative to cohort_dir")
+    image_column: str = Field(
+        min_length=1,
+        description="csv: the image's path relative to cohort_dir; dicom: the file's path or its SOPInstanceUID",
+    )
+    dicom_key: Literal["path", "sop_instance_uid"] = Field(
+        description="dicom: what image_column holds, the file's path relative to cohort_dir or the header's "
+        "SOPInstanceUID"
+    )
+    patient_column: str | None = Field(description="csv: the patient id column (dicom reads PatientID)")
+    findings: dict[Finding, str] = Field(
+        min_length=1, description="NIH finding -> its column of 1/0 (true/false, yes/no, blank = 0)"
+    )
+    view_column: str | None = Field(description="csv: the view position column (PA, AP), or null")
+    sex_column: str | None = Field(description="csv: the sex column (M/F), or null")
+    age_column: str | None = Field(description="csv: the age column (years), or null")
+    study_column: str | None = Field(description="csv: a column that orders a patient's studies (a date), or null")
+
+
+class CohortParams(Group):
+    """``cohort``: how the folder at ``cohort_dir`` is laid out (docs/data.md has one section per layout)."""
+
+    layout: Literal[LAYOUTS] = Field(description="nih | chexpert | mimic_cxr_jpg | padchest | csv | dicom")
+    uncertain: Literal[UNCERTAIN_POLICIES] = Field(
+        description="chexpert, mimic_cxr_jpg: a -1 (uncertain) label is positive (uones), negative (uzeros), or "
+        "leaves the image out of that finding's target (ignore)"
+    )
+    include_lateral: bool = Field(description="chexpert, mimic_cxr_jpg, padchest: keep lateral films (as view LATERAL)")
+    mimic_labeler: Literal["chexpert", "negbio"] = Field(
+        description="mimic_cxr_jpg: the label file, mimic-cxr-2.0.0-chexpert.csv or -negbio.csv"
+    )
+    table: CohortTableParams
+
+    @model_validator(mode="after")
+    def _csv_has_patient(self) -> CohortParams:
+        if self.layout == "csv" and not self.table.patient_column:
+            raise ValueError("layout csv needs table.patient_column (the split is by patient)")
+        return self
 
 
 # ---- data_processing -----------------------------------------------------------------------------
@@ -432,6 +478,7 @@ class ProjectParams(Group):
 
     image_size: int = Field(ge=32, le=2048, description="px the model sees (set it in globals.yml)")
     phantoms: PhantomParams
+    cohort: CohortParams
     data_processing: DataProcessingParams
     model_training: ModelTrainingParams
     reporting: ReportingParams

@@ -5,6 +5,8 @@ May import: ``common``, ``cohort``, ``modeling``; never a pipeline.
 
 from .cohort import (
     BoxListDataset,
+    CohortFolder,
+    CohortFolderDataset,
     CohortStorageDataset,
     ImageFileIndexDataset,
     LabelTableDataset,
@@ -19,6 +21,8 @@ from .pixel_cache_dataset import DecodedChunk, PixelCache, PixelCacheDataset
 
 __all__ = [
     "BoxListDataset",
+    "CohortFolder",
+    "CohortFolderDataset",
     "CohortStorageDataset",
     "DecodedChunk",
     "FigureDataset",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -18,15 +19,18 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
 from cardio_kedro.cohort import storage
-from cardio_kedro.cohort.imaging import IMAGE_SUFFIXES
+from cardio_kedro.cohort.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_path, read_header
+from cardio_kedro.cohort.layouts import Cohort
 from cardio_kedro.cohort.nih import (
     BOX_COLUMNS,
     LABEL_TABLE_COLUMNS,
+    LABEL_TABLE_FILE,
     OFFICIAL_SPLIT_FILES,
     REQUIRED_LABEL_COLUMNS,
 )
 from cardio_kedro.cohort.storage import is_remote
 from cardio_kedro.common.errors import UserDatasetError
+from cardio_kedro.common.parallel import imap_progress
 
 from ._files import atomic_file, atomic_folder, walk_files, write_files
 
@@ -245,6 +249,118 @@ class ImageFileIndexDataset(_RemoteAware, AbstractDataset[Iterable[tuple[str, by
         with atomic_folder(self._path) as tmp:
             n = write_files(tmp, images)
         logger.info("Wrote %d image(s) to %s", n, PurePosixPath(self._path))
+
+
+def _header_of(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """One DICOM file's header fields (a worker's job: a path, or an object of a store)."""
+    return read_header(storage.read_bytes(path, storage_options) if is_remote(path) else path)
+
+
+class CohortFolder:
+    """A cohort folder as the layout adapters read it (``cardio_kedro.cohort.layouts``).
+
+    ``read_csv`` reads one table by its relative name (a ``.gz`` beside it too), ``files`` lists every
+    file below the folder, ``dicom_headers`` reads the headers of DICOM files on every core, and
+    ``nih`` reads the NIH layout with the datasets above.
+    """
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+        self.root = root.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.remote = is_remote(self.root)
+
+    def _location(self, rel: str) -> str:
+        return storage.join(self.root, rel) if self.remote else str(Path(self.root) / rel)
+
+    def _exists(self, location: str) -> bool:
+        return storage.exists(location, self.storage_options) if self.remote else Path(location).is_file()
+
+    def read_csv(self, rel: str) -> pd.DataFrame:
+        """The CSV ``rel`` (or ``rel.gz``) as strings, blanks as ``""``; ``FileNotFoundError`` when neither is there."""
+        for name in (rel, f"{rel}.gz"):
+            location = self._location(name)
+            if self._exists(location):
+                options = {"storage_options": self.storage_options} if self.remote else {}
+                try:
+                    return pd.read_csv(location, dtype=str, keep_default_na=False, compression="infer", **options)
+                except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
+                    raise UserDatasetError(f"{location} is not a readable CSV file: {exc}") from None
+        raise FileNotFoundError(self._location(rel))
+
+    def require_folder(self) -> None:
+        """Refuse a cohort folder that is not there, with what to do."""
+        there = storage.exists(self.root, self.storage_options) if self.remote else Path(self.root).is_dir()
+        if not there:
+            raise UserDatasetError(f"No cohort folder at '{self.root}'. {NO_COHORT_HINT}")
+
+    def files(self) -> pd.DataFrame:
+        """``rel`` (POSIX path below the folder) and ``path`` of every file; a store adds ``nbytes``, ``mtime_ns``."""
+        self.require_folder()
+        if self.remote:
+            listed = list(storage.list_files(self.root, self.storage_options))
+            urls = [u for u, _, _ in listed]
+            return pd.DataFrame(
+                {
+                    "rel": [u[len(self.root) + 1 :] for u in urls],
+                    "path": urls,
+                    "nbytes": [n for _, n, _ in listed],
+                    "mtime_ns": [m for _, _, m in listed],
+                }
+            )
+        root = Path(self.root)
+        paths = [folder / name for folder, name in walk_files(root)]
+        return pd.DataFrame({"rel": [p.relative_to(root).as_posix() for p in paths], "path": [str(p) for p in paths]})
+
+    def dicom_headers(self, files: pd.DataFrame, workers: int | None) -> pd.DataFrame:
+        """The DICOM files among ``files`` (``.dcm``/``.dicom``, or no image suffix and the ``DICM`` magic)
+        with their header fields (``cardio_kedro.cohort.imaging.read_header``), read on ``workers`` processes."""
+        suffix = files["rel"].str.lower()
+        named = suffix.str.endswith(DICOM_SUFFIXES)
+        others = ~named & ~suffix.str.endswith((*IMAGE_SUFFIXES, ".csv", ".gz", ".txt", ".json", ".xml"))
+        # files without a DICOM suffix (DICOMDIR exports) are sniffed; in a store only named ones are read
+        others = others & files["path"].map(is_dicom_path) if not self.remote else others & False
+        candidates = files[named | others].reset_index(drop=True)
+        reader = partial(_header_of, storage_options=self.storage_options or None)
+        headers = list(
+            imap_progress(
+                reader, candidates["path"].tolist(), len(candidates), "Reading DICOM headers", workers, chunksize=64
+            )
+        )
+        table = pd.DataFrame(headers, index=candidates.index) if headers else pd.DataFrame(columns=["error"])
+        return pd.concat([candidates[["rel", "path"]], table], axis=1)
+
+    def nih(self) -> Cohort:
+        """The NIH layout: ``Data_Entry_2017.csv``, images found by file name, NIH's split lists."""
+        credentials = self.storage_options or None
+        table = LabelTableDataset(self._location(LABEL_TABLE_FILE), credentials).load()
+        images = ImageFileIndexDataset(self.root, credentials).load()
+        return Cohort(table, images, OfficialSplitDataset(self.root, credentials).load())
+
+
+class CohortFolderDataset(_RemoteAware, AbstractDataset[None, CohortFolder]):
+    """The cohort folder at ``path`` (local or an fsspec URL), loaded as a ``CohortFolder`` that the
+    ``read_cohort`` node reads in the layout ``cohort.layout`` names."""
+
+    def __init__(self, path: str, credentials: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
+        self._init_location(str(path), credentials)
+        self._path = str(path)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._path}
+
+    def _exists(self) -> bool:
+        if self._remote:
+            return storage.exists(self._url, self._storage_options)
+        return Path(self._path).is_dir()
+
+    def _load(self) -> CohortFolder:
+        return CohortFolder(self._url or self._path, self._storage_options)
+
+    def _save(self, data: None) -> None:
+        raise DatasetError(
+            "CohortFolderDataset is read-only: the phantom_cohort pipeline writes cohort_labels and cohort_images"
+        )
 
 
 class CohortStorageDataset(AbstractDataset[None, dict]):

@@ -86,7 +86,8 @@ class PreflightHooks:
         if TRAINING_PARAMS in pipeline.inputs():
             check_accelerator(params, self._sources)
             check_backbone_weights(params, self._sources)
-        if "cohort_labels" in pipeline.inputs() and not catalog.exists("cohort_labels"):
+        reads_demo_cohort = "cohort_folder" in pipeline.inputs() and params.cohort.layout == "nih"
+        if reads_demo_cohort and not catalog.exists("cohort_labels"):
             self._generate_demo_cohort(params, catalog)
 
     @staticmethod

@@ -3,7 +3,7 @@
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
-from cardio_kedro.datasets import ImageFileIndexDataset, LabelTableDataset, PixelCacheDataset
+from cardio_kedro.datasets import CohortFolder, PixelCacheDataset
 from cardio_kedro.pipelines.data_processing import create_pipeline
 from cardio_kedro.pipelines.data_processing.nodes import check_disjoint_patients
 from tests.helpers import base_params
@@ -12,12 +12,12 @@ from tests.helpers import base_params
 def _catalog(cohort_dir, cache_dir) -> DataCatalog:
     cache = PixelCacheDataset(str(cache_dir), image_size=32)
     catalog = DataCatalog(datasets={"existing_pixel_cache": cache, "pixel_cache": cache})
-    catalog["cohort_labels"] = LabelTableDataset(str(cohort_dir / "Data_Entry_2017.csv")).load()
-    catalog["cohort_images"] = ImageFileIndexDataset(str(cohort_dir)).load()
-    catalog["official_split"] = {}
+    catalog["cohort_folder"] = CohortFolder(str(cohort_dir))
     catalog["cohort_storage"] = {}  # a local cohort
     params = base_params("data_processing", workers=1)
+    catalog["params:cohort"] = base_params("cohort")
     catalog["params:data_processing"] = params
+    catalog["params:data_processing.workers"] = 1
     catalog["params:data_processing.split"] = params["split"]
     catalog["params:data_processing.rebalance"] = params["rebalance"]
     catalog["params:target_findings"] = "Cardiomegaly"

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cardio_kedro.cohort import layouts
 from cardio_kedro.cohort.findings import (
     TargetFindings,
     label_matrix,
@@ -20,16 +21,63 @@ from cardio_kedro.cohort.imaging import check_file
 from cardio_kedro.cohort.nih import NIH_FINDINGS, NO_FINDING
 from cardio_kedro.cohort.sampling import undersample
 from cardio_kedro.cohort.storage import image_loader
-from cardio_kedro.common.errors import UserValueError
+from cardio_kedro.common.errors import UserDatasetError, UserValueError
 from cardio_kedro.common.parallel import imap_progress
-from cardio_kedro.config import DataProcessingParams, RebalanceParams, SplitParams
-from cardio_kedro.datasets import DecodedChunk, PixelCache
+from cardio_kedro.config import CohortParams, DataProcessingParams, RebalanceParams, SplitParams
+from cardio_kedro.datasets import CohortFolder, DecodedChunk, PixelCache
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 EXAMPLES_PER_REASON = 10
 CHUNK_BYTES = 64 * 2**20  # decoded pixels handed to the cache per save (bounds the main process's memory)
+
+
+def _layout_cohort(folder: CohortFolder, config: CohortParams, workers: int | None) -> layouts.Cohort:
+    if config.layout == "nih":
+        return folder.nih()
+    files, read = folder.files(), folder.read_csv
+    if config.layout == "chexpert":
+        return layouts.chexpert(read, files, config.uncertain, config.include_lateral)
+    if config.layout == "mimic_cxr_jpg":
+        return layouts.mimic_cxr_jpg(read, files, config.mimic_labeler, config.uncertain, config.include_lateral)
+    if config.layout == "padchest":
+        return layouts.padchest(read, files, config.include_lateral)
+    if config.layout == "csv":
+        return layouts.csv_table(read, files, config.table)
+    return layouts.dicom_folder(read, files, folder.dicom_headers(files, workers), config.table)
+
+
+def read_cohort(
+    folder: CohortFolder, params: dict[str, Any], workers: int | None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Read the cohort folder in its layout (``cohort.layout``) into the NIH-form label table, the
+    image files by key, and the data set's official split lists (``cardio_kedro.cohort.layouts``).
+
+    A file the layout needs and the folder lacks stops the run, naming the file and the layout.
+    """
+    config = CohortParams.model_validate(params)
+    try:
+        cohort = _layout_cohort(folder, config, workers)
+    except FileNotFoundError as exc:
+        raise UserDatasetError(
+            f"No {exc.args[0]}: the cohort.layout '{config.layout}' reads it. Is cohort_dir ({folder.root}) the "
+            "data set's folder, and cohort.layout the right one (docs/data.md)?"
+        ) from None
+    if cohort.table.empty:
+        raise UserDatasetError(f"The cohort at {folder.root} (layout {config.layout}) has no image rows")
+    logger.info(
+        "Cohort (%s layout): %d images of %d patients, %d image files found%s",
+        config.layout,
+        len(cohort.table),
+        cohort.table["Patient ID"].nunique(),
+        len(cohort.images),
+        f"; official split {len(cohort.official_split['train_val'])} train_val / {len(cohort.official_split['test'])}"
+        " test"
+        if cohort.official_split
+        else "",
+    )
+    return cohort.table, cohort.images, cohort.official_split
 
 
 def _ages(raw_age: pd.Series, max_age: float) -> tuple[pd.Series, pd.Series]:
@@ -80,6 +128,7 @@ def clean_metadata(
         }
     )
     target_finding = "|".join(findings)
+    clean, uncertain = _leave_out_uncertain(clean, labels, findings)
     duplicated = clean["image_index"].duplicated()
     if duplicated.any():
         logger.warning("Dropping %d duplicated image rows", int(duplicated.sum()))
@@ -93,6 +142,7 @@ def clean_metadata(
         "implausible_age_rule": f"ages > {config.max_plausible_age:g} or < 0 set to missing, image kept",
         "finding_counts": {str(k): int(v) for k, v in counts.items()},
         "unknown_labels": unknown,
+        "uncertain_left_out": uncertain,
         "target_positive_images": int(clean["target"].sum()),
         **({} if len(findings) == 1 else {"positive_images_by_finding": _positives(clean, findings)}),
         "view_filter": view_filter,
@@ -106,6 +156,18 @@ def clean_metadata(
         report["implausible_ages"],
     )
     return clean, report
+
+
+def _leave_out_uncertain(
+    clean: pd.DataFrame, labels: pd.DataFrame, findings: tuple[str, ...]
+) -> tuple[pd.DataFrame, int]:
+    """Leave out the images labelled uncertain on a target finding (``cohort.uncertain: ignore``)."""
+    if layouts.UNCERTAIN_COLUMN not in labels:
+        return clean, 0
+    unsure = label_matrix(labels[layouts.UNCERTAIN_COLUMN].astype(str), findings).max(axis=1).astype(bool)
+    if unsure.any():
+        logger.info("Leaving out %d image(s) labelled uncertain on %s", int(unsure.sum()), "|".join(findings))
+    return clean[~unsure.to_numpy()].reset_index(drop=True), int(unsure.sum())
 
 
 def _positives(frame: pd.DataFrame, findings: tuple[str, ...]) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""data_processing: cohort -> clean metadata -> checked files -> decoded pixels -> patient-wise splits."""
+"""data_processing: cohort (its layout) -> clean metadata -> checked files -> decoded pixels -> patient splits."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -6,6 +6,7 @@ from .nodes import (
     build_quality_report,
     clean_metadata,
     decode_images,
+    read_cohort,
     rebalance,
     resolve_image_files,
     select_decoded_images,
@@ -17,14 +18,20 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
+                read_cohort,
+                inputs=["cohort_folder", "params:cohort", "params:data_processing.workers"],
+                outputs=["cohort_table", "cohort_files", "cohort_split_lists"],
+                name="read_cohort",
+            ),
+            Node(
                 clean_metadata,
-                inputs=["cohort_labels", "params:target_findings", "params:data_processing"],
+                inputs=["cohort_table", "params:target_findings", "params:data_processing"],
                 outputs=["clean_metadata", "label_report"],
                 name="clean_metadata",
             ),
             Node(
                 resolve_image_files,
-                inputs=["clean_metadata", "cohort_images", "params:data_processing"],
+                inputs=["clean_metadata", "cohort_files", "params:data_processing"],
                 outputs=["resolved_images", "file_problems"],
                 name="resolve_image_files",
             ),
@@ -56,7 +63,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 split_by_patient,
                 inputs=[
                     "model_input_table",
-                    "official_split",
+                    "cohort_split_lists",
                     "params:target_findings",
                     "params:data_processing.split",
                 ],

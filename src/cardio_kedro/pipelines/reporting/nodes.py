@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cardio_kedro.cohort.sampling import undersample
-from cardio_kedro.common.formatting import fmt, fmt_auc
+from cardio_kedro.common.formatting import fmt, fmt_auc, short_key
 from cardio_kedro.config import ModelTrainingParams, ReportingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation.decision import net_benefit
@@ -260,7 +260,9 @@ def example_images(train: pd.DataFrame, pixel_cache: PixelCache, params: dict[st
     """Example positive and negative training images, as the model sees them."""
     n = ReportingParams.model_validate(params).examples_per_class
     picks = pd.concat([train[train["target"] == 1].head(n), train[train["target"] == 0].head(n)])
-    titles = [f"{'positive' if t else 'negative'}: {i}" for t, i in zip(picks["target"], picks["image_index"])]
+    titles = [
+        f"{'positive' if t else 'negative'}: {short_key(i)}" for t, i in zip(picks["target"], picks["image_index"])
+    ]
     colors = [plots.POS if t else plots.NEG for t in picks["target"]]
     images = list(pixel_cache.images(picks["path"]))
     return plots.image_grid(images, titles, "Example training images", ncols=n, title_colors=colors)
@@ -316,7 +318,7 @@ def attention_heatmaps(
         _, maps = predict_with_attention(classifier, pixels)
         for img, heat, (_, row) in zip(pixels, maps, frame.iterrows()):
             images.append(overlay(img, heat))
-            titles.append(f"{name} p={row['probability']:.2f}\n{row['image_index']}")
+            titles.append(f"{name} p={row['probability']:.2f}\n{short_key(row['image_index'])}")
             colors.append(plots.POS if name in ("TP", "FN") else plots.NEG)
     return plots.image_grid(
         images, titles, f"Attention heat maps (threshold {threshold:.3f})", ncols=n, title_colors=colors
