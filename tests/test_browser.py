@@ -69,7 +69,7 @@ def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
         for node in nodes:
             assert node in body, node
         for dataset in (
-            "cohort_labels",
+            "cohort_folder",
             "pixel_cache",
             "train_balanced",
             "classifier",

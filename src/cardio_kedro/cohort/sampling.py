@@ -40,3 +40,33 @@ def _matched(pos: pd.DataFrame, neg: pd.DataFrame, wanted: int, rng: np.random.G
         rest = neg.drop(chosen.index)
         chosen = pd.concat([chosen, rest.iloc[rng.permutation(len(rest))[:short]]])
     return chosen.iloc[:wanted]
+
+
+def balanced_weights(target: pd.Series) -> dict[str, float]:
+    """Loss weights of negatives (``"0"``) and positives (``"1"``) that give both classes equal weight."""
+    n, pos = len(target), int(target.sum())
+    return {"0": n / (2.0 * (n - pos)), "1": n / (2.0 * pos)}
+
+
+def rebalance_binary(
+    train: pd.DataFrame, validation: pd.DataFrame, strategy: str, neg_per_pos: float, rng: np.random.Generator
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """One finding's train and validation rebalanced: ``undersample`` (``neg_per_pos`` negatives per
+    positive, matched on sex) or ``class_weight`` (every image, equal class weights). Returns both
+    and the rebalancing record (strategy, class weights, the ``natural`` and ``trained`` prevalence)."""
+    if strategy == "undersample":
+        out = (
+            undersample(train, neg_per_pos, rng, match="sex"),
+            undersample(validation, neg_per_pos, rng, match="sex"),
+        )
+        weights = {"0": 1.0, "1": 1.0}
+    else:
+        out = (train.iloc[rng.permutation(len(train))].reset_index(drop=True), validation)
+        weights = balanced_weights(train["target"])
+    natural = float(train["target"].mean())
+    trained = 0.5 if strategy == "class_weight" else float(out[0]["target"].mean())
+    return (
+        out[0],
+        out[1],
+        {"strategy": strategy, "class_weight": weights, "prevalence": {"natural": natural, "trained": trained}},
+    )

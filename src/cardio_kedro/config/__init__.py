@@ -13,6 +13,7 @@ never kedro's session, keras or mlflow.
 
 from cardio_kedro.config.runtime import deep_merge, parse_runtime_params
 from cardio_kedro.config.schema import (
+    BaselineParams,
     CohortParams,
     DataProcessingParams,
     InferenceParams,
@@ -28,6 +29,7 @@ from cardio_kedro.config.schema import (
 from cardio_kedro.config.sources import ConfigSources, ParameterError, has_parameter, validate_parameters
 
 __all__ = [
+    "BaselineParams",
     "CohortParams",
     "ConfigSources",
     "DataProcessingParams",

@@ -140,10 +140,12 @@ class SplitFractions(Group):
 class SplitParams(Group):
     """``data_processing.split``: the patient-wise split."""
 
-    method: Literal["random", "official"] = Field(
-        description="random (patient-wise, stratified) or official (NIH train_val_list.txt/test_list.txt)"
+    method: Literal["random", "official", "kfold"] = Field(
+        description="random (patient-wise, stratified), official (the data set's own test list), or kfold "
+        "(n_folds patient-wise folds for the cross_validation pipeline: every image scored out of fold)"
     )
     fractions: SplitFractions
+    n_folds: int = Field(ge=2, le=20, description="kfold: folds (by patient, stratified on the target findings)")
     seed: Seed
 
 
@@ -301,6 +303,14 @@ class ThresholdParams(Group):
     target_ppv: float = Field(gt=0, le=1, description="used by method ppv")
 
 
+class CrossValidationParams(Group):
+    """``model_training.cross_validation``: how each fold's model (and the final one) holds out its validation."""
+
+    validation_fraction: float = Field(
+        gt=0, lt=0.5, description="share of a fold's training patients held out for its best epoch and calibration"
+    )
+
+
 class ModelTrainingParams(Group):
     """``model_training``: two-phase training from the pixel cache."""
 
@@ -309,6 +319,7 @@ class ModelTrainingParams(Group):
     batch_size: int = Field(ge=1, description="images per batch")
     head: HeadPhaseParams
     fine_tune: FineTuneParams
+    cross_validation: CrossValidationParams
     loss: Literal["binary_crossentropy", "focal"] = Field(description="training loss")
     label_smoothing: float = Field(
         ge=0, lt=0.5, description="targets pulled towards 0.5 by this much in the finding's loss (0: none)"

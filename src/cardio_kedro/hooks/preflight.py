@@ -83,6 +83,7 @@ class PreflightHooks:
     def before_pipeline_run(self, pipeline, catalog) -> None:
         params = validate_parameters(catalog.load("parameters"), self._sources)
         check_report_matches_targets(params, {node.name for node in pipeline.nodes})
+        check_split_matches_pipeline(params, {node.name for node in pipeline.nodes})
         if TRAINING_PARAMS in pipeline.inputs():
             check_accelerator(params, self._sources)
             check_backbone_weights(params, self._sources)
@@ -124,6 +125,24 @@ def check_report_matches_targets(params: ProjectParams, node_names: set[str]) ->
             f"target_findings {params.target_findings!r} is one finding: the multilabel pipeline needs several "
             "(e.g. --params='target_findings=Cardiomegaly|Effusion', or all); for one, run the training pipeline."
         )
+
+
+def check_split_matches_pipeline(params: ProjectParams, node_names: set[str]) -> None:
+    """Stop before any work when the split method and the pipeline disagree: ``kfold`` is for the
+    cross_validation pipeline, and that pipeline needs ``kfold``."""
+    method = params.data_processing.split.method
+    if "assign_folds" in node_names and method != "kfold":
+        raise ParameterError(
+            f"The cross_validation pipeline needs data_processing.split.method=kfold (it is '{method}'): add "
+            "--params=data_processing.split.method=kfold, or run with --env=small_real"
+        )
+    if "split_by_patient" in node_names and method == "kfold":
+        raise ParameterError(
+            "data_processing.split.method=kfold is for the cross_validation pipeline: "
+            "kedro run --pipelines=cross_validation (or set the method to random or official)"
+        )
+    if "assign_folds" in node_names and len(params.findings) > 1:
+        raise ParameterError(f"Cross-validation is for one target finding, not {params.target_findings!r}")
 
 
 def check_accelerator(params: ProjectParams, sources: ConfigSources) -> None:

@@ -229,3 +229,38 @@ def test_every_metric_has_a_per_view_breakdown():
     headline = headline_metrics(m, {"n_images": 0})
     assert headline["test_auc.view_AP"]["value"] == m["by_view"]["AP"]["roc_auc"]["auc"]
     assert headline["test_ece.view_PA"]["value"] == m["by_view"]["PA"]["calibration"]["ece"]["value"]
+
+
+def test_cross_validation_metrics_pair_the_baseline_and_score_the_base_rate():
+    import numpy as np
+    import pandas as pd
+
+    from cardio_kedro.pipelines.reporting.nodes import _prevalence_only_brier, cross_validation_metrics
+    from tests.helpers import base_params
+
+    rng = np.random.default_rng(0)
+    n = 300
+    y = (rng.random(n) < 0.2).astype(int)
+    frame = pd.DataFrame(
+        {
+            "image_index": [f"{i}.png" for i in range(n)],
+            "patient_id": np.arange(n),
+            "target": y,
+            "fold": np.arange(n) % 3,
+            "score": np.clip(0.5 * y + 0.3 * rng.random(n), 0, 1),
+            "baseline_probability": rng.random(n),  # learnt nothing
+            "fold_threshold": 0.4,
+        }
+    )
+    frame["probability"] = frame["score"]
+    calibration = {"slope": 1.0, "intercept": 0.0, "threshold": {"value": 0.4}, "fitted_on": "out_of_fold"}
+    metrics = cross_validation_metrics(frame, calibration, base_params("reporting", n_bootstrap=100))
+    assert metrics["beats_baseline"] and metrics["paired_difference"]["ci_low"] > 0
+    assert [f["fold"] for f in metrics["folds"]] == [1, 2, 3] and sum(f["n_images"] for f in metrics["folds"]) == n
+    # each fold's base rate comes from the other two folds
+    rates = [y[frame["fold"] != k].mean() for k in frame["fold"]]
+    assert np.isclose(_prevalence_only_brier(frame), np.mean((np.array(rates) - y) ** 2))
+    assert metrics["out_of_fold"]["sensitivity"] == 1.0  # every positive scores >= 0.5 > its fold's threshold
+    frame["baseline_probability"] = frame["probability"]
+    tied = cross_validation_metrics(frame, calibration, base_params("reporting", n_bootstrap=100))
+    assert not tied["beats_baseline"] and tied["paired_difference"]["difference"] == 0

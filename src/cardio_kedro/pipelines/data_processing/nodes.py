@@ -19,7 +19,7 @@ from cardio_kedro.cohort.findings import (
 )
 from cardio_kedro.cohort.imaging import check_file
 from cardio_kedro.cohort.nih import NIH_FINDINGS, NO_FINDING
-from cardio_kedro.cohort.sampling import undersample
+from cardio_kedro.cohort.sampling import balanced_weights, rebalance_binary
 from cardio_kedro.cohort.storage import image_loader
 from cardio_kedro.common.errors import UserDatasetError, UserValueError
 from cardio_kedro.common.parallel import imap_progress
@@ -393,6 +393,11 @@ def split_by_patient(
     by patient into train and validation.
     """
     config = SplitParams.model_validate(params)
+    if config.method == "kfold":
+        raise UserValueError(
+            "data_processing.split.method kfold is for the cross_validation pipeline: "
+            "kedro run --pipelines=cross_validation (or set method random or official for this one)"
+        )
     findings = parse_target_findings(target_findings)
     fractions = [config.fractions.train, config.fractions.validation, config.fractions.test]
     rng = np.random.default_rng(config.seed)
@@ -471,17 +476,10 @@ def rebalance(
     findings = parse_target_findings(target_findings)
     if len(findings) > 1:
         return _multi_label_weights(train, validation, findings, config)
-    rng = np.random.default_rng(config.seed)
-    if config.strategy == "undersample":
-        out = (
-            undersample(train, config.neg_per_pos, rng, match="sex"),
-            undersample(validation, config.neg_per_pos, rng, match="sex"),
-        )
-        weights = {"0": 1.0, "1": 1.0}
-    else:
-        out = (train.iloc[rng.permutation(len(train))].reset_index(drop=True), validation)
-        weights = _balanced_weights(train["target"])
-    for name, frame in zip(("train", "validation"), out):
+    train, validation, rebalancing = rebalance_binary(
+        train, validation, config.strategy, config.neg_per_pos, np.random.default_rng(config.seed)
+    )
+    for name, frame in (("train", train), ("validation", validation)):
         logger.info(
             "Rebalanced %s: %d images, %d positive (%.1f%%)",
             name,
@@ -489,16 +487,7 @@ def rebalance(
             int(frame["target"].sum()),
             100 * frame["target"].mean(),
         )
-    natural = float(train["target"].mean())
-    trained = 0.5 if config.strategy == "class_weight" else float(out[0]["target"].mean())
-    prevalence = {"natural": natural, "trained": trained}
-    return out[0], out[1], {"strategy": config.strategy, "class_weight": weights, "prevalence": prevalence}
-
-
-def _balanced_weights(target: pd.Series) -> dict[str, float]:
-    """Loss weights of negatives (``"0"``) and positives (``"1"``) that give both classes equal weight."""
-    n, pos = len(target), int(target.sum())
-    return {"0": n / (2.0 * (n - pos)), "1": n / (2.0 * pos)}
+    return train, validation, rebalancing
 
 
 def _multi_label_weights(
@@ -506,7 +495,7 @@ def _multi_label_weights(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     shuffled = train.iloc[np.random.default_rng(config.seed).permutation(len(train))].reset_index(drop=True)
     columns = target_columns(findings)
-    weights = {f: _balanced_weights(train[c]) for f, c in zip(findings, columns)}
+    weights = {f: balanced_weights(train[c]) for f, c in zip(findings, columns)}
     natural = {f: float(train[c].mean()) for f, c in zip(findings, columns)}
     logger.info(
         "Per-finding positive weights (negatives per positive in train): %s",
@@ -514,3 +503,36 @@ def _multi_label_weights(
     )
     prevalence = {"natural": natural, "trained": dict.fromkeys(findings, 0.5)}
     return shuffled, validation, {"strategy": "class_weight", "class_weight": weights, "prevalence": prevalence}
+
+
+def assign_folds(decoded: pd.DataFrame, target_findings: TargetFindings, params: dict[str, Any]) -> pd.DataFrame:
+    """``data_processing.split.method: kfold``: every image in one of ``n_folds`` folds (a ``fold``
+    column, 0..n-1), no patient in two, each fold holding its share of the positive patients
+    (stratified by whether a patient has any positive image; seeded)."""
+    config = SplitParams.model_validate(params)
+    if config.method != "kfold":
+        raise UserValueError(
+            f"The cross_validation pipeline needs data_processing.split.method=kfold (it is '{config.method}'): "
+            "--params=data_processing.split.method=kfold, or --env=small_real"
+        )
+    findings = parse_target_findings(target_findings)
+    if len(findings) > 1:
+        raise UserValueError(
+            f"Cross-validation is for one target finding; target_findings names {len(findings)}: {list(findings)}"
+        )
+    patient_labels = decoded.groupby("patient_id")[["target"]].max()
+    n_pos = int(patient_labels["target"].sum())
+    if n_pos < config.n_folds or len(patient_labels) - n_pos < config.n_folds:
+        raise UserValueError(
+            f"{config.n_folds} folds need at least {config.n_folds} positive and negative patients; the cohort has "
+            f"{n_pos} positive of {len(patient_labels)}. Lower data_processing.split.n_folds."
+        )
+    rng = np.random.default_rng(config.seed)
+    codes = stratified_patient_split(patient_labels, [1 / config.n_folds] * config.n_folds, rng)
+    folds = decoded.assign(fold=decoded["patient_id"].map(pd.Series(codes, index=patient_labels.index)).astype(int))
+    for k, part in folds.groupby("fold"):
+        logger.info(
+            "Fold %d: %d images, %d patients, %d %s",
+            k + 1, len(part), part["patient_id"].nunique(), int(part["target"].sum()), findings[0],
+        )  # fmt: skip
+    return folds

@@ -3,6 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
+    assign_folds,
     build_quality_report,
     clean_metadata,
     decode_images,
@@ -81,5 +82,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["train_balanced", "validation_balanced", "rebalancing"],
                 name="rebalance",
             ),
+        ]
+    )
+
+
+def create_cross_validation_pipeline(**kwargs) -> Pipeline:
+    """data_processing up to the model input table, then the folds (``split.method: kfold``)."""
+    decoded = create_pipeline().to_nodes("select_decoded_images", "build_quality_report")
+    return decoded + Pipeline(
+        [
+            Node(
+                assign_folds,
+                inputs=["model_input_table", "params:target_findings", "params:data_processing.split"],
+                outputs="cv_folds",
+                name="assign_folds",
+            )
         ]
     )

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import keras
 import numpy as np
 import pandas as pd
 
-from cardio_kedro.cohort.findings import SCORE_PREFIX, TARGET_PREFIX, target_columns
+from cardio_kedro.cohort.findings import SCORE_PREFIX, TARGET_PREFIX, stratified_patient_split, target_columns
+from cardio_kedro.cohort.sampling import rebalance_binary
 from cardio_kedro.common.errors import UserValueError
-from cardio_kedro.config import ModelTrainingParams
+from cardio_kedro.config import BaselineParams, ModelTrainingParams, RebalanceParams
 from cardio_kedro.datasets import PixelCache
+from cardio_kedro.evaluation.baseline import pixel_baseline_probability
 from cardio_kedro.evaluation.calibration import (
     apply_calibration,
     expected_calibration_error,
@@ -377,3 +380,135 @@ def calibrate_classifier(
         findings=findings,
     )
     return calibrated, {"findings": list(findings), "by_finding": by_finding}
+
+
+# ---- cross-validation (data_processing.split.method: kfold) ----------------------------------------
+OUT_OF_FOLD_COLUMNS = ["image_index", "patient_id", "path", "sex", "view", "age", "target", "fold"]
+
+
+def _hold_out_patients(
+    frame: pd.DataFrame, fraction: float, rng: np.random.Generator
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``frame`` split by patient into training and a held-out ``fraction`` (stratified on ``target``)."""
+    patient_labels = frame.groupby("patient_id")[["target"]].max()
+    codes = pd.Series(stratified_patient_split(patient_labels, [1 - fraction, fraction], rng), patient_labels.index)
+    held = frame["patient_id"].map(codes).to_numpy() == 1
+    return frame[~held].reset_index(drop=True), frame[held].reset_index(drop=True)
+
+
+def _fit_with_held_out_validation(
+    pool: pd.DataFrame,
+    pixel_cache: PixelCache,
+    rebalance: RebalanceParams,
+    params: dict[str, Any],
+    calibration_bins: int,
+    seed: int,
+) -> tuple[keras.Model, pd.DataFrame, dict, pd.DataFrame, dict]:
+    """Train on ``pool`` with a patient-wise validation part of it (best epoch, and this model's own
+    calibration on it). Returns the network, its history, the rebalancing, the rebalanced training
+    images and the calibration entry."""
+    config = ModelTrainingParams.model_validate(params)
+    rng = np.random.default_rng(seed)
+    train, validation = _hold_out_patients(pool, config.cross_validation.validation_fraction, rng)
+    train_b, validation_b, rebalancing = rebalance_binary(
+        train, validation, rebalance.strategy, rebalance.neg_per_pos, rng
+    )
+    model, history = train_model(train_b, validation_b, pixel_cache, rebalancing, params)
+    scores = score_validation(model, validation, pixel_cache, params)
+    entry = _calibrate_one(
+        scores["target"].to_numpy(), scores["score"].to_numpy(), rebalancing["prevalence"], config, calibration_bins
+    )
+    return model, history, rebalancing, train_b, entry
+
+
+def cross_validate(
+    folds: pd.DataFrame,
+    pixel_cache: PixelCache,
+    rebalance_params: dict[str, Any],
+    params: dict[str, Any],
+    baseline_params: dict[str, Any],
+    calibration_bins: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train one model per fold on the other folds and score the fold it never saw.
+
+    Each fold model holds out ``cross_validation.validation_fraction`` of its training patients for
+    its best epoch and its own calibration and threshold; the held-out fold's probabilities are
+    therefore never from a model (or a calibration) that saw those images. The pixel baseline is
+    fitted on the same rebalanced training images and scores the same fold. Returns the pooled
+    out-of-fold predictions (``score``, ``probability``, ``fold_threshold``, ``baseline_probability``)
+    and the folds' training histories (a ``fold`` column).
+    """
+    config = ModelTrainingParams.model_validate(params)
+    rebalance = RebalanceParams.model_validate(rebalance_params)
+    baseline = BaselineParams.model_validate(baseline_params)
+    n_folds = int(folds["fold"].max()) + 1
+    predictions, histories, started = [], [], time.monotonic()
+    for k in range(n_folds):
+        held, pool = folds[folds["fold"] == k], folds[folds["fold"] != k]
+        logger.info(
+            "Fold %d/%d: training on %d images (%d positive), scoring %d (%d positive)",
+            k + 1, n_folds, len(pool), int(pool["target"].sum()), len(held), int(held["target"].sum()),
+        )  # fmt: skip
+        model, history, _, train_b, entry = _fit_with_held_out_validation(
+            pool, pixel_cache, rebalance, params, calibration_bins, config.seed + k
+        )
+        _, raw = predict_cached(model, pixel_cache.pixels(), pixel_cache.rows(held["path"]), config.batch_size)
+        reference = pixel_baseline_probability(
+            pixel_cache.images(train_b["path"]),
+            train_b["target"].to_numpy(),
+            pixel_cache.images(held["path"]),
+            baseline.image_size,
+            baseline.regularization,
+        )
+        predictions.append(
+            held[OUT_OF_FOLD_COLUMNS].assign(
+                score=raw,
+                probability=apply_calibration(raw, entry["slope"], entry["intercept"]),
+                fold_threshold=entry["threshold"]["value"],
+                baseline_probability=reference,
+            )
+        )
+        histories.append(history.assign(fold=k))
+        elapsed = time.monotonic() - started
+        left = elapsed / (k + 1) * (n_folds - k)  # the other folds and the final model
+        keras.backend.clear_session()
+        logger.info(
+            "Fold %d/%d done in %.0f s; about %.0f s left (%d fold(s) and the final model)",
+            k + 1, n_folds, elapsed / (k + 1), left, n_folds - k - 1,
+        )  # fmt: skip
+    return pd.concat(predictions, ignore_index=True), pd.concat(histories, ignore_index=True)
+
+
+def train_final_model(
+    folds: pd.DataFrame,
+    pixel_cache: PixelCache,
+    rebalance_params: dict[str, Any],
+    params: dict[str, Any],
+    calibration_bins: int,
+) -> tuple[keras.Model, pd.DataFrame, dict]:
+    """The model to deploy: trained on every fold (its validation part held out the same way); it is
+    calibrated from the out-of-fold predictions (``calibrate_from_out_of_fold``)."""
+    config = ModelTrainingParams.model_validate(params)
+    rebalance = RebalanceParams.model_validate(rebalance_params)
+    logger.info("Final model: training on all %d images", len(folds))
+    model, history, rebalancing, _, _ = _fit_with_held_out_validation(
+        folds, pixel_cache, rebalance, params, calibration_bins, config.seed
+    )
+    return model, history, rebalancing
+
+
+def calibrate_from_out_of_fold(
+    classifier: keras.Model,
+    out_of_fold: pd.DataFrame,
+    rebalancing: dict,
+    params: dict[str, Any],
+    calibration_bins: int,
+) -> tuple[keras.Model, dict]:
+    """The final model's calibration and threshold, fitted on the pooled out-of-fold raw scores:
+    every image once, each scored by a model that never saw it (the final model saw them all, so
+    its own scores on them would be optimistic). The prior shift is the final model's own."""
+    scores = out_of_fold[["image_index", "patient_id", "target", "score"]]
+    classifier, report = calibrate_classifier(classifier, scores, rebalancing, params, calibration_bins)
+    report["threshold"]["chosen_on"] = "out_of_fold"
+    report["fitted_on"] = "out_of_fold"
+    return classifier, report

@@ -2,7 +2,15 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import calibrate_classifier, epoch_metrics, score_validation, train_model
+from .nodes import (
+    calibrate_classifier,
+    calibrate_from_out_of_fold,
+    cross_validate,
+    epoch_metrics,
+    score_validation,
+    train_final_model,
+    train_model,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -32,6 +40,52 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["classifier", "calibration"],
                 name="calibrate_classifier",
+            ),
+        ]
+    )
+
+
+def create_cross_validation_pipeline(**kwargs) -> Pipeline:
+    """One model per fold scoring the fold it never saw; the final model on every fold, calibrated out of fold."""
+    return Pipeline(
+        [
+            Node(
+                cross_validate,
+                inputs=[
+                    "cv_folds",
+                    "pixel_cache",
+                    "params:data_processing.rebalance",
+                    "params:model_training",
+                    "params:reporting.baseline",
+                    "params:reporting.calibration_bins",
+                ],
+                outputs=["out_of_fold_predictions", "fold_training_history"],
+                name="cross_validate",
+            ),
+            Node(
+                train_final_model,
+                inputs=[
+                    "cv_folds",
+                    "pixel_cache",
+                    "params:data_processing.rebalance",
+                    "params:model_training",
+                    "params:reporting.calibration_bins",
+                ],
+                outputs=["uncalibrated_classifier", "training_history", "rebalancing"],
+                name="train_final_model",
+            ),
+            Node(epoch_metrics, inputs="training_history", outputs="training_metrics", name="epoch_metrics"),
+            Node(
+                calibrate_from_out_of_fold,
+                inputs=[
+                    "uncalibrated_classifier",
+                    "out_of_fold_predictions",
+                    "rebalancing",
+                    "params:model_training",
+                    "params:reporting.calibration_bins",
+                ],
+                outputs=["classifier", "calibration"],
+                name="calibrate_from_out_of_fold",
             ),
         ]
     )

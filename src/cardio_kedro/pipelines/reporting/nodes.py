@@ -6,20 +6,25 @@ import io
 import logging
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from cardio_kedro.cohort.sampling import undersample
-from cardio_kedro.common.formatting import fmt, fmt_auc, short_key
+from cardio_kedro.common.formatting import fmt, fmt_auc, fmt_interval, short_key
 from cardio_kedro.config import ModelTrainingParams, ReportingParams
 from cardio_kedro.datasets import PixelCache
+from cardio_kedro.evaluation.baseline import pixel_baseline_probability
 from cardio_kedro.evaluation.decision import net_benefit
 from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, boxes_in_cache_frame, localization_scores
-from cardio_kedro.evaluation.metrics import auc_or_none, bootstrap_auc, calibration_metrics, evaluate, roc_band
+from cardio_kedro.evaluation.metrics import (
+    auc_or_none,
+    bootstrap_auc,
+    calibration_metrics,
+    evaluate,
+    paired_auc_difference,
+    rates_at,
+    roc_band,
+)
 from cardio_kedro.evaluation.report import best_epoch, render_report
 from cardio_kedro.modeling import overlay, predict_with_attention
 from cardio_kedro.modeling.feeds import predict_cached
@@ -41,13 +46,6 @@ def predict_split(classifier, split: pd.DataFrame, pixel_cache: PixelCache, para
     return split[PREDICTION_COLUMNS].assign(probability=probability, score=score)
 
 
-def _pixel_features(pixel_cache: PixelCache, split: pd.DataFrame, size: int) -> np.ndarray:
-    images = pixel_cache.images(split["path"])
-    return np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) for img in images]).reshape(
-        len(images), -1
-    )
-
-
 def baseline_predictions(
     train: pd.DataFrame, test: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]
 ) -> pd.DataFrame:
@@ -57,9 +55,13 @@ def baseline_predictions(
     A network that does not beat this has not learnt more than global pixel statistics.
     """
     config = ReportingParams.model_validate(params).baseline
-    reference = make_pipeline(StandardScaler(), LogisticRegression(C=config.regularization, max_iter=2000))
-    reference.fit(_pixel_features(pixel_cache, train, config.image_size), train["target"].to_numpy())
-    probability = reference.predict_proba(_pixel_features(pixel_cache, test, config.image_size))[:, 1]
+    probability = pixel_baseline_probability(
+        pixel_cache.images(train["path"]),
+        train["target"].to_numpy(),
+        pixel_cache.images(test["path"]),
+        config.image_size,
+        config.regularization,
+    )
     return test[["image_index", "patient_id", "target"]].assign(probability=probability)
 
 
@@ -392,6 +394,155 @@ def build_report(
         quality=quality,
         dropped=", ".join(f"{k}: {v['count']}" for k, v in quality["dropped_by_reason"].items()) or "none",
         best=best_epoch(history),
+        model=model.model.model_dump(),
+        batch_size=model.batch_size,
+    )
+
+
+# ---- cross-validation ----------------------------------------------------------------------------
+def _prevalence_only_brier(out_of_fold: pd.DataFrame) -> float:
+    """Brier of predicting, for each fold, the prevalence of the other folds (what a model that learnt
+    nothing but the base rate scores, out of fold too)."""
+    y, fold = out_of_fold["target"].to_numpy(float), out_of_fold["fold"].to_numpy()
+    rate = np.array([y[fold != k].mean() for k in fold])
+    return float(np.mean((rate - y) ** 2))
+
+
+def cross_validation_metrics(out_of_fold: pd.DataFrame, calibration: dict, params: dict[str, Any]) -> dict:
+    """The pooled out-of-fold figures: the model's ROC AUC (patient-level CI), PR AUC, Brier against
+    the prevalence-only Brier, ECE and calibration slope; each image's call at its own fold model's
+    threshold; the pixel baseline's pooled AUC on the same folds and the **paired** difference
+    (model minus baseline, patient bootstrap); per-fold AUCs; the final model's calibration."""
+    config = ReportingParams.model_validate(params)
+    y = out_of_fold["target"].to_numpy()
+    p, raw = out_of_fold["probability"].to_numpy(), out_of_fold["score"].to_numpy()
+    base, groups = out_of_fold["baseline_probability"].to_numpy(), out_of_fold["patient_id"].to_numpy()
+    n_boot, seed = config.n_bootstrap, config.seed
+    # each image's call at its own fold's threshold: p >= t  <=>  p - t + 0.5 >= 0.5
+    shifted = np.clip(p - out_of_fold["fold_threshold"].to_numpy() + 0.5, 0, 1)
+    pooled = evaluate(y, p, groups, 0.5, n_boot, seed) | {
+        k: v for k, v in rates_at(y, shifted, 0.5).items() if k != "threshold"
+    }
+    pooled["threshold"] = "each fold model's own (chosen on its validation part)"
+    pooled["calibration"] = {
+        "raw_score": calibration_metrics(y, raw, groups, config.calibration_bins, n_boot, seed),
+        "calibrated": calibration_metrics(y, p, groups, config.calibration_bins, n_boot, seed),
+    }
+    pooled["prevalence_only_brier"] = _prevalence_only_brier(out_of_fold)
+    paired = paired_auc_difference(y, p, base, groups, n_boot, seed)
+    beats = paired["ci_low"] is not None and paired["ci_low"] > 0
+    folds = []
+    for k, part in out_of_fold.groupby("fold"):
+        yk = part["target"].to_numpy()
+        folds.append(
+            {
+                "fold": int(k) + 1,
+                "n_images": int(len(part)),
+                "n_patients": int(part["patient_id"].nunique()),
+                "n_positive": int(yk.sum()),
+                "auc": auc_or_none(yk, part["probability"].to_numpy()),
+                "baseline_auc": auc_or_none(yk, part["baseline_probability"].to_numpy()),
+                "threshold": float(part["fold_threshold"].iloc[0]),
+            }
+        )
+    if beats:
+        logger.info("Out of fold, the model beats the pixel baseline: paired AUC difference %s", _fmt_paired(paired))
+    else:
+        logger.warning("Out of fold, the model does NOT beat the pixel baseline: paired AUC difference %s",
+                       _fmt_paired(paired))  # fmt: skip
+    return {
+        "out_of_fold": pooled,
+        "baseline": {"roc_auc": bootstrap_auc(y, base, groups, n_boot, seed)},
+        "paired_difference": paired,
+        "beats_baseline": beats,
+        "folds": folds,
+        "n_folds": len(folds),
+        "final_model": {
+            "calibration_slope": calibration["slope"],
+            "calibration_intercept": calibration["intercept"],
+            "threshold": calibration["threshold"]["value"],
+            "fitted_on": calibration.get("fitted_on", "validation"),
+        },
+    }
+
+
+def _fmt_paired(paired: dict) -> str:
+    value = paired["difference"]
+    return "n/a" if value is None else f"{value:+.3f} (95% CI {fmt_interval(paired['ci_low'], paired['ci_high'])})"
+
+
+def cross_validation_headline_metrics(metrics: dict) -> dict[str, dict[str, float]]:
+    """The cross-validation figures as MLflow metrics (``cv_*``, step 0; per fold: step = fold)."""
+    pooled, paired = metrics["out_of_fold"], metrics["paired_difference"]
+    calibrated = pooled["calibration"]["calibrated"]
+    flat = {
+        "cv_auc": pooled["roc_auc"]["auc"],
+        "cv_auc_ci_low": pooled["roc_auc"]["ci_low"],
+        "cv_auc_ci_high": pooled["roc_auc"]["ci_high"],
+        "cv_pr_auc": pooled["pr_auc"],
+        "cv_brier": pooled["brier"],
+        "cv_prevalence_only_brier": pooled["prevalence_only_brier"],
+        "cv_ece": calibrated["ece"]["value"],
+        "cv_calibration_slope": calibrated["calibration_slope"]["value"],
+        "cv_baseline_auc": metrics["baseline"]["roc_auc"]["auc"],
+        "cv_auc_difference": paired["difference"],
+        "cv_auc_difference_ci_low": paired["ci_low"],
+        "cv_auc_difference_ci_high": paired["ci_high"],
+        "cv_beats_baseline": float(metrics["beats_baseline"]),
+        "threshold": metrics["final_model"]["threshold"],
+    }
+    out = {k: [{"value": float(v), "step": 0}] for k, v in flat.items() if v is not None}
+    for name in ("auc", "baseline_auc"):
+        steps = [{"value": float(f[name]), "step": f["fold"]} for f in metrics["folds"] if f[name] is not None]
+        out[f"cv_fold_{name}"] = steps
+    return out
+
+
+def cross_validation_plots(out_of_fold: pd.DataFrame, metrics: dict, params: dict[str, Any]):
+    """Out-of-fold ROC of the model and the baseline, per-fold AUCs, and the reliability diagram."""
+    config = ReportingParams.model_validate(params)
+    y = out_of_fold["target"].to_numpy()
+    pooled = metrics["out_of_fold"]
+    return (
+        plots.roc_against_baseline(
+            y,
+            out_of_fold["probability"].to_numpy(),
+            out_of_fold["baseline_probability"].to_numpy(),
+            pooled["roc_auc"],
+            metrics["baseline"]["roc_auc"],
+            metrics["paired_difference"],
+        ),  # fmt: skip
+        plots.fold_aucs(metrics["folds"]),
+        plots.calibration(
+            y,
+            out_of_fold["score"].to_numpy(),
+            out_of_fold["probability"].to_numpy(),
+            pooled["calibration"],
+            config.calibration_bins,
+            where="out of fold",
+        ),
+    )
+
+
+def build_cross_validation_report(
+    metrics: dict,
+    quality: dict,
+    target_finding: str,
+    image_size: int,
+    model_params: dict[str, Any],
+    **figures: bytes,
+) -> str:
+    """The cross-validation report: the out-of-fold figures where a test split would be, and a fold table."""
+    model = ModelTrainingParams.model_validate(model_params)
+    return render_report(
+        "cross_validation.html.j2",
+        figures,
+        target=target_finding,
+        image_size=image_size,
+        metrics=metrics,
+        quality=quality,
+        paired=_fmt_paired(metrics["paired_difference"]),
+        dropped=", ".join(f"{k}: {v['count']}" for k, v in quality["dropped_by_reason"].items()) or "none",
         model=model.model.model_dump(),
         batch_size=model.batch_size,
     )

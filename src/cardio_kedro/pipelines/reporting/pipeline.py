@@ -7,8 +7,12 @@ from .nodes import (
     attention_heatmaps,
     attention_localization,
     baseline_predictions,
+    build_cross_validation_report,
     build_report,
     cohort_plots,
+    cross_validation_headline_metrics,
+    cross_validation_metrics,
+    cross_validation_plots,
     decision_curve,
     evaluation_metrics,
     evaluation_plots,
@@ -139,6 +143,48 @@ def create_pipeline(**kwargs) -> Pipeline:
                 },
                 "evaluation_report",
                 name="build_report",
+            ),
+        ]
+    )
+
+
+CROSS_VALIDATION_FIGURES = ("cv_roc", "cv_fold_auc", "cv_calibration")
+
+
+def create_cross_validation_pipeline(**kwargs) -> Pipeline:
+    """The out-of-fold metrics (with the paired comparison to the baseline), their plots and report."""
+    return Pipeline(
+        [
+            Node(
+                cross_validation_metrics,
+                ["out_of_fold_predictions", "calibration", "params:reporting"],
+                "cross_validation_metrics",
+                name="cross_validation_metrics",
+            ),
+            Node(
+                cross_validation_headline_metrics,
+                "cross_validation_metrics",
+                "cross_validation_headline_metrics",
+                name="cross_validation_headline_metrics",
+            ),
+            Node(
+                cross_validation_plots,
+                ["out_of_fold_predictions", "cross_validation_metrics", "params:reporting"],
+                [f"{name}_plot" for name in CROSS_VALIDATION_FIGURES],
+                name="cross_validation_plots",
+            ),
+            Node(
+                build_cross_validation_report,
+                {
+                    "metrics": "cross_validation_metrics",
+                    "quality": "data_quality_report",
+                    "target_finding": "params:target_findings",
+                    "image_size": "params:image_size",
+                    "model_params": "params:model_training",
+                    **{name: f"{name}_plot" for name in CROSS_VALIDATION_FIGURES},
+                },
+                "cross_validation_report",
+                name="build_cross_validation_report",
             ),
         ]
     )

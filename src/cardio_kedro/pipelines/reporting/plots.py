@@ -182,7 +182,9 @@ def precision_recall(y: np.ndarray, p: np.ndarray, pr_auc: float | None) -> plt.
     return fig
 
 
-def calibration(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, metrics: dict, bins: int) -> plt.Figure:
+def calibration(
+    y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, metrics: dict, bins: int, where: str = "test"
+) -> plt.Figure:
     """Reliability diagram before (raw score) and after calibration, with the spread of the probabilities."""
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], ls=":", color="gray", label="perfectly calibrated")
@@ -191,7 +193,9 @@ def calibration(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, metrics:
         m = metrics[name]
         label = f"{name.replace('_', ' ')}: ECE {m['ece']['value']:.3f}, Brier {m['brier']['value']:.3f}"
         ax.plot(mean_pred, frac, style, color=color, label=label)
-    ax.set(ylabel="observed positive rate", title="Calibration (test, natural prevalence)", xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        ylabel="observed positive rate", title=f"Calibration ({where}, natural prevalence)", xlim=(0, 1), ylim=(0, 1)
+    )
     ax.legend(fontsize=8, loc="upper left")
     hist.hist([raw, calibrated], bins=20, range=(0, 1), color=["#7f7f7f", POS], label=["raw score", "calibrated"])
     hist.set(xlabel="predicted probability", ylabel="images", yscale="log")
@@ -249,4 +253,36 @@ def text_figure(text: str, title: str) -> plt.Figure:
     ax.axis("off")
     ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=7, va="top")
     ax.set_title(title)
+    return fig
+
+
+def roc_against_baseline(
+    y: np.ndarray, p: np.ndarray, baseline: np.ndarray, auc: dict, baseline_auc: dict, paired: dict
+) -> plt.Figure:
+    """Out-of-fold ROC curves of the model and the pixel baseline, with the paired AUC difference."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for scores, result, name, color in ((p, auc, "model", POS), (baseline, baseline_auc, "pixel baseline", NEG)):
+        fpr, tpr, _ = roc_curve(y, scores)
+        ci = f" ({result['ci_low']:.3f}-{result['ci_high']:.3f})" if result.get("ci_low") is not None else ""
+        ax.plot(fpr, tpr, color=color, lw=2, label=f"{name}: AUC {result['auc']:.3f}{ci}")
+    ax.plot([0, 1], [0, 1], ls=":", color="gray", label="chance")
+    if paired["difference"] is not None and paired["ci_low"] is not None:
+        ax.text(0.35, 0.2, f"paired difference {paired['difference']:+.3f}\n95% CI {paired['ci_low']:+.3f} to "
+                f"{paired['ci_high']:+.3f}", fontsize=9, transform=ax.transAxes)  # fmt: skip
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC curve (out of fold)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def fold_aucs(folds: list[dict]) -> plt.Figure:
+    """Each fold's AUC, model beside baseline, with the fold's positives."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(folds))
+    for offset, key, name, color in ((-0.2, "auc", "model", POS), (0.2, "baseline_auc", "pixel baseline", NEG)):
+        values = [f[key] if f[key] is not None else np.nan for f in folds]
+        ax.bar_label(ax.bar(x + offset, values, 0.4, color=color, label=name), fmt="%.2f", fontsize=8)
+    ax.set_xticks(x, [f"fold {f['fold']}\n{f['n_positive']} pos / {f['n_images']}" for f in folds], fontsize=8)
+    ax.axhline(0.5, ls=":", color="gray")
+    ax.set(ylabel="ROC AUC", ylim=(0, 1.1), title="AUC per fold (each scored by a model that never saw it)")
+    ax.legend(fontsize=8, loc="lower right")
     return fig

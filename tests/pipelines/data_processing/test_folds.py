@@ -1,0 +1,52 @@
+"""k-fold assignment: patient-disjoint, stratified, seeded; the wrong method or too few positives refused."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cardio_kedro.common.errors import UserValueError
+from cardio_kedro.pipelines.data_processing.nodes import assign_folds
+from tests.helpers import base_params
+
+
+def _cohort(n_patients=300, rate=0.1, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    per_patient = rng.integers(1, 5, n_patients)
+    patient = np.repeat(np.arange(n_patients), per_patient)
+    positive_patient = rng.random(n_patients) < rate
+    target = (positive_patient[patient] & (rng.random(len(patient)) < 0.7)).astype("int8")
+    return pd.DataFrame(
+        {"image_index": [f"{i}.png" for i in range(len(patient))], "patient_id": patient, "target": target}
+    )
+
+
+def _split(**overrides):
+    return base_params("data_processing")["split"] | {"method": "kfold", **overrides}
+
+
+def test_folds_are_patient_disjoint_and_stratified():
+    cohort = _cohort()
+    folds = assign_folds(cohort, "Cardiomegaly", _split(n_folds=5))
+    assert set(folds["fold"]) == set(range(5)) and len(folds) == len(cohort)
+    assert folds.groupby("patient_id")["fold"].nunique().max() == 1
+    positive_patients = folds.groupby("patient_id").agg(fold=("fold", "first"), pos=("target", "max"))
+    per_fold = positive_patients.groupby("fold")["pos"].sum()
+    assert per_fold.max() - per_fold.min() <= 1, per_fold.to_dict()
+    sizes = positive_patients.groupby("fold").size()
+    assert sizes.max() - sizes.min() <= 2, sizes.to_dict()
+    again = assign_folds(cohort, "Cardiomegaly", _split(n_folds=5))
+    assert again["fold"].tolist() == folds["fold"].tolist()  # seeded
+    other = assign_folds(cohort, "Cardiomegaly", _split(n_folds=5, seed=7))
+    assert other["fold"].tolist() != folds["fold"].tolist()
+
+
+def test_wrong_method_several_findings_and_too_few_positives_are_refused():
+    cohort = _cohort()
+    with pytest.raises(UserValueError, match="split.method=kfold"):
+        assign_folds(cohort, "Cardiomegaly", _split(method="random"))
+    with pytest.raises(UserValueError, match="one target finding"):
+        assign_folds(cohort, ["Cardiomegaly", "Effusion"], _split())
+    few = _cohort(n_patients=30, rate=0.05, seed=3)
+    n_pos = int(few.groupby("patient_id")["target"].max().sum())
+    with pytest.raises(UserValueError, match=f"{n_pos} positive of 30"):
+        assign_folds(few, "Cardiomegaly", _split(n_folds=n_pos + 1))

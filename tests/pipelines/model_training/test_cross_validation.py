@@ -1,0 +1,59 @@
+"""Cross-validation: each fold scored by a model that never saw it; the final model calibrated out of fold."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cardio_kedro.modeling import operating_threshold
+from cardio_kedro.pipelines.data_processing.nodes import assign_folds
+from cardio_kedro.pipelines.model_training import nodes
+from tests.helpers import base_params, tiny_params
+
+BINS = 10
+
+
+@pytest.fixture(scope="module")
+def toy_folds(toy_cache):
+    """The 96 toy images in 3 folds; a patient has up to 2 images (patient ids shared in pairs)."""
+    table = pd.concat([toy_cache["train"], toy_cache["validation"]], ignore_index=True)
+    table["patient_id"] = table.index // 2
+    split = base_params("data_processing")["split"] | {"method": "kfold", "n_folds": 3}
+    return assign_folds(table, "Cardiomegaly", split)
+
+
+@pytest.mark.slow
+def test_every_image_is_scored_by_the_model_of_the_other_folds(toy_cache, toy_folds, monkeypatch):
+    trained_on = []
+    original = nodes.train_model
+
+    def recording(train, validation, *args, **kwargs):
+        trained_on.append(set(train["patient_id"]) | set(validation["patient_id"]))
+        return original(train, validation, *args, **kwargs)
+
+    monkeypatch.setattr(nodes, "train_model", recording)
+    params = tiny_params(fine_tune={"epochs": 1})
+    rebalance = base_params("data_processing")["rebalance"]
+    baseline = base_params("reporting")["baseline"]
+    oof, history = nodes.cross_validate(toy_folds, toy_cache["cache"], rebalance, params, baseline, BINS)
+
+    assert sorted(oof["image_index"]) == sorted(toy_folds["image_index"])  # every image once
+    assert len(trained_on) == 3 and set(history["fold"]) == {0, 1, 2}
+    for k, seen in enumerate(trained_on):
+        scored = set(oof.loc[oof["fold"] == k, "patient_id"])
+        assert scored and not scored & seen, f"fold {k} was scored by a model that saw {scored & seen}"
+        assert seen == set(toy_folds.loc[toy_folds["fold"] != k, "patient_id"])
+    assert oof["probability"].between(0, 1).all() and oof["baseline_probability"].between(0, 1).all()
+    assert oof.groupby("fold")["fold_threshold"].nunique().eq(1).all()  # one threshold per fold model
+
+    model, _, rebalancing = nodes.train_final_model(toy_folds, toy_cache["cache"], rebalance, params, BINS)
+    classifier, calibration = nodes.calibrate_from_out_of_fold(model, oof, rebalancing, params, BINS)
+    assert calibration["fitted_on"] == "out_of_fold" and calibration["threshold"]["chosen_on"] == "out_of_fold"
+    assert calibration["validation"]["n_images"] == len(oof)  # fitted on every out-of-fold score
+    assert operating_threshold(classifier) == calibration["threshold"]["value"]
+
+
+def test_held_out_validation_is_patient_wise_and_stratified(toy_folds):
+    train, held = nodes._hold_out_patients(toy_folds, 0.25, np.random.default_rng(0))
+    assert not set(train["patient_id"]) & set(held["patient_id"])
+    assert len(train) + len(held) == len(toy_folds)
+    assert abs(held.groupby("patient_id")["target"].max().sum() - 0.25 * 32) <= 1  # 32 positive patients
