@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
+from cardio_kedro.cohort.quality import QualityGuard
 from cardio_kedro.modeling import build_model, calibrate
 from cardio_kedro.modeling.serving import XrayClassifierService
 from tests.helpers import TINY_MODEL
@@ -53,7 +54,32 @@ def _refused(service, images: list[str]) -> str:
 
 def test_valid_images_get_a_probability_and_a_label(service):
     answer = service.predict(None, pd.DataFrame({"image": [_b64(_png(40)), _b64(_png(20))]}))
-    assert list(answer.columns) == ["probability", "label"] and answer["probability"].between(0, 1).all()
+    assert list(answer.columns) == ["probability", "label", "quality"] and answer["probability"].between(0, 1).all()
+    assert (answer["quality"] == "unchecked").all()  # a model saved without a quality guard
+
+
+def test_a_saved_quality_guard_flags_images_and_withholds_their_label(tmp_path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    template = np.cos((xx - 15.5) / 5.0) + 0.02 * yy  # a bright vertical band: the frontal layout, roughly
+    template = (template - template.mean()) / template.std()
+    guard = QualityGuard(template, 0.5, 16, 2.0, 0.5)
+    path = tmp_path / "classifier.keras"
+    calibrate(build_model(32, **TINY_MODEL), 1.0, 0.0, 0.5, quality_guard=guard.to_config()).save(path)
+    svc = XrayClassifierService()
+    svc.load_context(SimpleNamespace(artifacts={"keras_model": str(path)},
+                                     model_config={"max_images_per_request": 8, "max_request_mib": 1}))  # fmt: skip
+    film = np.clip(128 + 60 * template + rng.normal(0, 5, (32, 32)), 0, 255).astype(np.uint8)
+    noise = rng.integers(0, 256, (32, 32)).astype(np.uint8)
+    images = {"ok": film, "rotated": np.ascontiguousarray(np.rot90(film)), "inverted": 255 - film,
+              "blank": np.full((32, 32), 128, np.uint8), "not_frontal_cxr": noise}  # fmt: skip
+    encoded = [_b64(cv2.imencode(".png", img)[1].tobytes()) for img in images.values()]
+    answer = svc.predict(None, pd.DataFrame({"image": encoded}))
+    assert answer["quality"].tolist() == list(images)
+    assert answer.loc[0, "label"] in (0, 1) and 0 <= answer.loc[0, "probability"] <= 1
+    assert answer.loc[1:, ["probability", "label"]].isna().all().all()  # flagged: nothing to act on
+    small = svc.predict(None, pd.DataFrame({"image": [_b64(cv2.imencode(".png", film[:12, :12])[1].tobytes())]}))
+    assert small["quality"].tolist() == ["too_small"]
 
 
 def test_a_header_claiming_too_many_pixels_is_refused_before_decoding(service):

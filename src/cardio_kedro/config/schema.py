@@ -311,6 +311,17 @@ class CrossValidationParams(Group):
     )
 
 
+class QualityGuardParams(Group):
+    """``model_training.quality_guard``: the check of each image before scoring (cardio_kedro.cohort.quality)."""
+
+    held_out_quantile: float = Field(
+        gt=0, lt=0.2, description="share of held-out training films below the template-correlation threshold"
+    )
+    min_side: int = Field(ge=1, description="px: a source image with a shorter side is too_small")
+    blank_std: float = Field(ge=0, description="grey-level sd below which an image is blank")
+    saturated_share: float = Field(gt=0, le=1, description="share of pixels at 0 or 255 above which it is saturated")
+
+
 class ModelTrainingParams(Group):
     """``model_training``: two-phase training from the pixel cache."""
 
@@ -320,6 +331,7 @@ class ModelTrainingParams(Group):
     head: HeadPhaseParams
     fine_tune: FineTuneParams
     cross_validation: CrossValidationParams
+    quality_guard: QualityGuardParams
     loss: Literal["binary_crossentropy", "focal"] = Field(description="training loss")
     label_smoothing: float = Field(
         ge=0, lt=0.5, description="targets pulled towards 0.5 by this much in the finding's loss (0: none)"
@@ -420,6 +432,9 @@ class InferenceParams(Group):
         gt=0,
         lt=1,
         description="null: the threshold saved with the model; a number: this one (needed for a model without)",
+    )
+    score_flagged: bool = Field(
+        description="also report the probability of images the quality guard flags (they never get a label)"
     )
     service: ServiceParams
 

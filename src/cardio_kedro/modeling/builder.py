@@ -13,6 +13,8 @@ from typing import Any
 import keras
 from keras import layers
 
+from cardio_kedro.cohort.quality import QualityGuard
+
 from .layers import (
     AttentionPooling,
     Calibration,
@@ -277,6 +279,7 @@ def calibrate(
     intercept: float | list[float],
     threshold: float | list[float],
     findings: Sequence[str] | None = None,
+    quality_guard: dict | None = None,
 ) -> keras.Model:
     """``model`` with a ``Calibration`` layer on its score: the deployable classifier.
 
@@ -286,7 +289,10 @@ def calibrate(
     the names are saved in the layer (``model_findings``).
     """
     names = None if findings is None or len(findings) == 1 else list(findings)
-    probability = Calibration(slope, intercept, threshold, findings=names, name=PROBABILITY_LAYER)(model.outputs[0])
+    layer = Calibration(
+        slope, intercept, threshold, findings=names, quality_guard=quality_guard, name=PROBABILITY_LAYER
+    )
+    probability = layer(model.outputs[0])
     return keras.Model(model.inputs, probability, name=f"{model.name}_calibrated")
 
 
@@ -297,6 +303,13 @@ def operating_threshold(model: keras.Model) -> float | list[float] | None:
     if layer is None:
         return None
     return [float(t) for t in layer.threshold] if isinstance(layer.threshold, list) else float(layer.threshold)
+
+
+def model_quality_guard(model: keras.Model) -> QualityGuard | None:
+    """The image check saved with a calibrated model; ``None`` for a model trained without one."""
+    layer = next((layer for layer in model.layers if isinstance(layer, Calibration)), None)
+    config = None if layer is None else layer.quality_guard
+    return None if config is None else QualityGuard.from_config(config)
 
 
 def model_findings(model: keras.Model) -> list[str] | None:

@@ -197,7 +197,8 @@ class Calibration(layers.Layer):
     fitted on validation (``cardio_kedro.evaluation.calibration``). ``threshold`` is the operating point chosen
     on that calibrated scale. Both live in the saved model, so a model and its calibration and
     threshold cannot be separated. A multi-label model has one of each per finding (lists, in the
-    order of ``findings``, the names of its output columns).
+    order of ``findings``, the names of its output columns). ``quality_guard`` holds the image
+    check fitted on the training films (``cardio_kedro.cohort.quality``), saved with the rest.
     """
 
     def __init__(
@@ -207,11 +208,13 @@ class Calibration(layers.Layer):
         threshold: float | list[float],
         epsilon: float = 1e-7,
         findings: list[str] | None = None,
+        quality_guard: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.slope, self.intercept, self.threshold, self.epsilon = slope, intercept, threshold, epsilon
         self.findings = findings
+        self.quality_guard = quality_guard  # cardio_kedro.cohort.quality.QualityGuard.to_config(), or None
 
     def call(self, inputs):
         p = ops.clip(ops.cast(inputs, "float32"), self.epsilon, 1.0 - self.epsilon)
@@ -229,4 +232,5 @@ class Calibration(layers.Layer):
             "threshold": self.threshold,
             "epsilon": self.epsilon,
             "findings": self.findings,
+            "quality_guard": self.quality_guard,
         }

@@ -3,7 +3,9 @@
 Input: a DataFrame with an ``image`` column of base64-encoded PNG or JPEG files. Output: one row
 per image with ``probability`` (calibrated, at the cohort's natural prevalence) and ``label`` (at the
 operating threshold saved with the model); for a multi-label model, ``probability.<finding>`` and
-``label.<finding>`` for every finding, each at that finding's own threshold.
+``label.<finding>`` for every finding, each at that finding's own threshold. ``quality`` is the
+model's quality guard's verdict (``ok``, or ``rotated``, ``inverted``, ``not_frontal_cxr``, ...,
+``cardio_kedro.cohort.quality``): a flagged image has no label and no probability.
 An image that cannot be decoded, or whose header claims more than ``MAX_SIDE`` px (checked before
 any pixel is decoded), fails the request with a 400 that names the row and the reason; so do an
 empty request and one over the limits in ``model_config`` (``inference.service`` when registered).
@@ -20,7 +22,15 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from cardio_kedro.cohort.imaging import ImageError, decode_bytes
+from cardio_kedro.cohort.imaging import (
+    ImageError,
+    check_image_bytes,
+    decode_bytes,
+    decode_dicom,
+    is_dicom_bytes,
+    resize_gray,
+)
+from cardio_kedro.cohort.quality import OK
 
 MAX_IMAGE_BYTES = 64 * 2**20
 # What a logged model needs to be loaded and served (the code it carries imports these), pinned to the
@@ -68,9 +78,10 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
     """Decodes base64 images with the training code path and scores them with the Keras model."""
 
     def load_context(self, context) -> None:
-        from cardio_kedro.modeling import load_model, model_findings, operating_threshold
+        from cardio_kedro.modeling import load_model, model_findings, model_quality_guard, operating_threshold
 
         self.model = load_model(context.artifacts["keras_model"])
+        self.guard = model_quality_guard(self.model)
         self.threshold = operating_threshold(self.model)
         self.findings = model_findings(self.model)
         if self.threshold is None:
@@ -86,7 +97,8 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
             )
         self.limits = {key: config[key] for key in LIMITS}
 
-    def _pixels(self, value) -> np.ndarray:
+    def _pixels(self, value) -> tuple[np.ndarray, tuple[int, int]]:
+        """The image at the model's size and its source ``(height, width)``."""
         if not isinstance(value, str) or not value:
             raise ValueError("expected a base64-encoded PNG or JPEG string")
         try:
@@ -95,7 +107,11 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
             raise ValueError("not valid base64") from None
         if len(data) > MAX_IMAGE_BYTES:
             raise ValueError(f"larger than {MAX_IMAGE_BYTES // 2**20} MiB")
-        return decode_bytes(data, self.size)
+        if is_dicom_bytes(data):
+            full = decode_dicom(data).pixels
+            return resize_gray(full, self.size), full.shape[:2]
+        width, height = check_image_bytes(data)
+        return decode_bytes(data, self.size), (height, width)
 
     def _check_request(self, model_input: pd.DataFrame) -> None:
         if "image" not in model_input.columns:
@@ -113,14 +129,23 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         self._check_request(model_input)
-        pixels = []
+        pixels, shapes = [], []
         for i, value in enumerate(model_input["image"]):
             try:
-                pixels.append(self._pixels(value))
+                image, shape = self._pixels(value)
             except (ValueError, ImageError) as exc:
                 raise _bad_request(f"row {i}: {exc}") from None
+            pixels.append(image)
+            shapes.append(shape)
         probability = np.asarray(self.model.predict_on_batch(np.stack(pixels)[..., None])).astype(float)
-        return finding_outputs(probability, self.threshold, self.findings)
+        out = finding_outputs(probability, self.threshold, self.findings)
+        if self.guard is None:
+            return out.assign(quality="unchecked")
+        quality = [self.guard.check(image, shape) for image, shape in zip(pixels, shapes)]
+        flagged = np.array([q != OK for q in quality])
+        out = out.astype(object)
+        out.loc[flagged, :] = None  # no label, no probability for what is not a frontal chest film
+        return out.assign(quality=quality)
 
 
 def finding_outputs(

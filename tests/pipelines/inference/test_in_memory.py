@@ -1,6 +1,7 @@
 """inference on an in-memory DataCatalog with SequentialRunner: scores, errors as rows, overlays."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -92,3 +93,36 @@ def test_a_multi_label_model_gives_a_probability_label_and_overlay_per_finding(t
     assert table["threshold.Mass"].tolist() == [0.5] * 4 and "probability" not in table
     assert sorted(overlays) == sorted(f"{i}.{f}.png" for i in range(4) for f in findings)
     assert len(set(overlays.values())) == len(overlays)  # one map per finding, not one map copied
+
+
+def test_what_the_quality_guard_flags_gets_no_label(shared_nih, tmp_path):
+    """Real films pass; the same films rotated or inverted, a photograph and a blank image are flagged,
+    get no label, and their probability only with score_flagged."""
+    import cv2
+    import matplotlib
+
+    from cardio_kedro.cohort.imaging import load_gray
+    from cardio_kedro.cohort.quality import fit_quality_guard
+    from cardio_kedro.pipelines.inference.nodes import score_images
+
+    films = sorted((shared_nih / "thumbs" / "images").glob("*.png"))
+    pixels = np.stack([load_gray(p, 32)[0] for p in films[:600]])
+    guard, _ = fit_quality_guard(pixels[:400], pixels[400:], 0.01, 32, 2.0, 0.5)
+    model = calibrate(build_model(32, **TINY_MODEL), 1.0, 0.0, 0.5, quality_guard=guard.to_config())
+    film = cv2.imread(str(films[700]), cv2.IMREAD_GRAYSCALE)
+    photo = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"), cv2.IMREAD_GRAYSCALE)
+    written = {"film.png": film, "rotated.png": np.rot90(film), "inverted.png": 255 - film, "photo.png": photo,
+               "blank.png": np.full((64, 64), 40, np.uint8), "tiny.png": film[:20, :20]}  # fmt: skip
+    for name, image in written.items():
+        cv2.imwrite(str(tmp_path / name), np.ascontiguousarray(image))
+    images = pd.DataFrame({"file": list(written), "path": [str(tmp_path / n) for n in written]})
+    info = {"model": model, "threshold": operating_threshold(model), "version": "v2", "source": "memory"}
+    params = base_params("inference", workers=1)
+    table = score_images(images, info, params, {})[0].set_index("file")
+    expected = ["ok", "rotated", "inverted", "not_frontal_cxr", "blank", "too_small"]
+    assert table["quality"].tolist() == expected
+    flagged = table.drop(index="film.png")
+    assert flagged["label"].isna().all() and flagged["probability"].isna().all()
+    assert table.loc["film.png", "label"] in (0, 1)
+    shown = score_images(images, info, {**params, "score_flagged": True}, {})[0].set_index("file")
+    assert shown["probability"].notna().all() and shown.drop(index="film.png")["label"].isna().all()

@@ -3,14 +3,14 @@
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from cardio_kedro.modeling import operating_threshold
+from cardio_kedro.modeling import model_quality_guard, operating_threshold
 from cardio_kedro.pipelines.model_training import create_pipeline
 from tests.helpers import NO_REBALANCING, base_params, tiny_params
 
 
 def test_the_pipeline_trains_calibrates_and_returns_the_epoch_metrics(toy_cache):
     catalog = DataCatalog(datasets={"classifier": MemoryDataset(copy_mode="assign")})
-    catalog["train_balanced"] = toy_cache["train"]
+    catalog["train_balanced"] = catalog["train_split"] = toy_cache["train"]
     catalog["validation_balanced"] = catalog["validation_split"] = toy_cache["validation"]
     catalog["pixel_cache"] = MemoryDataset(toy_cache["cache"], copy_mode="assign")
     catalog["rebalancing"] = NO_REBALANCING
@@ -23,3 +23,5 @@ def test_the_pipeline_trains_calibrates_and_returns_the_epoch_metrics(toy_cache)
     classifier = catalog.load("classifier")
     assert operating_threshold(classifier) == calibration["threshold"]["value"]
     assert classifier.get_layer("attention_map") is not None
+    guard = model_quality_guard(classifier)  # fitted on the training films, saved in the model
+    assert guard is not None and guard.template.shape == (32, 32) and -1 < guard.min_correlation < 1

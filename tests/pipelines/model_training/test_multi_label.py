@@ -134,7 +134,7 @@ def test_each_finding_is_calibrated_and_thresholded_on_validation_and_saved_in_t
     ]
     natural = {"Cardiomegaly": 0.05, "Effusion": 0.3, "Mass": 0.1}
     rebalancing = {"class_weight": WEIGHTS, "prevalence": {"natural": natural, "trained": dict.fromkeys(FINDINGS, 0.5)}}
-    calibrated, report = calibrate_classifier(model, scores, rebalancing, params, CALIBRATION_BINS)
+    calibrated, report = calibrate_classifier(model, scores, rebalancing, params, CALIBRATION_BINS, None)
     assert report["findings"] == list(FINDINGS)
     offsets = {f: report["by_finding"][f]["prior_shift_offset"] for f in FINDINGS}
     assert offsets["Cardiomegaly"] < offsets["Mass"] < offsets["Effusion"] < 0  # each read at its own prevalence

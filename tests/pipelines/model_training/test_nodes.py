@@ -119,7 +119,7 @@ def test_calibration_and_threshold_are_fitted_on_validation_and_saved_in_the_mod
     scores = score_validation(model, toy_cache["validation"], toy_cache["cache"], params)
     assert list(scores.columns) == ["image_index", "patient_id", "target", "score"]
     rebalancing = {**NO_WEIGHTS, "prevalence": {"natural": 0.05, "trained": 1 / 3}}
-    calibrated, report = calibrate_classifier(model, scores, rebalancing, params, CALIBRATION_BINS)
+    calibrated, report = calibrate_classifier(model, scores, rebalancing, params, CALIBRATION_BINS, None)
     assert report["prior_shift_offset"] < 0  # read at 5% prevalence, scores learnt at 33% come down
     assert report["threshold"]["chosen_on"] == "validation" and report["threshold"]["scale"] == "calibrated"
     saved = KerasModelDataset(str(tmp_path / "classifier.keras"))
@@ -137,6 +137,7 @@ def test_calibration_and_threshold_are_fitted_on_validation_and_saved_in_the_mod
         rebalancing,
         {**params, "calibration": {"method": "prior_shift", "shrinkage": 0}},
         CALIBRATION_BINS,
+        None,
     )[1]
     assert prior_only["slope"] == 1.0 and prior_only["intercept"] == prior_only["prior_shift_offset"]
 

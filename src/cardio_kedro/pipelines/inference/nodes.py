@@ -12,13 +12,22 @@ import keras
 import numpy as np
 import pandas as pd
 
+from cardio_kedro.cohort.quality import OK
 from cardio_kedro.cohort.storage import image_loader
 from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.common.parallel import imap_progress
 from cardio_kedro.config import InferenceParams
-from cardio_kedro.modeling import attention_model, encode_png, model_findings, overlay, with_score
+from cardio_kedro.modeling import (
+    attention_model,
+    encode_png,
+    model_findings,
+    model_quality_guard,
+    overlay,
+    with_score,
+)
 
 logger = logging.getLogger(__name__)
+UNCHECKED = "unchecked"  # the quality of an image scored by a model without a quality guard
 
 
 def _batches(
@@ -87,13 +96,18 @@ def _threshold(model_info: dict, config: InferenceParams) -> float | list[float]
     return model_info["threshold"]
 
 
-def _row(file: str, probability: np.ndarray, score: np.ndarray, thresholds: np.ndarray, findings, error) -> dict:
-    """One output row: the binary model's columns, or a probability, label, threshold and score per finding."""
-    scored = error is None
+def _row(
+    file: str, probability: np.ndarray, score: np.ndarray, thresholds: np.ndarray, findings, error, quality: str | None,
+    score_flagged: bool,
+) -> dict:  # fmt: skip
+    """One output row: the binary model's columns, or a probability, label, threshold and score per finding.
+    A flagged image (``quality`` not ``ok``) gets no label, and its probability only with ``score_flagged``."""
+    labelled = error is None and quality in (OK, UNCHECKED)
+    scored = error is None and (labelled or score_flagged)
     if not findings:
         columns = {
             "probability": float(probability[0]) if scored else None,
-            "label": int(probability[0] >= thresholds[0]) if scored else None,
+            "label": int(probability[0] >= thresholds[0]) if labelled else None,
             "threshold": float(thresholds[0]),
             "score": float(score[0]) if scored else None,
         }
@@ -101,11 +115,11 @@ def _row(file: str, probability: np.ndarray, score: np.ndarray, thresholds: np.n
         columns = {}
         for j, finding in enumerate(findings):
             columns[f"probability.{finding}"] = float(probability[j]) if scored else None
-            columns[f"label.{finding}"] = int(probability[j] >= thresholds[j]) if scored else None
+            columns[f"label.{finding}"] = int(probability[j] >= thresholds[j]) if labelled else None
         for j, finding in enumerate(findings):
             columns[f"threshold.{finding}"] = float(thresholds[j])
             columns[f"score.{finding}"] = float(score[j]) if scored else None
-    return {"file": file, **columns, "error": str(error) if error is not None else None}
+    return {"file": file, **columns, "quality": quality, "error": str(error) if error is not None else None}
 
 
 def score_images(
@@ -114,6 +128,9 @@ def score_images(
     """Calibrated probability, label and raw score for every file; unreadable files become rows with an ``error``.
 
     The label uses the threshold saved with the model (or an explicit ``inference.threshold``).
+    Each image is checked by the model's quality guard first (``quality``: ``ok`` or the reason, such
+    as ``rotated`` or ``not_frontal_cxr``); a flagged image gets no label, and its probability only
+    with ``inference.score_flagged``.
     Files are decoded on every core and scored in batches as they arrive (memory stays flat);
     with ``heatmaps: true`` the attention overlay of every scored image is returned as
     ``{file.png: PNG bytes}``. ``storage_options`` (``inference_storage``) open images in object storage.
@@ -129,6 +146,9 @@ def score_images(
     k = len(findings) if findings else 1
     thresholds = np.broadcast_to(np.asarray(_threshold(model_info, config), float), (k,))
     scorer, rows, overlays = _scorer(model, config.heatmaps), [], {}
+    guard = model_quality_guard(model)
+    if guard is None:
+        logger.warning("Model %s has no quality guard (trained before it): images are scored unchecked", version)
     names = overlay_names(images["file"].tolist())
     for files, decoded in _batches(images, int(model.inputs[0].shape[1]), config, storage_options):
         ok = [i for i, (_, _, error) in enumerate(decoded) if error is None]
@@ -139,19 +159,26 @@ def score_images(
                 for c in range(k):
                     name = names[files[i]] if not findings else names[files[i]][:-4] + f".{findings[c]}.png"
                     overlays[name] = encode_png(overlay(decoded[i][0], maps[j][..., c]))
-        for file, probability, score, (_, _, error) in zip(files, probs, scores, decoded):
-            rows.append({**_row(file, probability, score, thresholds, findings, error), "model_version": version})
+        for file, probability, score, (pixels, shape, error) in zip(files, probs, scores, decoded):
+            quality = None if error is not None else guard.check(pixels, shape) if guard else UNCHECKED
+            row = _row(file, probability, score, thresholds, findings, error, quality, config.score_flagged)
+            rows.append({**row, "model_version": version})
     table = pd.DataFrame(rows)
     labels = [c for c in table.columns if c == "label" or c.startswith("label.")]
     table = table.astype(dict.fromkeys(labels, "Int64"))  # 0/1, empty for unreadable files
     table = table[[c for c in table.columns if c not in ("model_version", "error")] + ["model_version", "error"]]
     n_err = int(table["error"].notna().sum())
+    flagged = table["quality"].dropna()
+    flagged = flagged[~flagged.isin([OK, UNCHECKED])].value_counts()
     logger.info(
-        "Scored %d image(s) with model %s (threshold %s): %s positive, %d unreadable",
+        "Scored %d image(s) with model %s (threshold %s): %s positive, %d unreadable, %d flagged by the quality "
+        "guard%s",
         len(table) - n_err,
         version,
         ", ".join(f"{t:.3f}" for t in thresholds),
         ", ".join(str(int((table[c] == 1).sum())) for c in labels),
         n_err,
+        int(flagged.sum()),
+        f" ({', '.join(f'{k} {v}' for k, v in flagged.items())}; no label)" if len(flagged) else "",
     )
     return table, overlays

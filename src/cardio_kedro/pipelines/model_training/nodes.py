@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from cardio_kedro.cohort import quality
 from cardio_kedro.cohort.findings import SCORE_PREFIX, TARGET_PREFIX, stratified_patient_split, target_columns
 from cardio_kedro.cohort.sampling import rebalance_binary
 from cardio_kedro.common.errors import UserValueError
@@ -41,6 +42,7 @@ from cardio_kedro.modeling.training import (
 )
 
 logger = logging.getLogger(__name__)
+WEAK_GUARD = 0.2  # a template-correlation threshold below this separates frontal films from little (real NIH: 0.43)
 
 
 def frame_findings(frame: pd.DataFrame) -> tuple[str, ...] | None:
@@ -338,12 +340,47 @@ def _calibrate_one(
     }
 
 
+def fit_quality_guard(
+    train: pd.DataFrame, held_out: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]
+) -> dict:
+    """The image check saved with the model (``cardio_kedro.cohort.quality``): the template from the
+    training films, the correlation threshold from held-out training films (the validation split).
+    Returns ``{"guard": its config, "report": what it flags among the held-out films}``."""
+    config = ModelTrainingParams.model_validate(params).quality_guard
+    guard, report = quality.fit_quality_guard(
+        pixel_cache.images(train["path"]),
+        pixel_cache.images(held_out["path"]),
+        config.held_out_quantile,
+        config.min_side,
+        config.blank_std,
+        config.saturated_share,
+    )
+    logger.info(
+        "Quality guard: template from %d films, correlation threshold %.3f; flags %.1f%% of %d held-out films %s",
+        report["n_train"], guard.min_correlation, 100 * report["held_out_flag_rate"], report["n_held_out"],
+        report["held_out_flags"],
+    )  # fmt: skip
+    if guard.min_correlation < WEAK_GUARD:
+        logger.warning(
+            "Quality guard: held-out films correlate with the template at %.3f only (1%% quantile): the training "
+            "films share no frontal layout (not chest films, or mixed views), so the guard flags little",
+            guard.min_correlation,
+        )
+    return {"guard": guard.to_config(), "report": report}
+
+
+def fit_quality_guard_on_folds(folds: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]) -> dict:
+    """``fit_quality_guard`` for cross-validation: the template from folds 2..n, the threshold from fold 1."""
+    return fit_quality_guard(folds[folds["fold"] != 0], folds[folds["fold"] == 0], pixel_cache, params)
+
+
 def calibrate_classifier(
     classifier: keras.Model,
     validation_scores: pd.DataFrame,
     rebalancing: dict,
     params: dict[str, Any],
     calibration_bins: int,
+    quality_guard: dict | None,
 ) -> tuple[keras.Model, dict]:
     """The deployable classifier: the network, its calibration and its operating threshold in one model.
 
@@ -355,11 +392,13 @@ def calibrate_classifier(
     ``findings`` and one entry per finding under ``by_finding``.
     """
     config = ModelTrainingParams.model_validate(params)
+    guard = None if quality_guard is None else quality_guard["guard"]
     findings = frame_findings(validation_scores)
     if findings is None:
         y, raw = validation_scores["target"].to_numpy(), validation_scores["score"].to_numpy()
         report = _calibrate_one(y, raw, rebalancing["prevalence"], config, calibration_bins)
-        return calibrate(classifier, report["slope"], report["intercept"], report["threshold"]["value"]), report
+        model = calibrate(classifier, report["slope"], report["intercept"], report["threshold"]["value"], None, guard)
+        return model, report
     prevalence = rebalancing["prevalence"]
     by_finding = {
         f: _calibrate_one(
@@ -378,6 +417,7 @@ def calibrate_classifier(
         [by_finding[f]["intercept"] for f in findings],
         [by_finding[f]["threshold"]["value"] for f in findings],
         findings=findings,
+        quality_guard=guard,
     )
     return calibrated, {"findings": list(findings), "by_finding": by_finding}
 
@@ -503,12 +543,13 @@ def calibrate_from_out_of_fold(
     rebalancing: dict,
     params: dict[str, Any],
     calibration_bins: int,
+    quality_guard: dict,
 ) -> tuple[keras.Model, dict]:
     """The final model's calibration and threshold, fitted on the pooled out-of-fold raw scores:
     every image once, each scored by a model that never saw it (the final model saw them all, so
     its own scores on them would be optimistic). The prior shift is the final model's own."""
     scores = out_of_fold[["image_index", "patient_id", "target", "score"]]
-    classifier, report = calibrate_classifier(classifier, scores, rebalancing, params, calibration_bins)
+    classifier, report = calibrate_classifier(classifier, scores, rebalancing, params, calibration_bins, quality_guard)
     report["threshold"]["chosen_on"] = "out_of_fold"
     report["fitted_on"] = "out_of_fold"
     return classifier, report

@@ -7,6 +7,8 @@ from .nodes import (
     calibrate_from_out_of_fold,
     cross_validate,
     epoch_metrics,
+    fit_quality_guard,
+    fit_quality_guard_on_folds,
     score_validation,
     train_final_model,
     train_model,
@@ -30,6 +32,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="score_validation",
             ),
             Node(
+                fit_quality_guard,
+                inputs=["train_split", "validation_split", "pixel_cache", "params:model_training"],
+                outputs="quality_guard",
+                name="fit_quality_guard",
+            ),
+            Node(
                 calibrate_classifier,
                 inputs=[
                     "uncalibrated_classifier",
@@ -37,6 +45,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "rebalancing",
                     "params:model_training",
                     "params:reporting.calibration_bins",
+                    "quality_guard",
                 ],
                 outputs=["classifier", "calibration"],
                 name="calibrate_classifier",
@@ -76,6 +85,12 @@ def create_cross_validation_pipeline(**kwargs) -> Pipeline:
             ),
             Node(epoch_metrics, inputs="training_history", outputs="training_metrics", name="epoch_metrics"),
             Node(
+                fit_quality_guard_on_folds,
+                inputs=["cv_folds", "pixel_cache", "params:model_training"],
+                outputs="quality_guard",
+                name="fit_quality_guard_on_folds",
+            ),
+            Node(
                 calibrate_from_out_of_fold,
                 inputs=[
                     "uncalibrated_classifier",
@@ -83,6 +98,7 @@ def create_cross_validation_pipeline(**kwargs) -> Pipeline:
                     "rebalancing",
                     "params:model_training",
                     "params:reporting.calibration_bins",
+                    "quality_guard",
                 ],
                 outputs=["classifier", "calibration"],
                 name="calibrate_from_out_of_fold",

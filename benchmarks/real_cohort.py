@@ -1,0 +1,151 @@
+"""Cross-validated figures on a real NIH cohort: does a configuration beat the pixel baseline?
+
+Builds the real 1,170-image cohort of ``../shared/data/nih`` (the 200 sample images and the 970
+thumbnails: 460 patients, 84 Cardiomegaly images) in a temporary folder (links, no copies), then runs
+``kedro run --pipelines=cross_validation`` in a scratch copy of the project's conf, once per
+configuration, all on one pixel cache. Prints for each: the model's and the baseline's pooled
+out-of-fold ROC AUC with CIs, the paired difference with its CI, Brier against the prevalence-only
+Brier, ECE, calibration slope and wall time; then a Markdown table of them all.
+
+    python benchmarks/real_cohort.py                                  # conf/small_real as it ships
+    python benchmarks/real_cohort.py --env base --params data_processing.split.method=kfold
+    python benchmarks/real_cohort.py --configs "" "model_training.fine_tune.learning_rate=3e-4"
+
+Each ``--configs`` entry is a ``--params`` string added to ``--params`` for one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_NIH = ROOT.parent / "shared" / "data" / "nih"
+PARTS = ("sample", "thumbs")
+
+
+def build_cohort(target: Path) -> Path:
+    """The sample and the thumbnails as one NIH-layout cohort in ``target``: one label table, the
+    image folders linked."""
+    tables = []
+    for part in PARTS:
+        source = SHARED_NIH / part
+        if not (source / "Data_Entry_2017.csv").is_file():
+            sys.exit(f"No {source}/Data_Entry_2017.csv: this benchmark needs the shared NIH material")
+        tables.append(pd.read_csv(source / "Data_Entry_2017.csv", dtype=str, keep_default_na=False))
+        for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+            (target / part).mkdir(parents=True, exist_ok=True)
+            os.symlink(folder, target / part / folder.name)
+    table = pd.concat(tables, ignore_index=True)
+    table.to_csv(target / "Data_Entry_2017.csv", index=False)
+    positives = table["Finding Labels"].str.contains("Cardiomegaly").sum()
+    print(f"cohort: {len(table)} images, {table['Patient ID'].nunique()} patients, {positives} Cardiomegaly")
+    return target
+
+
+def run_config(project: Path, cohort: Path, env: str, params: str) -> dict:
+    """One ``kedro run --pipelines=cross_validation``; its figures."""
+    runtime = ",".join(p for p in (f"cohort_dir={cohort}", params) if p)
+    command = [sys.executable, "-m", "kedro", "run", "--pipelines=cross_validation", f"--env={env}",
+               f"--params={runtime}"]  # fmt: skip
+    env_vars = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT / "src")}
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=project, env=env_vars, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - started
+    (project / "last_run.log").write_text(done.stdout + done.stderr)
+    if done.returncode:
+        print((done.stdout + done.stderr)[-4000:])
+        sys.exit(f"kedro run failed ({done.returncode}): {' '.join(command)}")
+    metrics_file = sorted(project.glob("data/08_reporting/cross_validation_metrics.json/*/*"))[-1]
+    m = json.loads(metrics_file.read_text())
+    oof, paired, base = m["out_of_fold"], m["paired_difference"], m["baseline"]["roc_auc"]
+    return {
+        "config": params or "(as shipped)",
+        "auc": oof["roc_auc"]["auc"],
+        "auc_ci": (oof["roc_auc"]["ci_low"], oof["roc_auc"]["ci_high"]),
+        "baseline": base["auc"],
+        "baseline_ci": (base["ci_low"], base["ci_high"]),
+        "difference": paired["difference"],
+        "difference_ci": (paired["ci_low"], paired["ci_high"]),
+        "brier": oof["brier"],
+        "brier_prevalence_only": oof["prevalence_only_brier"],
+        "ece": oof["calibration"]["calibrated"]["ece"]["value"],
+        "slope": oof["calibration"]["calibrated"]["calibration_slope"]["value"],
+        "fold_aucs": [f["auc"] for f in m["folds"]],
+        "beats": m["beats_baseline"],
+        "wall_s": wall,
+        "report": str(sorted(project.glob("data/08_reporting/cross_validation_report.html/*/*"))[-1]),
+    }
+
+
+def _ci(pair) -> str:
+    low, high = pair
+    return "n/a" if low is None else f"{low:.3f} to {high:.3f}" if min(low, high) < 0 else f"{low:.3f}-{high:.3f}"
+
+
+def show(r: dict) -> None:
+    print(
+        f"{r['config']}\n"
+        f"  model AUC {r['auc']:.3f} ({_ci(r['auc_ci'])}), "
+        f"pixel baseline {r['baseline']:.3f} ({_ci(r['baseline_ci'])})\n"
+        f"  paired difference {r['difference']:+.3f} ({_ci(r['difference_ci'])}): "
+        f"{'BEATS' if r['beats'] else 'does not beat'} the baseline\n"
+        f"  Brier {r['brier']:.4f} against prevalence-only {r['brier_prevalence_only']:.4f}; ECE {r['ece']:.3f}, "
+        f"slope {r['slope'] if r['slope'] is None else round(r['slope'], 3)}\n"
+        f"  fold AUCs {[None if a is None else round(a, 3) for a in r['fold_aucs']]}; wall {r['wall_s']:.0f} s\n"
+        f"  report {r['report']}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="small_real", help="the conf environment (default: small_real)")
+    parser.add_argument("--params", default="", help="a --params string for every run")
+    parser.add_argument("--configs", nargs="*", default=[""], help="one --params string per run")
+    parser.add_argument("--keep", type=Path, help="keep the scratch project here (reports, MLflow store)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="real_cohort_"))
+    try:
+        cohort = build_cohort(work / "cohort")
+        project = args.keep or work / "project"
+        shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"), dirs_exist_ok=True)
+        (project / "conf" / "local").mkdir(exist_ok=True)
+        (project / "src").mkdir(exist_ok=True)
+        shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
+        mlflow_yml = (ROOT / "conf" / "base" / "mlflow.yml").read_text()
+        (project / "conf" / "local" / "mlflow.yml").write_text(
+            mlflow_yml.replace("sqlite:///mlflow.db", f"sqlite:///{project / 'mlflow.db'}")
+        )
+        results = []
+        for config in args.configs:
+            params = ",".join(p for p in (args.params, config) if p)
+            results.append(run_config(project, cohort, args.env, params))
+            show(results[-1])
+        print(
+            "\n| configuration | OOF AUC (95% CI) | baseline (95% CI) | difference (95% CI) "
+            "| Brier / prevalence-only | ECE | wall |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in results:
+            print(
+                f"| {r['config']} | {r['auc']:.3f} ({_ci(r['auc_ci'])}) | "
+                f"{r['baseline']:.3f} ({_ci(r['baseline_ci'])}) | {r['difference']:+.3f} ({_ci(r['difference_ci'])}) | "
+                f"{r['brier']:.4f} / {r['brier_prevalence_only']:.4f} | {r['ece']:.3f} | {r['wall_s'] / 60:.1f} min |"
+            )
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
