@@ -118,8 +118,12 @@ def test_batch_inference_and_the_service_answer_per_finding(multilabel_project, 
     service = mlflow.pyfunc.load_model(f"models:/{'+'.join(FINDINGS)}-classifier-service/1")
     request = pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in images]})
     answer = service.predict(request)
-    assert list(answer.columns) == [c for f in FINDINGS for c in (f"probability.{f}", f"label.{f}")]
+    assert list(answer.columns) == [c for f in FINDINGS for c in (f"probability.{f}", f"label.{f}")] + ["quality"]
+    batch = table.loc[[p.name for p in images]]
+    assert answer["quality"].tolist() == batch["quality"].tolist()  # the same guard in both
+    ok = (answer["quality"] == "ok").to_numpy()
+    assert ok.sum() >= 3, answer["quality"].tolist()  # phantoms of the cohort the model was trained on
     for finding in FINDINGS:
         np.testing.assert_allclose(
-            answer[f"probability.{finding}"], table.loc[[p.name for p in images], f"probability.{finding}"], rtol=1e-5
+            answer.loc[ok, f"probability.{finding}"].astype(float), batch.loc[ok, f"probability.{finding}"], rtol=1e-5
         )

@@ -59,3 +59,24 @@ def test_imagenet_weights_are_checked_before_any_data(tiny_project, silent_vgg16
     with pytest.raises(ParameterError, match="'model_training.model.backbone_weights' = 'imagenet'"):
         run_pipeline(tiny_project, "training", runtime_params={"model_training": {"model": model}})
     assert not [p for p in (tiny_project / "data").rglob("*") if p.is_file()]  # nothing was decoded
+
+
+def test_a_trained_backbone_exports_and_loads_into_a_new_model(tmp_path):
+    import numpy as np
+
+    from cardio_kedro.modeling import build_model
+    from cardio_kedro.modeling.pretrained import export_backbone
+    from tests.helpers import TINY_MODEL
+
+    trained = build_model(32, **{**TINY_MODEL, "backbone_batchnorm": True})
+    trained.save(tmp_path / "trained.keras")
+    out = export_backbone(tmp_path / "trained.keras", tmp_path / "phantom.weights.h5", "vgg16", 32,
+                          TINY_MODEL["backbone_width"], True)  # fmt: skip
+    again = build_model(32, **{**TINY_MODEL, "backbone_batchnorm": True, "backbone_weights": str(out)})
+    fresh = build_model(32, **{**TINY_MODEL, "backbone_batchnorm": True})
+    name = "block1_conv1"
+    source = trained.get_layer("backbone").get_layer(name).get_weights()[0]
+    np.testing.assert_array_equal(again.get_layer("backbone").get_layer(name).get_weights()[0], source)
+    assert not np.array_equal(fresh.get_layer("backbone").get_layer(name).get_weights()[0], source)
+    with pytest.raises(ValueError, match="weights.h5"):
+        export_backbone(tmp_path / "trained.keras", tmp_path / "phantom.h5", "vgg16", 32, 0.125, True)

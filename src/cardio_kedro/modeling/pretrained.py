@@ -8,6 +8,12 @@ Keras finds it later without the network. Run it on a machine with network acces
     python -m cardio_kedro.modeling.pretrained vgg16      # or: make weights BACKBONE=vgg16
 
 and it prints the local file, which ``backbone_weights`` also accepts.
+
+``export_backbone`` writes the backbone of a trained classifier (the phantom demo's, say) as such a
+file, so that another run starts from it (pretraining on phantoms, fine-tuning on real films):
+
+    python -m cardio_kedro.modeling.pretrained export MODEL.keras OUT.weights.h5 --backbone vgg16 \
+        --image-size 64 --width 0.25 --batchnorm
 """
 
 from __future__ import annotations
@@ -74,7 +80,51 @@ def fetch_imagenet_weights(backbone: str, timeout: float | None = None, retries:
     )
 
 
+def export_backbone(
+    model_path: str | Path, out: str | Path, backbone: str, image_size: int, width: float, batchnorm: bool
+) -> Path:
+    """The backbone of the trained model at ``model_path`` as a headless weights file (``*.weights.h5``)
+    that ``model_training.model.backbone_weights`` loads into the same backbone. Layers the model did
+    not use (above its attention stride) keep their random initialisation. Returns ``out``."""
+    from cardio_kedro.modeling.builder import build_backbone
+    from cardio_kedro.modeling.io import load_model
+
+    out = Path(out)
+    if not out.name.endswith(".weights.h5"):
+        raise ValueError(f"{out}: the file name must end with .weights.h5 (Keras' weights format)")
+    trained = {layer.name: layer for layer in load_model(str(model_path)).get_layer("backbone").layers}
+    headless = build_backbone(backbone, image_size, None, width, batchnorm)
+    copied = 0
+    for layer in headless.layers:
+        if layer.name in trained and layer.weights:
+            layer.set_weights(trained[layer.name].get_weights())
+            copied += 1
+    if not copied:
+        raise ValueError(f"{model_path} has no layer of a {backbone} backbone (width {width}, batchnorm {batchnorm})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    headless.save_weights(out)
+    return out
+
+
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="Write a trained model's backbone as a headless weights file.")
+    parser.add_argument("model", type=Path, help="a trained classifier (.keras)")
+    parser.add_argument("out", type=Path, help="the weights file to write (*.weights.h5)")
+    parser.add_argument("--backbone", choices=BACKBONES, default="vgg16")
+    parser.add_argument("--image-size", type=int, required=True)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--batchnorm", action="store_true")
+    args = parser.parse_args(argv)
+    path = export_backbone(args.model, args.out, args.backbone, args.image_size, args.width, args.batchnorm)
+    print(path)
+    print(f"use it: --params=model_training.model.backbone_weights={path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        return _export(argv[1:])
     parser = argparse.ArgumentParser(description="Fetch ImageNet weights into the Keras cache; print the file.")
     parser.add_argument("backbone", choices=BACKBONES)
     parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per attempt")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardio_kedro.modeling import operating_threshold
+from cardio_kedro.modeling import model_quality_guard, operating_threshold
 from cardio_kedro.pipelines.data_processing.nodes import assign_folds
 from cardio_kedro.pipelines.model_training import nodes
 from tests.helpers import base_params, tiny_params
@@ -46,10 +46,13 @@ def test_every_image_is_scored_by_the_model_of_the_other_folds(toy_cache, toy_fo
     assert oof.groupby("fold")["fold_threshold"].nunique().eq(1).all()  # one threshold per fold model
 
     model, _, rebalancing = nodes.train_final_model(toy_folds, toy_cache["cache"], rebalance, params, BINS)
-    classifier, calibration = nodes.calibrate_from_out_of_fold(model, oof, rebalancing, params, BINS)
+    guard = nodes.fit_quality_guard_on_folds(toy_folds, toy_cache["cache"], params)
+    classifier, calibration = nodes.calibrate_from_out_of_fold(model, oof, rebalancing, params, BINS, guard)
     assert calibration["fitted_on"] == "out_of_fold" and calibration["threshold"]["chosen_on"] == "out_of_fold"
     assert calibration["validation"]["n_images"] == len(oof)  # fitted on every out-of-fold score
     assert operating_threshold(classifier) == calibration["threshold"]["value"]
+    assert model_quality_guard(classifier) is not None
+    assert guard["report"]["n_held_out"] == int((toy_folds["fold"] == 0).sum())
 
 
 def test_held_out_validation_is_patient_wise_and_stratified(toy_folds):
