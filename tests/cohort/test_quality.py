@@ -22,7 +22,7 @@ from tests.helpers import PROJECT_ROOT as ROOT
 SIZE = 64  # px the demo model sees
 MAX_FLAGGED_FILMS = 0.02
 MIN_FLAGGED_BAD = 0.95
-GUARD = dict(quantile=0.01, min_side=32, blank_std=2.0, saturated_share=0.5)
+GUARD = dict(quantile=0.01, max_threshold=0.35, min_side=32, blank_std=2.0, saturated_share=0.5)
 
 
 @pytest.fixture(scope="module")

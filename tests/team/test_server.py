@@ -105,8 +105,8 @@ def test_the_registered_service_serves_from_the_server(two_runs, team_server, tm
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())["predictions"][0]
-    # a flat grey square: the model's quality guard answers, and nothing is scored
-    assert answer["quality"] == "blank" and answer["probability"] is None and answer["label"] is None
+    # a 48 px grey square: the model's quality guard answers (smaller than min_side 64), nothing is scored
+    assert answer["quality"] == "too_small" and answer["probability"] is None and answer["label"] is None
 
 
 def test_a_missing_postgres_is_named_with_the_fix(monkeypatch, tmp_path):

@@ -6,8 +6,9 @@ films' standardised 32 px images (the **template**) and scores an image by its c
 (the images standardised to mean 0 and sd 1: a Pearson correlation of the pixels). A frontal film
 correlates highly; an inverted one (bone dark) correlates as highly but negatively; a film rotated
 by 90, 180 or 270 degrees correlates better with the template rotated the same way; a photograph,
-a drawing, text or noise correlates with none of them. The threshold is the ``quantile`` of held-out
-training films' correlations (1%: about 1 frontal film in 100 flagged), stored with the model,
+a drawing, text or noise correlates with none of them. The threshold is the ``quantile`` of
+held-out training films' correlations (1%: about 1 film in 100 flagged), at most ``max_threshold``,
+stored with the model,
 beside simpler checks: ``too_small`` (the source's shorter side below ``min_side`` px), ``blank``
 (grey-level sd below ``blank_std``) and ``saturated`` (more than ``saturated_share`` of the pixels at
 0 or 255). A lateral film has no template of its own here (the cohorts hold none): it reads as
@@ -99,16 +100,20 @@ def fit_quality_guard(
     train_images: np.ndarray,
     held_out_images: np.ndarray,
     quantile: float,
+    max_threshold: float,
     min_side: int,
     blank_std: float,
     saturated_share: float,
 ) -> tuple[QualityGuard, dict]:
     """The template from ``train_images``, the correlation threshold at ``quantile`` of the held-out
-    images' correlations. Returns the guard and what it flags among the held-out images."""
+    images' correlations, at most ``max_threshold``: training films far more alike than real ones
+    (phantoms) would otherwise set it so high that their own variants (another finding drawn) fail.
+    Returns the guard and what it flags among the held-out images."""
     mean = np.mean([standardized(img) for img in train_images], axis=0)
     template = (mean - mean.mean()) / mean.std()
     held = np.array([correlations(img, template)["upright"] for img in held_out_images])
-    guard = QualityGuard(template, float(np.quantile(held, quantile)), min_side, blank_std, saturated_share)
+    threshold = min(float(np.quantile(held, quantile)), max_threshold)
+    guard = QualityGuard(template, threshold, min_side, blank_std, saturated_share)
     flags = [guard.check(img) for img in held_out_images]
     report = {
         "n_train": int(len(train_images)),

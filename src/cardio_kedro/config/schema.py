@@ -317,6 +317,9 @@ class QualityGuardParams(Group):
     held_out_quantile: float = Field(
         gt=0, lt=0.2, description="share of held-out training films below the template-correlation threshold"
     )
+    max_threshold: float = Field(
+        gt=0, lt=1, description="cap on that threshold (training films far more alike than real ones: phantoms)"
+    )
     min_side: int = Field(ge=1, description="px: a source image with a shorter side is too_small")
     blank_std: float = Field(ge=0, description="grey-level sd below which an image is blank")
     saturated_share: float = Field(gt=0, le=1, description="share of pixels at 0 or 255 above which it is saturated")

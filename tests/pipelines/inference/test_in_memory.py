@@ -107,7 +107,7 @@ def test_what_the_quality_guard_flags_gets_no_label(shared_nih, tmp_path):
 
     films = sorted((shared_nih / "thumbs" / "images").glob("*.png"))
     pixels = np.stack([load_gray(p, 32)[0] for p in films[:600]])
-    guard, _ = fit_quality_guard(pixels[:400], pixels[400:], 0.01, 32, 2.0, 0.5)
+    guard, _ = fit_quality_guard(pixels[:400], pixels[400:], 0.01, 0.35, 32, 2.0, 0.5)
     model = calibrate(build_model(32, **TINY_MODEL), 1.0, 0.0, 0.5, quality_guard=guard.to_config())
     film = cv2.imread(str(films[700]), cv2.IMREAD_GRAYSCALE)
     photo = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"), cv2.IMREAD_GRAYSCALE)

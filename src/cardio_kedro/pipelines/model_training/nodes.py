@@ -351,6 +351,7 @@ def fit_quality_guard(
         pixel_cache.images(train["path"]),
         pixel_cache.images(held_out["path"]),
         config.held_out_quantile,
+        config.max_threshold,
         config.min_side,
         config.blank_std,
         config.saturated_share,
