@@ -50,7 +50,7 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
-# the fast tier: no Kedro session, server, browser or GPU smoke run (108 s measured on 2 cores)
+# the fast tier: no Kedro session, server, browser or GPU smoke run (113 s measured on 2 cores)
 test-fast: lint
 	$(BIN)/pytest -m "not slow"
 
