@@ -67,7 +67,8 @@ PADCHEST_COLUMNS = (
     "Labels",
 )
 PADCHEST_FRONTAL = ("PA", "AP", "AP_horizontal")
-# PadChest's labels (Bustos et al. 2020, its UMLS-based tree) -> NIH findings; `normal` is No Finding.
+# PadChest's labels (Bustos et al. 2020, its UMLS-based tree) -> NIH findings; `normal` (none of
+# them) reads as No Finding.
 PADCHEST_TO_NIH = {
     "atelectasis": "Atelectasis",
     "lobar atelectasis": "Atelectasis",
@@ -95,7 +96,6 @@ PADCHEST_TO_NIH = {
     "pneumonia": "Pneumonia",
     "pneumothorax": "Pneumothorax",
 }
-PADCHEST_NORMAL = "normal"
 
 
 class Cohort(NamedTuple):
@@ -399,9 +399,11 @@ def csv_table(read: Reader, files: pd.DataFrame, spec) -> Cohort:
     optional = [c for c in (spec.view_column, spec.sex_column, spec.age_column, spec.study_column) if c]
     require_columns(raw, [spec.image_column, spec.patient_column, *optional], spec.file, "csv")
     positive = table_positive(raw, spec.findings, spec.file, "csv")
-    keys = raw[spec.image_column].str.strip().str.replace("\\", "/", regex=False).str.lstrip("./")
+    keys = (
+        raw[spec.image_column].str.strip().str.replace("\\", "/", regex=False).str.replace(r"^(\./)+", "", regex=True)
+    )
     patient = raw[spec.patient_column].str.strip()
-    blank = raw[spec.patient_column].str.strip() == ""
+    blank = patient == ""
     if blank.any():
         line = int(raw.index[blank][0])
         raise UserDatasetError(

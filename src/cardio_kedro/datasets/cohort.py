@@ -316,10 +316,11 @@ class CohortFolder:
         with their header fields (``cardio_kedro.cohort.imaging.read_header``), read on ``workers`` processes."""
         suffix = files["rel"].str.lower()
         named = suffix.str.endswith(DICOM_SUFFIXES)
-        others = ~named & ~suffix.str.endswith((*IMAGE_SUFFIXES, ".csv", ".gz", ".txt", ".json", ".xml"))
-        # files without a DICOM suffix (DICOMDIR exports) are sniffed; in a store only named ones are read
-        others = others & files["path"].map(is_dicom_path) if not self.remote else others & False
-        candidates = files[named | others].reset_index(drop=True)
+        chosen = named
+        if not self.remote:  # files without a DICOM suffix (DICOMDIR exports) are sniffed; in a store, named ones only
+            others = ~named & ~suffix.str.endswith((*IMAGE_SUFFIXES, ".csv", ".gz", ".txt", ".json", ".xml"))
+            chosen = named | (others & files["path"].map(is_dicom_path))
+        candidates = files[chosen].reset_index(drop=True)
         reader = partial(_header_of, storage_options=self.storage_options or None)
         headers = list(
             imap_progress(

@@ -398,8 +398,8 @@ def calibrate_classifier(
     if findings is None:
         y, raw = validation_scores["target"].to_numpy(), validation_scores["score"].to_numpy()
         report = _calibrate_one(y, raw, rebalancing["prevalence"], config, calibration_bins)
-        model = calibrate(classifier, report["slope"], report["intercept"], report["threshold"]["value"], None, guard)
-        return model, report
+        threshold = report["threshold"]["value"]
+        return calibrate(classifier, report["slope"], report["intercept"], threshold, quality_guard=guard), report
     prevalence = rebalancing["prevalence"]
     by_finding = {
         f: _calibrate_one(
