@@ -9,7 +9,7 @@ from kedro.pipeline import Pipeline
 
 TRAINING_STAGES = ("data_processing", "model_training", "reporting")
 MULTILABEL_STAGES = ("data_processing", "model_training", "multilabel_reporting")
-COMPOSITES = ("training", "demo", "multilabel", "cross_validation")
+COMPOSITES = ("training", "demo", "multilabel", "cross_validation", "external_validation")
 
 
 def _pipeline_packages() -> list[str]:
@@ -24,7 +24,9 @@ def register_pipelines() -> dict[str, Pipeline]:
     the whole flow in one kedro viz view. ``multilabel`` is ``training`` with ``multilabel_reporting``
     in place of ``reporting``: the run of several ``target_findings``. ``cross_validation`` is each
     stage's k-fold variant (``data_processing.split.method: kfold``): models per fold, out-of-fold
-    figures, the final model calibrated out of fold. ``training`` alone generates
+    figures, the final model calibrated out of fold. ``external_validation`` is each stage's external
+    variant: a second cohort (``external.cohort_dir``) scored by a registered model, reported beside its
+    internal figures, recalibrated for that site on request. ``training`` alone generates
     the demo cohort only when it is missing (``PreflightHooks``).
 
     Kedro 1.7 imports only the pipelines named on the command line and keeps that registry for the
@@ -41,12 +43,15 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["training"] = sum((pipelines[name] for name in TRAINING_STAGES), Pipeline([]))
     pipelines["demo"] = pipelines["phantom_cohort"] + pipelines["training"]
     pipelines["multilabel"] = sum((pipelines[name] for name in MULTILABEL_STAGES), Pipeline([]))
-    pipelines["cross_validation"] = sum(
-        (
-            importlib.import_module(f"cardio_kedro.pipelines.{name}.pipeline").create_cross_validation_pipeline()
-            for name in TRAINING_STAGES
-        ),
-        Pipeline([]),
-    )
+    for composite in ("cross_validation", "external_validation"):
+        pipelines[composite] = sum(
+            (
+                getattr(
+                    importlib.import_module(f"cardio_kedro.pipelines.{name}.pipeline"), f"create_{composite}_pipeline"
+                )()
+                for name in TRAINING_STAGES
+            ),
+            Pipeline([]),
+        )
     pipelines["__default__"] = pipelines["training"]
     return pipelines

@@ -39,6 +39,7 @@ GROUP_FILES = {
     "model_training": "parameters_model_training.yml",
     "reporting": "parameters_reporting.yml",
     "inference": "parameters_inference.yml",
+    "external": "parameters_external_validation.yml",
     "sweep": "parameters_sweep.yml",
 }
 
@@ -442,6 +443,38 @@ class InferenceParams(Group):
     service: ServiceParams
 
 
+# ---- external_validation -------------------------------------------------------------------------
+RECALIBRATION_METHODS = ("none", "intercept", "logistic")
+
+
+class ExternalParams(Group):
+    """``external``: a second cohort scored by a trained model (``kedro run --pipelines=external_validation``)."""
+
+    cohort_dir: str | None = Field(
+        description="the external cohort's folder or fsspec URL (--params=external.cohort_dir=DIR; the catalog "
+        "reads it too)"
+    )
+    name: str | None = Field(
+        description="the cohort's name in the report, the MLflow tags and a recalibrated model's tags "
+        "(null: the folder's name)"
+    )
+    cohort: CohortParams = Field(description="the external folder's layout: the keys of `cohort` (docs/data.md)")
+    recalibrate: Literal[RECALIBRATION_METHODS] = Field(
+        description="none | intercept (a new intercept: calibration-in-the-large) | logistic (a new slope and "
+        "intercept): Steyerberg's updating methods, fitted on update_fraction of the patients"
+    )
+    update_fraction: float = Field(
+        gt=0,
+        lt=1,
+        description="recalibrate: share of the external patients the recalibration is fitted on (stratified, "
+        "patient-wise); the rest evaluates it",
+    )
+    include_flagged: bool = Field(
+        description="also score images the model's quality guard flags (deployed, they get no label)"
+    )
+    seed: Seed
+
+
 # ---- sweep ---------------------------------------------------------------------------------------
 class SweepDimension(Group):
     """One parameter of a sweep's search space: a number range or a list of choices."""
@@ -512,6 +545,7 @@ class ProjectParams(Group):
     model_training: ModelTrainingParams
     reporting: ReportingParams
     inference: InferenceParams
+    external: ExternalParams
     sweep: SweepParams
     cohort_dir: str | None = Field(default=None, description=RUNTIME_KEYS["cohort_dir"])
     images_dir: str | None = Field(default=None, description=RUNTIME_KEYS["images_dir"])

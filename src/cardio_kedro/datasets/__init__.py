@@ -14,12 +14,13 @@ from .cohort import (
 )
 from .figure_dataset import FigureDataset
 from .image_folder_dataset import ImageFolderDataset, PngFolderDataset
-from .inference_model_dataset import InferenceModelDataset
-from .keras_model_dataset import KerasModelDataset
+from .inference_model_dataset import RECALIBRATED_TAG, InferenceModelDataset
+from .keras_model_dataset import KerasModelDataset, RecalibratedClassifierDataset
 from .mlflow_artifact_dataset import VersionedMlflowArtifactDataset
 from .pixel_cache_dataset import DecodedChunk, PixelCache, PixelCacheDataset
 
 __all__ = [
+    "RECALIBRATED_TAG",
     "BoxListDataset",
     "CohortFolder",
     "CohortFolderDataset",
@@ -35,5 +36,6 @@ __all__ = [
     "PixelCache",
     "PixelCacheDataset",
     "PngFolderDataset",
+    "RecalibratedClassifierDataset",
     "VersionedMlflowArtifactDataset",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from cardio_kedro.cohort.findings import findings_name
 from cardio_kedro.common.errors import UserDatasetError
 
 logger = logging.getLogger(__name__)
@@ -70,19 +71,49 @@ def _label(uri: str, info) -> str:
     return f"{name}/{version}"
 
 
+RECALIBRATED_TAG = "recalibrated_for"  # a version recalibrated for one site (the external_validation pipeline)
+
+
+def _newest_trained_version(name: str) -> str:
+    """``models:/<name>/<version>`` of the newest version a training run registered: versions recalibrated
+    for a site (tagged ``recalibrated_for``) are that site's, not the model to validate elsewhere."""
+    from mlflow import MlflowClient
+
+    versions = MlflowClient().search_model_versions(f"name='{name}'")
+    trained = [int(v.version) for v in versions if RECALIBRATED_TAG not in (v.tags or {})]
+    if not trained:
+        raise UserDatasetError(
+            f"No registered {name} to score: run 'kedro run --pipelines=training' (it registers one) or pass "
+            f"--params=model_uri=<URI>. {_registry_hint()} Accepted forms: {MODEL_URI_FORMS}"
+        )
+    return f"models:/{name}/{max(trained)}"
+
+
 class InferenceModelDataset(AbstractDataset[None, dict]):
-    """``load`` returns ``{"model", "threshold", "version", "source"}``.
+    """``load`` returns ``{"model", "threshold", "version", "source", "name", "model_version", "run_id",
+    "run_metrics"}``.
 
     The threshold is the one saved inside the model (its ``Calibration`` layer), so a model is
     never scored with another model's threshold; it is ``None`` for a model that has none (an
     uncalibrated network), and the inference node then asks for an explicit ``inference.threshold``.
     With ``model_uri`` (any form in ``MODEL_URI_FORMS``, resolved by ``mlflow.models.get_model_info``)
-    the model comes from MLflow; without, the newest version of the catalog's ``classifier``.
+    the model comes from MLflow; without, the newest version of the catalog's ``classifier``, or, with
+    ``latest_registered_of`` (the target findings), the newest version of ``<findings>-classifier`` that
+    a training run registered (not one recalibrated for a site). A model from MLflow comes with its
+    registered ``name`` and ``model_version`` (registry URIs), the ``run_id`` that logged it and that run's metrics
+    (``run_metrics``: the internal figures the external validation report sets beside its own).
     """
 
-    def __init__(self, model_path: str, model_uri: str | None = None, metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        model_uri: str | None = None,
+        latest_registered_of: str | list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
         self._model_path = Path(model_path)
         self._model_uri = model_uri or None
+        self._registered = None if latest_registered_of is None else f"{findings_name(latest_registered_of)}-classifier"
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
@@ -91,8 +122,13 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
     def _load(self) -> dict:
         from cardio_kedro.modeling import operating_threshold
 
-        model, version, source = self._load_mlflow() if self._model_uri else self._load_latest()
-        return {"model": model, "threshold": operating_threshold(model), "version": version, "source": source}
+        provenance = {"name": None, "model_version": None, "run_id": None, "run_metrics": {}}
+        if self._model_uri or self._registered:
+            model, version, source, provenance = self._load_mlflow()
+        else:
+            model, version, source = self._load_latest()
+        return {"model": model, "threshold": operating_threshold(model), "version": version, "source": source,
+                **provenance}  # fmt: skip
 
     def _load_latest(self):
         version = _latest_version(self._model_path)
@@ -111,7 +147,7 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
 
         import cardio_kedro.modeling.layers  # noqa: F401 - registers the custom layers for mlflow.keras
 
-        uri = normalise_model_uri(self._model_uri)
+        uri = normalise_model_uri(self._model_uri) if self._model_uri else _newest_trained_version(self._registered)
         try:
             info = mlflow.models.get_model_info(uri)
         except (MlflowException, OSError) as exc:
@@ -125,7 +161,12 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
                 "the pyfunc service model is served with 'mlflow models serve', the batch pipeline scores "
                 "models:/<finding>-classifier/<version>"
             )
-        return mlflow.keras.load_model(uri), _label(uri, info), self._model_uri
+        label = _label(uri, info)
+        name, _, model_version = label.partition("/") if uri.startswith("models:/") and label != uri else ("", "", "")
+        run_metrics = dict(mlflow.MlflowClient().get_run(info.run_id).data.metrics) if info.run_id else {}
+        provenance = {"name": name or None, "model_version": model_version or None, "run_id": info.run_id,
+                      "run_metrics": run_metrics}  # fmt: skip
+        return mlflow.keras.load_model(uri), label, self._model_uri or uri, provenance
 
     def _save(self, data: None) -> None:
         raise DatasetError("InferenceModelDataset is read-only")

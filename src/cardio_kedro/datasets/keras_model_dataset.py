@@ -34,3 +34,14 @@ class KerasModelDataset(AbstractVersionedDataset[Any, Any]):
 
     def _exists(self) -> bool:
         return version_exists(self)
+
+
+class RecalibratedClassifierDataset(KerasModelDataset):
+    """A site's recalibrated classifier: ``save`` takes ``{"model": keras.Model | None, "tags": {...}}``
+    and writes the model (a versioned ``.keras``, as ``KerasModelDataset``), or nothing when there is none
+    (``external.recalibrate: none``); ``load`` gives the model. The tags go with the registered version
+    (``cardio_kedro.hooks.mlflow_tags``)."""
+
+    def _save(self, data: dict) -> None:
+        if data["model"] is not None:
+            super()._save(data["model"])

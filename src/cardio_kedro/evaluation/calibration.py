@@ -82,24 +82,38 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, free_slope: bool, iterations: in
     """Maximum-likelihood ``(slope, intercept)`` of ``y ~ sigmoid(slope * x + intercept)`` by Newton's method
     (the slope fixed at 1 unless ``free_slope``). Fast enough to run inside a bootstrap.
 
-    Each step is capped at ``MAX_STEP``: with confident scores the curvature is tiny and a full
-    Newton step overshoots by orders of magnitude, so the plain method diverges."""
-    slope, intercept = 1.0, 0.0
+    Each step is scaled to at most ``MAX_STEP`` and halved until the likelihood improves: with confident
+    scores the curvature is tiny and a full Newton step overshoots by orders of magnitude, and with
+    scores in a narrow range a capped step can bounce between two points for ever (the plain method
+    diverges, a capped one need not converge)."""
+
+    def nll(theta: np.ndarray) -> float:
+        z = theta[0] * x + theta[1]
+        return float(np.sum(np.logaddexp(0, z) - y * z))
+
+    theta = np.array([1.0, 0.0])
+    current = nll(theta)
     for _ in range(iterations):
-        p = expit(slope * x + intercept)
+        p = expit(theta[0] * x + theta[1])
         w = np.maximum(p * (1 - p), 1e-12)
         r = y - p
         if free_slope:
             gradient = np.array([np.sum(r * x), np.sum(r)])
             hessian = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]])
-            step = np.clip(np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient), -MAX_STEP, MAX_STEP)
-            slope, intercept = slope + step[0], intercept + step[1]
+            step = np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient)
         else:
-            step = np.array([0.0, np.clip(np.sum(r) / np.sum(w), -MAX_STEP, MAX_STEP)])
-            intercept += step[1]
+            step = np.array([0.0, np.sum(r) / np.sum(w)])
+        step *= min(1.0, MAX_STEP / max(float(np.max(np.abs(step))), 1e-300))
+        while True:
+            candidate = theta + step
+            value = nll(candidate)
+            if value <= current or np.max(np.abs(step)) < 1e-10:
+                break
+            step /= 2
+        theta, current = candidate, value
         if np.max(np.abs(step)) < 1e-8:
             break
-    return float(slope), float(intercept)
+    return float(theta[0]), float(theta[1])
 
 
 def calibration_slope_intercept(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -114,3 +128,43 @@ def calibration_slope_intercept(y: np.ndarray, p: np.ndarray) -> tuple[float, fl
     slope = _logistic_fit(x, y, free_slope=True)[0] if x[y == 1].min() <= x[y == 0].max() else float("nan")
     # a handful of overlapping cases (quasi-separation) leaves the slope unbounded too
     return (slope if np.isfinite(slope) and abs(slope) < MAX_SLOPE else float("nan")), intercept
+
+
+# ---- recalibration for a new site (Steyerberg, Clinical Prediction Models, ch. 20) -----------------
+def fit_recalibration(p: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
+    """``(intercept, slope)`` of ``logit p' = intercept + slope * logit p``, fitted by maximum likelihood
+    on a new site's probabilities ``p`` and outcomes ``y``.
+
+    ``intercept``: the slope stays 1 and only the intercept moves (recalibration in the large: the mean
+    prediction then equals the observed rate on the fitted data); ``logistic``: both move (logistic
+    recalibration: it also shrinks or stretches over-/under-confident predictions); ``none``: ``(0, 1)``.
+    Ranking, and so the AUC, is unchanged by either (the slope of a sane fit is positive).
+    """
+    if method == "none":
+        return 0.0, 1.0
+    if method not in ("intercept", "logistic"):
+        raise ValueError(f"recalibration method '{method}': none, intercept or logistic")
+    x, y = to_logit(p), np.asarray(y, np.float64)
+    if len(y) == 0 or y.min() == y.max():
+        raise ValueError(
+            f"recalibration needs both classes in the part it is fitted on ({int(y.sum())} positive of {len(y)})"
+        )
+    if method == "logistic" and x[y == 1].min() > x[y == 0].max():
+        raise ValueError(
+            "the part recalibration is fitted on separates the classes (every positive above every negative): "
+            "a logistic slope has no maximum there; recalibrate with intercept, or use a larger update_fraction"
+        )
+    slope, intercept = _logistic_fit(x, y, free_slope=method == "logistic")
+    return intercept, slope
+
+
+def apply_recalibration(p: np.ndarray, intercept: float, slope: float) -> np.ndarray:
+    """``sigmoid(intercept + slope * logit p)``: probabilities updated by ``fit_recalibration``."""
+    return expit(intercept + slope * to_logit(p))
+
+
+def observed_expected(y: np.ndarray, p: np.ndarray) -> float | None:
+    """Calibration-in-the-large as a ratio: observed positives over the sum of predicted probabilities
+    (1: the model predicts as many cases as there are; below 1: it over-predicts)."""
+    expected = float(np.sum(p))
+    return float(np.sum(y)) / expected if expected > 0 else None

@@ -20,6 +20,8 @@ from cardio_kedro.cohort.findings import findings_name
 logger = logging.getLogger(__name__)
 
 MODEL_DATASET = "classifier"  # the calibrated classifier: registered as <finding>-classifier(-service) when saved
+RECALIBRATED_DATASET = "recalibrated_classifier"  # a site's recalibrated classifier: a new version of the same name
+MODEL_CARD_DATASET = "external_model_card"  # the scored model and cohort of an external validation run: run tags
 TRAINING_PARAMS = "params:model_training"
 
 
@@ -64,12 +66,17 @@ class MlflowTagHooks:
 
     When ``classifier`` (network + calibration + threshold) is saved, it is logged in MLflow's Keras
     flavour and registered as ``<finding>-classifier``, and the HTTP-serving pyfunc around it as
-    ``<finding>-classifier-service``.
+    ``<finding>-classifier-service``. An external validation run is tagged with the model it scored
+    (``external.model``, ``external.registered_model``, ``external.model_version``,
+    ``external.training_run_id``) and the cohort (``external.cohort``); its recalibrated classifier is
+    registered as a new version of the scored model's name, the version tagged ``recalibrated_for``,
+    ``recalibration`` and ``recalibrated_from``.
     """
 
     def __init__(self) -> None:
         self._target = ""
         self._service_limits: dict = {}
+        self._scored_model: dict | None = None
 
     @hook_impl(tryfirst=True)  # before kedro-mlflow's own after_context_created looks the experiment up
     def after_context_created(self, context) -> None:
@@ -114,8 +121,24 @@ class MlflowTagHooks:
         if dataset_name == MODEL_DATASET:
             self._register_model(data)
             self._register_service(data)
+        elif dataset_name == MODEL_CARD_DATASET:
+            self._scored_model = data
+            tags = {
+                "external.cohort": data["cohort"]["name"],
+                "external.cohort_dir": data["cohort"]["dir"],
+                "external.model": data["model"],
+                "external.registered_model": data["registered_name"],
+                "external.model_version": data["registered_version"],
+                "external.training_run_id": data["training_run_id"],
+            }
+            mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
+        elif dataset_name == RECALIBRATED_DATASET and data["model"] is not None:
+            name = (self._scored_model or {}).get("registered_name") or f"{self._target}-classifier"
+            self._register_model(data["model"], name=name, artifact="recalibrated_model", tags=data["tags"])
 
-    def _register_model(self, model) -> None:
+    def _register_model(
+        self, model, name: str | None = None, artifact: str = "model", tags: dict[str, str] | None = None
+    ) -> None:
         import keras
         import mlflow
         import numpy as np
@@ -125,16 +148,20 @@ class MlflowTagHooks:
 
         size, outputs = int(model.inputs[0].shape[1]), int(model.outputs[0].shape[-1])
         signature = infer_signature(np.zeros((1, size, size, 1), np.uint8), np.zeros((1, outputs), np.float32))
-        name = f"{self._target}-classifier"
+        name = name or f"{self._target}-classifier"
         info = mlflow.keras.log_model(
             model,
-            name="model",
+            name=artifact,
             signature=signature,
             registered_model_name=name,
             pip_requirements=serving_requirements(keras.backend.backend()),
         )
-        mlflow.set_tag("registered_model", f"{name}/{info.registered_model_version}")
-        logger.info("Model logged to MLflow and registered as %s (version %s)", name, info.registered_model_version)
+        version = info.registered_model_version
+        for key, value in (tags or {}).items():
+            mlflow.MlflowClient().set_model_version_tag(name, str(version), key, value)
+        mlflow.set_tag(f"registered_{artifact}", f"{name}/{version}")
+        logger.info("%s logged to MLflow and registered as %s (version %s)", artifact.replace("_", " ").capitalize(),
+                    name, version)  # fmt: skip
 
     def _register_service(self, model) -> None:
         """Log and register the HTTP-serving pyfunc (base64 images in, probability and label out)."""

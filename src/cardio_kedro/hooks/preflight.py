@@ -84,6 +84,7 @@ class PreflightHooks:
         params = validate_parameters(catalog.load("parameters"), self._sources)
         check_report_matches_targets(params, {node.name for node in pipeline.nodes})
         check_split_matches_pipeline(params, {node.name for node in pipeline.nodes})
+        check_external_cohort(params, pipeline.inputs())
         if TRAINING_PARAMS in pipeline.inputs():
             check_accelerator(params, self._sources)
             check_backbone_weights(params, self._sources)
@@ -143,6 +144,16 @@ def check_split_matches_pipeline(params: ProjectParams, node_names: set[str]) ->
         )
     if "assign_folds" in node_names and len(params.findings) > 1:
         raise ParameterError(f"Cross-validation is for one target finding, not {params.target_findings!r}")
+
+
+def check_external_cohort(params: ProjectParams, inputs: set[str]) -> None:
+    """The external_validation pipeline needs its cohort's folder before anything is read."""
+    if "external_cohort_folder" in inputs and not params.external.cohort_dir:
+        raise ParameterError(
+            "The external_validation pipeline scores a second cohort: give its folder with "
+            "--params=external.cohort_dir=DIR (its layout: external.cohort.layout, nih by default; for an "
+            "environment, set external_cohort_dir in conf/<env>/globals.yml)"
+        )
 
 
 def check_accelerator(params: ProjectParams, sources: ConfigSources) -> None:

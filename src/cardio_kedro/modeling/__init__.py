@@ -18,6 +18,7 @@ from .builder import (
     model_findings,
     model_quality_guard,
     operating_threshold,
+    recalibrated,
     with_score,
     with_view_head,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "build_backbone",
     "build_model",
     "calibrate",
+    "recalibrated",
     "encode_png",
     "load_model",
     "model_findings",

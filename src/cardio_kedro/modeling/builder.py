@@ -6,6 +6,7 @@ only) and the backbone's own preprocessing are layers of the model. Only ``keras
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,31 @@ def calibrate(
     )
     probability = layer(model.outputs[0])
     return keras.Model(model.inputs, probability, name=f"{model.name}_calibrated")
+
+
+def recalibrated(model: keras.Model, intercept: float, slope: float) -> keras.Model:
+    """A calibrated binary ``model`` whose probability ``p`` becomes ``sigmoid(intercept + slope * logit p)``
+    (a new site's recalibration, ``cardio_kedro.evaluation.calibration.fit_recalibration``).
+
+    The update folds into the ``Calibration`` layer: its Platt slope and intercept become ``slope * s`` and
+    ``slope * i + intercept``; the threshold moves the same way, so every image keeps its label (the
+    operating point on the score is the model's own) while the probabilities are the new site's. The
+    quality guard and the weights are shared with ``model``, which is left as it was.
+    """
+    layer = next((layer for layer in model.layers if isinstance(layer, Calibration)), None)
+    if layer is None:
+        raise ValueError("recalibration updates a calibrated classifier; this model has no Calibration layer")
+    if layer.findings:
+        raise ValueError(f"recalibration is for a binary classifier; this one has {len(layer.findings)} findings")
+    threshold = 1 / (1 + math.exp(-(intercept + slope * math.log(layer.threshold / (1 - layer.threshold)))))
+    score = keras.Model(model.inputs, model.get_layer(SCORE_LAYER).output, name=model.name.removesuffix("_calibrated"))
+    return calibrate(
+        score,
+        float(slope * layer.slope),
+        float(slope * layer.intercept + intercept),
+        threshold,
+        quality_guard=layer.quality_guard,
+    )
 
 
 def operating_threshold(model: keras.Model) -> float | list[float] | None:

@@ -23,7 +23,7 @@ from cardio_kedro.cohort.sampling import balanced_weights, rebalance_binary
 from cardio_kedro.cohort.storage import image_loader
 from cardio_kedro.common.errors import UserDatasetError, UserValueError
 from cardio_kedro.common.parallel import imap_progress
-from cardio_kedro.config import CohortParams, DataProcessingParams, RebalanceParams, SplitParams
+from cardio_kedro.config import CohortParams, DataProcessingParams, ExternalParams, RebalanceParams, SplitParams
 from cardio_kedro.datasets import CohortFolder, DecodedChunk, PixelCache
 
 logger = logging.getLogger(__name__)
@@ -536,3 +536,46 @@ def assign_folds(decoded: pd.DataFrame, target_findings: TargetFindings, params:
             k + 1, len(part), part["patient_id"].nunique(), int(part["target"].sum()), findings[0],
         )  # fmt: skip
     return folds
+
+
+def assign_update_part(decoded: pd.DataFrame, target_findings: TargetFindings, params: dict[str, Any]) -> pd.DataFrame:
+    """An external cohort's images with the part each one serves (a ``part`` column).
+
+    ``external.recalibrate: none``: every image ``evaluation``. Otherwise ``external.update_fraction``
+    of the patients (stratified by whether a patient has a positive image, seeded) are ``update``, the
+    part the recalibration is fitted on, and the rest ``evaluation``, where it is judged; no patient
+    is in both.
+    """
+    config = ExternalParams.model_validate(params)
+    findings = parse_target_findings(target_findings)
+    if len(findings) > 1:
+        raise UserValueError(
+            f"External validation is for a binary classifier (one target finding); target_findings names "
+            f"{len(findings)}: {list(findings)}"
+        )
+    if decoded.empty:
+        raise UserDatasetError(
+            f"The external cohort at {config.cohort_dir} has no decodable image with a label: see its data quality "
+            "report (data/08_reporting/external_data_quality_report.json)"
+        )
+    if config.recalibrate == "none":
+        return decoded.assign(part="evaluation")
+    patients = decoded.groupby("patient_id")[["target"]].max()
+    n_pos = int(patients["target"].sum())
+    if n_pos < 2 or len(patients) - n_pos < 2:
+        raise UserValueError(
+            f"external.recalibrate={config.recalibrate} needs at least 2 positive and 2 negative patients (one of "
+            f"each to fit on, one to evaluate); the external cohort has {n_pos} positive of {len(patients)}. "
+            "Use external.recalibrate=none"
+        )
+    codes = stratified_patient_split(
+        patients, [config.update_fraction, 1 - config.update_fraction], np.random.default_rng(config.seed)
+    )
+    part = pd.Series(np.asarray(["update", "evaluation"])[codes], index=patients.index)
+    out = decoded.assign(part=decoded["patient_id"].map(part))
+    for name, frame in out.groupby("part"):
+        logger.info(
+            "External %s part: %d images, %d patients, %d %s",
+            name, len(frame), frame["patient_id"].nunique(), int(frame["target"].sum()), findings[0],
+        )  # fmt: skip
+    return out

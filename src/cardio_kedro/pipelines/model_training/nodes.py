@@ -15,17 +15,18 @@ from cardio_kedro.cohort import quality
 from cardio_kedro.cohort.findings import SCORE_PREFIX, TARGET_PREFIX, stratified_patient_split, target_columns
 from cardio_kedro.cohort.sampling import rebalance_binary
 from cardio_kedro.common.errors import UserValueError
-from cardio_kedro.config import BaselineParams, ModelTrainingParams, RebalanceParams
-from cardio_kedro.datasets import PixelCache
+from cardio_kedro.config import BaselineParams, ExternalParams, ModelTrainingParams, RebalanceParams
+from cardio_kedro.datasets import RECALIBRATED_TAG, PixelCache
 from cardio_kedro.evaluation.baseline import pixel_baseline_probability
 from cardio_kedro.evaluation.calibration import (
     apply_calibration,
     expected_calibration_error,
     fit_platt,
+    fit_recalibration,
     prior_shift_offset,
 )
 from cardio_kedro.evaluation.decision import choose_threshold
-from cardio_kedro.modeling import build_model, calibrate, with_view_head
+from cardio_kedro.modeling import build_model, calibrate, operating_threshold, recalibrated, with_view_head
 from cardio_kedro.modeling.feeds import feed, predict_cached
 from cardio_kedro.modeling.training import (
     HISTORY_METRICS,
@@ -554,3 +555,46 @@ def calibrate_from_out_of_fold(
     report["threshold"]["chosen_on"] = "out_of_fold"
     report["fitted_on"] = "out_of_fold"
     return classifier, report
+
+
+def fit_site_recalibration(model_info: dict, predictions: pd.DataFrame, card: dict, params: dict[str, Any]):
+    """``external.recalibrate``: the model's probabilities updated for the external site, fitted on the
+    ``update`` part of its patients (``intercept``: a new calibration-in-the-large; ``logistic``: a new
+    slope too; Steyerberg's updating methods), folded into a copy of the model's ``Calibration`` layer.
+
+    Returns the recalibration (method, intercept, slope, the threshold on the new scale, what it was
+    fitted on) and ``{"model": the recalibrated classifier or None, "tags": ...}``: the hooks register it
+    as a new version of the model's registered name, tagged with the cohort; the scored model is untouched.
+    """
+    config = ExternalParams.model_validate(params)
+    record = {"method": config.recalibrate, "intercept": 0.0, "slope": 1.0, "threshold": card["threshold"]}
+    if config.recalibrate == "none":
+        return record, {"model": None, "tags": {}}
+    update = predictions[predictions["part"] == "update"]
+    if not config.include_flagged:
+        update = update[update["quality"].isin(["ok", "unchecked"])]
+    y = update["target"].to_numpy()
+    try:
+        intercept, slope = fit_recalibration(update["probability"].to_numpy(), y, config.recalibrate)
+    except ValueError as exc:
+        raise UserValueError(f"external.recalibrate={config.recalibrate}: {exc}") from None
+    model = recalibrated(model_info["model"], intercept, slope)
+    record.update(
+        intercept=intercept,
+        slope=slope,
+        threshold=operating_threshold(model),
+        fitted_on={"n_images": int(len(update)), "n_patients": int(update["patient_id"].nunique()),
+                   "n_positive": int(y.sum())},
+    )  # fmt: skip
+    logger.info(
+        "Recalibrated (%s) on %d external images (%d positive): logit p' = %.3f + %.3f logit p; threshold %.3f -> %.3f",
+        config.recalibrate, len(update), int(y.sum()), intercept, slope, card["threshold"], record["threshold"],
+    )  # fmt: skip
+    tags = {
+        RECALIBRATED_TAG: card["cohort"]["name"],
+        "recalibration": config.recalibrate,
+        "recalibrated_from": card["model"],
+        "recalibration_intercept": f"{intercept:.6g}",
+        "recalibration_slope": f"{slope:.6g}",
+    }
+    return record, {"model": model, "tags": tags}

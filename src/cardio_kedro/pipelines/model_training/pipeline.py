@@ -9,6 +9,7 @@ from .nodes import (
     epoch_metrics,
     fit_quality_guard,
     fit_quality_guard_on_folds,
+    fit_site_recalibration,
     score_validation,
     train_final_model,
     train_model,
@@ -103,5 +104,19 @@ def create_cross_validation_pipeline(**kwargs) -> Pipeline:
                 outputs=["classifier", "calibration"],
                 name="calibrate_from_out_of_fold",
             ),
+        ]
+    )
+
+
+def create_external_validation_pipeline(**kwargs) -> Pipeline:
+    """``external.recalibrate``: the model updated for the external site (a new registered version)."""
+    return Pipeline(
+        [
+            Node(
+                fit_site_recalibration,
+                inputs=["external_model", "external_predictions", "external_model_card", "params:external"],
+                outputs=["external_recalibration", "recalibrated_classifier"],
+                name="fit_site_recalibration",
+            )
         ]
     )

@@ -203,7 +203,28 @@ def calibration(
     return fig
 
 
-def decision_curve(curve: pd.DataFrame, threshold: float, prevalence: float) -> plt.Figure:
+def reliability(y: np.ndarray, models: dict[str, tuple[np.ndarray, dict]], bins: int, where: str) -> plt.Figure:
+    """Reliability diagram of one or more probability sets on the same images (``{name: (p, calibration
+    metrics)}``), with mean predicted against observed rate in the legend, and their spread below."""
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], ls=":", color="gray", label="perfectly calibrated")
+    colors = (POS, ACCENT, NEG)
+    for (name, (p, m)), color in zip(models.items(), colors):
+        frac, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+        cil = m["in_the_large"]
+        label = (f"{name}: mean {cil['mean_predicted']['value']:.3f} vs observed {cil['observed_rate']['value']:.3f}, "
+                 f"O/E {cil['observed_expected']['value']:.2f}, ECE {m['ece']['value']:.3f}")  # fmt: skip
+        ax.plot(mean_pred, frac, "o-", color=color, label=label)
+    ax.set(ylabel="observed positive rate", title=f"Calibration ({where})", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7, loc="upper left")
+    hist.hist([p for p, _ in models.values()], bins=20, range=(0, 1), color=list(colors[: len(models)]),
+              label=list(models))  # fmt: skip
+    hist.set(xlabel="predicted probability", ylabel="images", yscale="log")
+    hist.legend(fontsize=7)
+    return fig
+
+
+def decision_curve(curve: pd.DataFrame, threshold: float, prevalence: float, where: str = "test") -> plt.Figure:
     """Net benefit against threshold probability: the model, treat all, treat none (Vickers & Elkin)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.plot(curve["threshold"], curve["model"], color=POS, lw=2, label="model")
@@ -213,7 +234,7 @@ def decision_curve(curve: pd.DataFrame, threshold: float, prevalence: float) -> 
     ax.set(
         xlabel="threshold probability",
         ylabel="net benefit",
-        title="Decision curve (test, natural prevalence)",
+        title=f"Decision curve ({where}, natural prevalence)",
         xlim=(0, 1),
         ylim=(-0.05 * max(prevalence, 0.05), 1.15 * max(prevalence, 0.01)),
     )
@@ -221,7 +242,7 @@ def decision_curve(curve: pd.DataFrame, threshold: float, prevalence: float) -> 
     return fig
 
 
-def subgroup_auc(subgroups: dict) -> plt.Figure:
+def subgroup_auc(subgroups: dict, where: str = "test") -> plt.Figure:
     """AUC with 95% CI per subgroup; groups with too few cases are listed as such."""
     names, aucs, lows, highs = [], [], [], []
     for family, groups in subgroups.items():
@@ -241,7 +262,7 @@ def subgroup_auc(subgroups: dict) -> plt.Figure:
         ax.text(0.52, yi, "n too small", va="center", fontsize=8, color="gray")
     ax.set_yticks(y, names, fontsize=8)
     ax.axvline(0.5, ls=":", color="gray")
-    ax.set(xlim=(0.5, 1.0), xlabel="ROC AUC (95% CI)", title="Subgroup AUC (test)")
+    ax.set(xlim=(0.5, 1.0), xlabel="ROC AUC (95% CI)", title=f"Subgroup AUC ({where})")
     ax.invert_yaxis()
     return fig
 
@@ -257,9 +278,15 @@ def text_figure(text: str, title: str) -> plt.Figure:
 
 
 def roc_against_baseline(
-    y: np.ndarray, p: np.ndarray, baseline: np.ndarray, auc: dict, baseline_auc: dict, paired: dict
+    y: np.ndarray,
+    p: np.ndarray,
+    baseline: np.ndarray,
+    auc: dict,
+    baseline_auc: dict,
+    paired: dict,
+    where: str = "out of fold",
 ) -> plt.Figure:
-    """Out-of-fold ROC curves of the model and the pixel baseline, with the paired AUC difference."""
+    """ROC curves of the model and the pixel baseline on the same images, with the paired AUC difference."""
     fig, ax = plt.subplots(figsize=(5, 5))
     for scores, result, name, color in ((p, auc, "model", POS), (baseline, baseline_auc, "pixel baseline", NEG)):
         fpr, tpr, _ = roc_curve(y, scores)
@@ -269,7 +296,7 @@ def roc_against_baseline(
     if paired["difference"] is not None and paired["ci_low"] is not None:
         ax.text(0.35, 0.2, f"paired difference {paired['difference']:+.3f}\n95% CI {paired['ci_low']:+.3f} to "
                 f"{paired['ci_high']:+.3f}", fontsize=9, transform=ax.transAxes)  # fmt: skip
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC curve (out of fold)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC curve ({where})", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
