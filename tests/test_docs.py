@@ -7,7 +7,8 @@ from tests.helpers import PROJECT_ROOT, registered_pipelines
 
 def test_architecture_names_every_node_and_dataset():
     doc = (PROJECT_ROOT / "docs" / "architecture.md").read_text()
-    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", doc))
+    dotted = re.findall(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", doc)  # external.read_cohort
+    words = set(dotted) | {part for word in dotted for part in word.split(".")}
     pipelines = registered_pipelines()
     for name in (
         "phantom_cohort",
@@ -16,6 +17,8 @@ def test_architecture_names_every_node_and_dataset():
         "reporting",
         "multilabel_reporting",
         "inference",
+        "cross_validation",
+        "external_validation",
     ):
         assert name in words, name
         pipeline = pipelines[name]

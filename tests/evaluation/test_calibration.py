@@ -6,9 +6,12 @@ from scipy.special import expit, logit
 
 from cardio_kedro.evaluation.calibration import (
     apply_calibration,
+    apply_recalibration,
     calibration_slope_intercept,
     expected_calibration_error,
     fit_platt,
+    fit_recalibration,
+    observed_expected,
     prior_shift_offset,
 )
 
@@ -70,3 +73,74 @@ def test_calibration_in_the_large_converges_for_confident_scores():
     p = np.full(100, 1e-6)
     _, intercept = calibration_slope_intercept(y, p)
     assert intercept == pytest.approx(logit(0.1) - logit(1e-6), abs=1e-6)
+
+
+# ---- recalibration for a new site ------------------------------------------------------------------
+def test_intercept_recalibration_by_hand():
+    """Every image at p = 0.5, one positive in four: the only intercept that fits is logit(1/4)."""
+    intercept, slope = fit_recalibration(np.full(4, 0.5), np.array([1, 0, 0, 0]), "intercept")
+    assert slope == 1.0
+    assert intercept == pytest.approx(logit(0.25), abs=1e-9)
+    assert apply_recalibration(np.array([0.5]), intercept, slope)[0] == pytest.approx(0.25)
+
+
+def test_logistic_recalibration_by_hand():
+    """Two groups of images at logit -1 and +1 with observed rates 0.2 and 0.6: the line through both."""
+    p = expit(np.r_[np.full(10, -1.0), np.full(10, 1.0)])
+    y = np.r_[[1, 1] + [0] * 8, [1] * 6 + [0] * 4]
+    intercept, slope = fit_recalibration(p, y, "logistic")
+    assert slope == pytest.approx((logit(0.6) - logit(0.2)) / 2, abs=1e-7)
+    assert intercept == pytest.approx((logit(0.6) + logit(0.2)) / 2, abs=1e-7)
+    assert fit_recalibration(p, y, "none") == (0.0, 1.0)
+
+
+def test_recalibration_is_the_maximum_likelihood_fit():
+    """A model that over-predicts a 10% site (it was built at 30%): the intercept update makes the mean
+    prediction equal the observed rate on the data it was fitted on (the score equation), and the
+    logistic update equals an unpenalised logistic regression of the outcome on logit(p)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1.5, 4000)
+    y = rng.random(4000) < expit(-2.2 + 0.7 * x)
+    p = expit(-0.8 + x)  # too high and too extreme for this site
+    intercept, slope = fit_recalibration(p, y, "intercept")
+    assert np.mean(apply_recalibration(p, intercept, slope)) == pytest.approx(np.mean(y), abs=1e-6)
+    assert observed_expected(y, p) < 0.6  # the scored model over-predicts ...
+    updated = apply_recalibration(p, intercept, slope)
+    assert observed_expected(y, updated) == pytest.approx(1.0, abs=1e-5)  # ... no longer
+    intercept, slope = fit_recalibration(p, y, "logistic")
+    reference = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(logit(p)[:, None], y)
+    assert slope == pytest.approx(reference.coef_[0, 0], abs=1e-4)
+    assert intercept == pytest.approx(reference.intercept_[0], abs=1e-4)
+    assert slope == pytest.approx(0.7, abs=0.1)  # the truth it was drawn with
+
+
+def test_recalibration_refuses_what_the_data_cannot_support():
+    with pytest.raises(ValueError, match="both classes"):
+        fit_recalibration(np.full(5, 0.3), np.zeros(5), "intercept")
+    with pytest.raises(ValueError, match="separates the classes"):
+        fit_recalibration(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]), "logistic")
+    with pytest.raises(ValueError, match="slope is -"):  # positives ranked below negatives: a reversed model
+        fit_recalibration(np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), np.array([1, 1, 0, 1, 0, 0]), "logistic")
+
+
+def test_observed_expected_by_hand():
+    assert observed_expected(np.array([1, 0, 0, 0]), np.array([0.5, 0.5, 0.25, 0.25])) == pytest.approx(1 / 1.5)
+    assert observed_expected(np.array([0, 0]), np.array([0.0, 0.0])) is None
+
+
+def test_slope_fit_converges_on_a_narrow_range_of_scores():
+    """Scores within a few hundredths of each other: a capped Newton step bounced between two points
+    here (slope 5.0 after the intercept update, 6.0 before). The slope of logit p is the same before
+    and after an intercept update, and equals sklearn's unpenalised fit."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(-1.9, 0.05, 240)
+    y = (rng.random(240) < expit(-1.9 + 6 * (x + 1.9))).astype(int)
+    before = calibration_slope_intercept(y, expit(x))[0]
+    after = calibration_slope_intercept(y, expit(x - 1.83))[0]
+    reference = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(x[:, None], y).coef_[0, 0]
+    assert before == pytest.approx(reference, rel=1e-4)
+    assert after == pytest.approx(before, rel=1e-6)

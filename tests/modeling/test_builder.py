@@ -153,6 +153,33 @@ def test_a_calibrated_model_carries_its_calibration_and_threshold(tmp_path):
     assert attention_model(again).outputs[1].shape[1:3] == (4, 4)  # the attention map is still reachable
 
 
+def test_a_recalibrated_model_is_the_update_of_the_calibrated_one_and_keeps_every_label(tmp_path):
+    """A site's update folded into the Calibration layer: its probability is sigmoid(a + b logit p) of the
+    model it came from, its threshold moves with it (no image changes label), its quality guard and
+    weights are the original's, it reloads with safe_mode, and the original is unchanged."""
+    from cardio_kedro.evaluation.calibration import apply_recalibration
+    from cardio_kedro.modeling import calibrate, model_quality_guard, operating_threshold, recalibrated
+
+    guard = {"template": np.full((16, 16), 0.5).tolist(), "min_correlation": 0.3, "min_side": 64,
+             "blank_std": 2.0, "saturated_share": 0.5}  # fmt: skip
+    model = calibrate(build_model(32, **TINY_MODEL), 1.7, -2.1, 0.123, quality_guard=guard)
+    x = np.random.default_rng(5).integers(0, 255, (16, 32, 32, 1)).astype(np.uint8)
+    before = model.predict(x, verbose=0).reshape(-1)
+    ds = KerasModelDataset(str(tmp_path / "recalibrated.keras"), version=None)
+    ds.save(recalibrated(model, -0.9, 0.6))
+    updated = ds.load()
+    after = updated.predict(x, verbose=0).reshape(-1)
+    np.testing.assert_allclose(after, apply_recalibration(before, -0.9, 0.6), rtol=1e-4)
+    threshold = operating_threshold(updated)
+    assert threshold == pytest.approx(apply_recalibration(np.array([0.123]), -0.9, 0.6)[0], rel=1e-9)
+    np.testing.assert_array_equal(after >= threshold, before >= 0.123)
+    assert model_quality_guard(updated).min_correlation == 0.3
+    assert operating_threshold(model) == pytest.approx(0.123)  # the scored model stays as it was
+    np.testing.assert_allclose(model.predict(x, verbose=0).reshape(-1), before, rtol=1e-6)
+    with pytest.raises(ValueError, match="no Calibration layer"):
+        recalibrated(build_model(32, **TINY_MODEL), 0.0, 1.0)
+
+
 # ---- the multi-label model ------------------------------------------------------------------------
 FINDINGS = ("Cardiomegaly", "Edema", "Effusion")
 

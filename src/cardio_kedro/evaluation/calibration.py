@@ -155,6 +155,11 @@ def fit_recalibration(p: np.ndarray, y: np.ndarray, method: str) -> tuple[float,
             "a logistic slope has no maximum there; recalibrate with intercept, or use a larger update_fraction"
         )
     slope, intercept = _logistic_fit(x, y, free_slope=method == "logistic")
+    if slope <= 0:
+        raise ValueError(
+            f"the fitted slope is {slope:.3f}: at this site the model's ranking carries no information (or runs "
+            "backwards), and a non-positive slope would reverse it; recalibrate with intercept"
+        )
     return intercept, slope
 
 

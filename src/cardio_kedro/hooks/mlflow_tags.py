@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 MODEL_DATASET = "classifier"  # the calibrated classifier: registered as <finding>-classifier(-service) when saved
 RECALIBRATED_DATASET = "recalibrated_classifier"  # a site's recalibrated classifier: a new version of the same name
 MODEL_CARD_DATASET = "external_model_card"  # the scored model and cohort of an external validation run: run tags
+FOLD_HISTORY_DATASET = "fold_training_history"  # each fold model's epochs: the fold's nested run logs them
+CV_METRICS_DATASET = "cross_validation_metrics"  # its per-fold figures: one nested MLflow run per fold
+FOLD_FIGURES = ("auc", "baseline_auc", "threshold", "n_images", "n_patients", "n_positive")
 TRAINING_PARAMS = "params:model_training"
 
 
@@ -70,13 +73,15 @@ class MlflowTagHooks:
     (``external.model``, ``external.registered_model``, ``external.model_version``,
     ``external.training_run_id``) and the cohort (``external.cohort``); its recalibrated classifier is
     registered as a new version of the scored model's name, the version tagged ``recalibrated_for``,
-    ``recalibration`` and ``recalibrated_from``.
+    ``recalibration`` and ``recalibrated_from``. A cross-validation run gets one nested run per fold
+    (``fold 1``, ...) with that fold model's epochs and its out-of-fold figures (``cv_fold_auc``, ...).
     """
 
     def __init__(self) -> None:
         self._target = ""
         self._service_limits: dict = {}
         self._scored_model: dict | None = None
+        self._fold_history = None
 
     @hook_impl(tryfirst=True)  # before kedro-mlflow's own after_context_created looks the experiment up
     def after_context_created(self, context) -> None:
@@ -132,9 +137,41 @@ class MlflowTagHooks:
                 "external.training_run_id": data["training_run_id"],
             }
             mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
+        elif dataset_name == FOLD_HISTORY_DATASET:
+            self._fold_history = data
+        elif dataset_name == CV_METRICS_DATASET:
+            self._log_fold_runs(data["folds"])
         elif dataset_name == RECALIBRATED_DATASET and data["model"] is not None:
             name = (self._scored_model or {}).get("registered_name") or f"{self._target}-classifier"
             self._register_model(data["model"], name=name, artifact="recalibrated_model", tags=data["tags"])
+
+    def _log_fold_runs(self, folds: list[dict]) -> None:
+        """One nested run per fold under the cross-validation run: the fold model's epochs (step = epoch)
+        and its figures on the fold it never saw, so MLflow compares the folds side by side."""
+        import math
+        import time
+
+        import mlflow
+        from mlflow.entities import Metric
+
+        from cardio_kedro.modeling.training import HISTORY_METRICS
+
+        history, now = self._fold_history, int(time.time() * 1000)
+        for fold in folds:
+            with mlflow.start_run(run_name=f"fold {fold['fold']}", nested=True, tags={"fold": str(fold["fold"])}):
+                mlflow.log_metrics({f"cv_fold_{k}": float(fold[k]) for k in FOLD_FIGURES if fold[k] is not None})
+                if history is None:
+                    continue
+                part = history[history["fold"] == fold["fold"] - 1]  # the history counts folds from 0
+                epochs = [
+                    Metric(name, float(value), now, int(epoch))
+                    for name in HISTORY_METRICS
+                    if name in part
+                    for epoch, value in zip(part["epoch"], part[name])
+                    if math.isfinite(value)
+                ]
+                mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=epochs)
+        logger.info("MLflow: one nested run per fold (%d) under the cross-validation run", len(folds))
 
     def _register_model(
         self, model, name: str | None = None, artifact: str = "model", tags: dict[str, str] | None = None

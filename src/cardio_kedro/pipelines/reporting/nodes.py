@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score
 from cardio_kedro.cohort.sampling import undersample
 from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.common.formatting import fmt, fmt_auc, fmt_interval, short_key
-from cardio_kedro.config import ExternalParams, ModelTrainingParams, ReportingParams
+from cardio_kedro.config import ExternalParams, ModelTrainingParams, RebalanceParams, ReportingParams
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation.baseline import pixel_baseline_probability
 from cardio_kedro.evaluation.calibration import apply_recalibration, observed_expected
@@ -639,18 +639,23 @@ def score_external_cohort(
 
 
 def external_baseline_predictions(
-    train: pd.DataFrame,
+    internal: pd.DataFrame,
     pixel_cache: PixelCache,
     cohort: pd.DataFrame,
     external_pixel_cache: PixelCache,
+    rebalance: dict[str, Any],
     params: dict[str, Any],
 ) -> pd.DataFrame:
-    """The pixel baseline fitted on this project's training split (the same fit the reports compare the
-    model with), scored on the external cohort."""
-    config = ReportingParams.model_validate(params).baseline
+    """The pixel baseline fitted on this project's own (internal) cohort, the newest ``model_input_table``,
+    rebalanced as the model's training images were (``data_processing.rebalance``), and scored on the
+    external cohort. A single-split model trained on part of that cohort; a cross-validated final model on
+    all of it: the baseline gets at least the images the model had, never an external one."""
+    config, balance = ReportingParams.model_validate(params).baseline, RebalanceParams.model_validate(rebalance)
+    if balance.strategy == "undersample":
+        internal = undersample(internal, balance.neg_per_pos, np.random.default_rng(balance.seed), match="sex")
     probability = pixel_baseline_probability(
-        pixel_cache.images(train["path"]),
-        train["target"].to_numpy(),
+        pixel_cache.images(internal["path"]),
+        internal["target"].to_numpy(),
         external_pixel_cache.images(cohort["path"]),
         config.image_size,
         config.regularization,
@@ -730,7 +735,7 @@ def external_validation_metrics(
         "internal": card["internal"],
         "baseline": {
             "model": f"logistic regression on {config.baseline.image_size}x{config.baseline.image_size} pixels, "
-            "fitted on this project's newest training split",
+            "fitted on this project's own cohort (its newest model input table, rebalanced as for training)",
             "roc_auc": bootstrap_auc(y, base, groups, config.n_bootstrap, config.seed),
             "paired_difference": paired,
             "model_beats_baseline": bool(paired["ci_low"] is not None and paired["ci_low"] > 0),

@@ -213,7 +213,14 @@ def create_external_validation_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 external_baseline_predictions,
-                ["train_balanced", "pixel_cache", "external_cohort", "external_pixel_cache", "params:reporting"],
+                [
+                    "model_input_table",
+                    "pixel_cache",
+                    "external_cohort",
+                    "external_pixel_cache",
+                    "params:data_processing.rebalance",
+                    "params:reporting",
+                ],
                 "external_baseline_predictions",
                 name="external_baseline_predictions",
             ),

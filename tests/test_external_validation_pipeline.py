@@ -1,0 +1,180 @@
+"""`kedro run --pipelines=external_validation` end to end: a phantom site with another seed and prevalence, scored
+by a cross-validated model (its nested fold runs checked too), where recalibration must restore calibration in the
+large; and a model trained on the real NIH sample validated on the real thumbnails."""
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cardio_kedro.config import ParameterError
+from cardio_kedro.evaluation.calibration import apply_recalibration
+from cardio_kedro.modeling import load_model, operating_threshold
+from cardio_kedro.pipelines.reporting.pipeline import EXTERNAL_FIGURES
+from tests.helpers import make_phantom_cohort, make_tiny_project, run_pipeline
+
+pytestmark = pytest.mark.kedro_session
+
+# Calibration in the large after recalibration, on the patients it was not fitted on: observed / expected
+# within 20% of 1 (the evaluation part holds about 30 positives, whose Poisson spread alone is +-18%).
+OE_TOLERANCE = (0.8, 1.25)
+
+
+def _trained(folder: Path, pipeline: str, runtime_params: dict | None = None) -> Path:
+    project = make_tiny_project(folder)
+    here = os.getcwd()
+    os.chdir(project)
+    try:
+        run_pipeline(project, pipeline, runtime_params=runtime_params)
+    finally:
+        os.chdir(here)
+    return project
+
+
+def _validate(project: Path, **external) -> dict:
+    """One external_validation run in ``project``; its metrics."""
+    model_uri = external.pop("model_uri", None)
+    runtime = {"external": external} | ({"model_uri": model_uri} if model_uri else {})
+    here = os.getcwd()
+    os.chdir(project)
+    try:
+        run_pipeline(project, "external_validation", runtime_params=runtime)
+    finally:
+        os.chdir(here)
+    return json.loads(_newest(project, "08_reporting/external_validation_metrics.json").read_text())
+
+
+def _newest(project: Path, pattern: str) -> Path:
+    return sorted(project.glob(f"data/{pattern}/*/*"))[-1]
+
+
+def _client(project: Path) -> MlflowClient:
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def phantom_project(tmp_path_factory) -> Path:
+    """A tiny model cross-validated on phantoms (3 folds): its internal figures are out of fold."""
+    kfold = {"data_processing": {"split": {"method": "kfold", "n_folds": 3}}}
+    return _trained(tmp_path_factory.mktemp("external"), "cross_validation", kfold)
+
+
+def _check_mlflow(project: Path, external: dict, after: float) -> None:
+    """The run names the model it scored; the recalibrated model is a new, tagged version."""
+    client = _client(project)
+    experiment = client.get_experiment_by_name("Cardiomegaly")
+    (training,) = client.search_runs([experiment.experiment_id], "tags.pipeline_names LIKE '%cross_validation%'")
+    folds = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{training.info.run_id}'")
+    assert sorted(r.data.tags["mlflow.runName"] for r in folds) == ["fold 1", "fold 2", "fold 3"]  # nested runs
+    assert all("cv_fold_auc" in r.data.metrics for r in folds)
+    assert all(client.get_metric_history(r.info.run_id, "val_auc") for r in folds)  # each fold model's epochs
+    (run,) = client.search_runs([experiment.experiment_id], "tags.pipeline_names LIKE '%external_validation%'")
+    tags = run.data.tags
+    assert tags["external.registered_model"] == "Cardiomegaly-classifier" and tags["external.model_version"] == "1"
+    assert tags["external.training_run_id"] == training.info.run_id and tags["external.cohort"] == "site_b"
+    assert tags["registered_recalibrated_model"] == "Cardiomegaly-classifier/2"
+    assert run.data.metrics["external_auc"] == pytest.approx(external["roc_auc"]["auc"])
+    assert run.data.metrics["external_recalibration_after_observed_expected"] == pytest.approx(after)
+    version = client.get_model_version("Cardiomegaly-classifier", "2")
+    assert version.tags["recalibrated_for"] == "site_b" and version.tags["recalibration"] == "intercept"
+    assert version.tags["recalibrated_from"] == "Cardiomegaly-classifier/1"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"external_validation_report", "external_validation_metrics", "external_predictions"} <= artifacts
+
+
+def test_a_shifted_site_is_reported_recalibrated_and_registered(phantom_project, tmp_path):
+    site = make_phantom_cohort(tmp_path / "site_b", n_patients=300, prevalence=0.1, seed=11)
+    metrics = _validate(phantom_project, cohort_dir=str(site), recalibrate="intercept", name="site_b")
+
+    cohort, external = metrics["cohort"], metrics["external"]
+    labels = pd.read_csv(site / "Data_Entry_2017.csv")
+    assert cohort["n_images"] == len(labels) and cohort["n_patients"] == labels["Patient ID"].nunique()
+    assert sum(cohort["quality"].values()) == cohort["n_images"]
+    assert external["n_images"] == cohort["quality"].get("ok", 0)  # flagged films are not counted
+    assert 0 <= external["roc_auc"]["ci_low"] <= external["roc_auc"]["auc"] <= external["roc_auc"]["ci_high"] <= 1
+    assert metrics["internal"]["where"] == "internal out of fold" and metrics["internal"]["auc"] is not None
+    assert metrics["baseline"]["roc_auc"]["auc"] is not None
+    assert metrics["baseline"]["paired_difference"]["model_auc"] == pytest.approx(external["roc_auc"]["auc"])
+
+    # the model was trained at 35% prevalence; this site has 10%: it over-predicts, and the intercept
+    # update fitted on half the patients brings the other half back to observed = expected
+    recalibration = metrics["recalibration"]
+    before = recalibration["before"]["in_the_large"]["observed_expected"]["value"]
+    after = recalibration["after"]["in_the_large"]["observed_expected"]["value"]
+    assert not OE_TOLERANCE[0] <= before <= OE_TOLERANCE[1], before
+    assert OE_TOLERANCE[0] <= after <= OE_TOLERANCE[1], after
+    assert recalibration["slope"] == 1.0 and recalibration["intercept"] < 0
+    assert abs(recalibration["after"]["calibration_intercept"]["value"]) < abs(
+        recalibration["before"]["calibration_intercept"]["value"]
+    )
+
+    # the recalibrated classifier is the update of the scored one, image by image
+    predictions = pd.read_parquet(_newest(phantom_project, "07_model_output/external_predictions.parquet"))
+    evaluation = predictions[predictions["part"] == "evaluation"]
+    assert set(predictions["part"]) == {"update", "evaluation"}
+    assert not set(evaluation["patient_id"]) & set(predictions.loc[predictions["part"] == "update", "patient_id"])
+    model = load_model(_newest(phantom_project, "06_models/recalibrated_classifier.keras"))
+    from cardio_kedro.datasets import PixelCacheDataset
+
+    cache = PixelCacheDataset(str(phantom_project / "data/04_feature/external_pixel_cache"), 32).load()
+    pixels = cache.images(evaluation["path"].head(32))[..., None]
+    np.testing.assert_allclose(
+        model.predict(pixels, verbose=0).reshape(-1),
+        apply_recalibration(evaluation["probability"].head(32).to_numpy(), recalibration["intercept"], 1.0),
+        rtol=1e-4,
+    )
+    assert operating_threshold(model) == pytest.approx(recalibration["threshold"])
+
+    _check_mlflow(phantom_project, external, after)
+
+    report = _newest(phantom_project, "08_reporting/external_validation_report.html").read_text()
+    assert report.count("data:image/png;base64,") == len(EXTERNAL_FIGURES)
+    assert "external validation on site_b" in report and "over-predicts" in report
+
+    # without model_uri the next run scores the trained model again, not the site's recalibrated version;
+    # with it, the recalibrated version, whose level now matches this site
+    again = _validate(phantom_project, cohort_dir=str(site))
+    assert again["model"]["registered_version"] == "1" and again["recalibration"] is None
+    recalibrated = _validate(phantom_project, cohort_dir=str(site), model_uri="models:/Cardiomegaly-classifier/2")
+    assert recalibrated["model"]["registered_version"] == "2"
+    oe = recalibrated["external"]["calibration"]["in_the_large"]["observed_expected"]["value"]
+    assert OE_TOLERANCE[0] <= oe <= OE_TOLERANCE[1]
+
+
+def test_without_a_cohort_the_run_stops_before_any_work(phantom_project):
+    here = os.getcwd()
+    os.chdir(phantom_project)
+    try:
+        with pytest.raises(ParameterError, match="--params=external.cohort_dir=DIR"):
+            run_pipeline(phantom_project, "external_validation")
+    finally:
+        os.chdir(here)
+
+
+def test_the_real_sample_validated_on_the_real_thumbnails(shared_nih, tmp_path_factory):
+    """Trained on the 200 real NIH sample films, scored on the 970 real thumbnails (other patients)."""
+    project = _trained(tmp_path_factory.mktemp("real_external"), "training", {"cohort_dir": str(shared_nih / "sample")})
+    metrics = _validate(project, cohort_dir=str(shared_nih / "thumbs"), recalibrate="intercept")
+    cohort, external = metrics["cohort"], metrics["external"]
+    assert (cohort["n_images"], cohort["n_patients"], cohort["n_positive"]) == (970, 260, 66)
+    assert cohort["name"] == "thumbs" and sum(cohort["quality"].values()) == 970
+    assert external["n_images"] >= 0.95 * 970  # the guard passes real frontal films
+    assert external["roc_auc"]["ci_low"] is not None and external["pr_auc_ci"]["ci_low"] is not None
+    assert set(metrics["subgroups"]["view"]) == {"AP", "PA"} and set(metrics["subgroups"]["sex"]) == {"F", "M"}
+    cil = external["calibration"]["in_the_large"]
+    assert cil["observed_rate"]["value"] == pytest.approx(external["n_positive"] / external["n_images"])
+    assert metrics["internal"]["where"] == "internal test split"
+    recalibration = metrics["recalibration"]
+    update_rate = recalibration["fitted_on"]["n_positive"] / recalibration["fitted_on"]["n_images"]
+    # the intercept update sets the update part's mean prediction to its observed rate
+    updated = pd.read_parquet(_newest(project, "07_model_output/external_predictions.parquet"))
+    update = updated[(updated["part"] == "update") & (updated["quality"] == "ok")]
+    recal = apply_recalibration(update["probability"].to_numpy(), recalibration["intercept"], 1.0)
+    assert recal.mean() == pytest.approx(update_rate, abs=1e-6)
