@@ -5,6 +5,7 @@ import pytest
 from scipy.special import expit, logit
 
 from cardio_kedro.evaluation.calibration import (
+    align_scores,
     apply_calibration,
     apply_recalibration,
     calibration_slope_intercept,
@@ -144,3 +145,12 @@ def test_slope_fit_converges_on_a_narrow_range_of_scores():
     reference = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10000).fit(x[:, None], y).coef_[0, 0]
     assert before == pytest.approx(reference, rel=1e-4)
     assert after == pytest.approx(before, rel=1e-6)
+
+
+def test_align_scores_puts_quartiles_on_quartiles():
+    """Scores whose logits are 2x + 1 of another model's: the map back is slope 2, intercept 1 (by hand);
+    a model whose scores do not spread is left as it is."""
+    x = np.linspace(-3, 3, 101)
+    slope, intercept = align_scores(expit(x), expit(2 * x + 1))
+    assert slope == pytest.approx(2.0) and intercept == pytest.approx(1.0)
+    assert align_scores(np.full(10, 0.3), expit(x)) == (1.0, 0.0)

@@ -130,6 +130,23 @@ def calibration_slope_intercept(y: np.ndarray, p: np.ndarray) -> tuple[float, fl
     return (slope if np.isfinite(slope) and abs(slope) < MAX_SLOPE else float("nan")), intercept
 
 
+def align_scores(scores: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """``(slope, intercept)`` of the map ``slope * logit(score) + intercept`` that puts the quartiles of
+    ``scores`` on those of ``reference`` (median onto median, interquartile range onto interquartile range).
+
+    Labels play no part: it matches one model's score scale to another's on the same images. A
+    cross-validated final model's scores are aligned this way to the pooled out-of-fold scores before
+    the out-of-fold calibration is applied to it (two networks trained alike can still stop at epochs
+    whose scores spread very differently). ``(1, 0)`` when ``scores`` do not spread at all."""
+    q_scores = np.quantile(to_logit(scores), [0.25, 0.5, 0.75])
+    q_reference = np.quantile(to_logit(reference), [0.25, 0.5, 0.75])
+    spread = q_scores[2] - q_scores[0]
+    if not spread > 0:
+        return 1.0, 0.0
+    slope = float((q_reference[2] - q_reference[0]) / spread)
+    return slope, float(q_reference[1] - slope * q_scores[1])
+
+
 # ---- recalibration for a new site (Steyerberg, Clinical Prediction Models, ch. 20) -----------------
 def fit_recalibration(p: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
     """``(intercept, slope)`` of ``logit p' = intercept + slope * logit p``, fitted by maximum likelihood

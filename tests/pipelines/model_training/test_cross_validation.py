@@ -47,12 +47,30 @@ def test_every_image_is_scored_by_the_model_of_the_other_folds(toy_cache, toy_fo
 
     model, _, rebalancing = nodes.train_final_model(toy_folds, toy_cache["cache"], rebalance, params, BINS)
     guard = nodes.fit_quality_guard_on_folds(toy_folds, toy_cache["cache"], params)
-    classifier, calibration = nodes.calibrate_from_out_of_fold(model, oof, rebalancing, params, BINS, guard)
+    classifier, calibration = nodes.calibrate_from_out_of_fold(
+        model, oof, rebalancing, params, BINS, guard, toy_cache["cache"]
+    )
     assert calibration["fitted_on"] == "out_of_fold" and calibration["threshold"]["chosen_on"] == "out_of_fold"
     assert calibration["validation"]["n_images"] == len(oof)  # fitted on every out-of-fold score
     assert operating_threshold(classifier) == calibration["threshold"]["value"]
     assert model_quality_guard(classifier) is not None
     assert guard["report"]["n_held_out"] == int((toy_folds["fold"] == 0).sum())
+    # the final model's probabilities spread as the out-of-fold ones do (median and IQR in logit space), so the
+    # threshold chosen out of fold labels a like share of the images
+    from scipy.special import logit
+
+    from cardio_kedro.evaluation.calibration import apply_calibration
+    from cardio_kedro.modeling.feeds import predict_cached
+
+    cache = toy_cache["cache"]
+    final, _ = predict_cached(classifier, cache.pixels(), cache.rows(oof["path"]), 32)
+    oof_calibrated = apply_calibration(oof["score"].to_numpy(), calibration["slope"], calibration["intercept"])
+    q_final, q_oof = (np.quantile(logit(p), [0.25, 0.5, 0.75]) for p in (final, oof_calibrated))
+    assert q_final[1] == pytest.approx(q_oof[1], abs=1e-3)  # median onto median
+    assert q_final[2] - q_final[0] == pytest.approx(q_oof[2] - q_oof[0], rel=1e-3)  # IQR onto IQR
+    assert calibration["score_alignment"]["calibration_slope"] == pytest.approx(
+        calibration["slope"] * calibration["score_alignment"]["slope"]
+    )
 
 
 def test_held_out_validation_is_patient_wise_and_stratified(toy_folds):

@@ -100,6 +100,7 @@ def create_cross_validation_pipeline(**kwargs) -> Pipeline:
                     "params:model_training",
                     "params:reporting.calibration_bins",
                     "quality_guard",
+                    "pixel_cache",
                 ],
                 outputs=["classifier", "calibration"],
                 name="calibrate_from_out_of_fold",

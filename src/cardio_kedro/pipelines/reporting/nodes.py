@@ -494,6 +494,9 @@ def cross_validation_headline_metrics(metrics: dict) -> dict[str, dict[str, floa
         "cv_prevalence_only_brier": pooled["prevalence_only_brier"],
         "cv_ece": calibrated["ece"]["value"],
         "cv_calibration_slope": calibrated["calibration_slope"]["value"],
+        "cv_calibration_intercept": calibrated["calibration_intercept"]["value"],
+        "cv_sensitivity": pooled["sensitivity"],
+        "cv_specificity": pooled["specificity"],
         "cv_baseline_auc": metrics["baseline"]["roc_auc"]["auc"],
         "cv_auc_difference": paired["difference"],
         "cv_auc_difference_ci_low": paired["ci_low"],
@@ -571,7 +574,8 @@ INTERNAL_METRICS = {
     "internal out of fold": {
         "auc": "cv_auc", "auc_ci_low": "cv_auc_ci_low", "auc_ci_high": "cv_auc_ci_high",
         "pr_auc": "cv_pr_auc", "brier": "cv_brier", "ece": "cv_ece",
-        "calibration_slope": "cv_calibration_slope", "baseline_auc": "cv_baseline_auc",
+        "calibration_slope": "cv_calibration_slope", "calibration_intercept": "cv_calibration_intercept",
+        "sensitivity": "cv_sensitivity", "specificity": "cv_specificity", "baseline_auc": "cv_baseline_auc",
     },
 }  # fmt: skip
 
@@ -717,6 +721,7 @@ def external_validation_metrics(
     external_figures = evaluate(y, p, groups, card["threshold"], config.n_bootstrap, config.seed)
     pr = patient_bootstrap(y, p, groups, {"pr_auc": _pr_auc}, config.n_bootstrap, config.seed)["pr_auc"]
     external_figures["pr_auc_ci"] = pr
+    external_figures["probability_range"] = [float(p.min()), float(p.max())]
     external_figures["calibration"] = _external_calibration(scored, "probability", config)
     base = baseline.set_index("image_index").loc[scored["image_index"], "probability"].to_numpy()
     paired = paired_auc_difference(y, p, base, groups, config.n_bootstrap, config.seed)
