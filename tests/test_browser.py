@@ -91,7 +91,13 @@ def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
         ]
         registered = {p["name"] for p in graph["pipelines"]}
         assert {"phantom_cohort", "data_processing", "model_training", "reporting", "inference", "demo"} <= registered
-        assert {"multilabel", "multilabel_reporting"} <= registered
+        assert {"multilabel", "multilabel_reporting", "cross_validation", "external_validation"} <= registered
+        external = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/pipelines/external_validation", timeout=30).read()
+        )
+        drawn = {n["name"] for n in external["nodes"]}
+        assert {"score_external_cohort", "fit_site_recalibration", "external_validation_report"} <= drawn
+        assert "external" in external["modular_pipelines"]  # the external cohort's data_processing, folded
         roc = next(n for n in graph["nodes"] if n["name"] == "roc_plot")
         details = json.loads(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/nodes/{roc['id']}", timeout=30).read()

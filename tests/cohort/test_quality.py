@@ -84,3 +84,22 @@ def test_the_guard_survives_its_config(fitted):
     guard, _, test = fitted
     again = QualityGuard.from_config(guard.to_config())
     assert [again.check(img) for img in test[:50]] == [guard.check(img) for img in test[:50]]
+
+
+@pytest.mark.parametrize(
+    ("view", "expected"),
+    [
+        ("LL", "lateral"),
+        ("rl", "lateral"),
+        (" LATERAL ", "lateral"),
+        ("PA", None),
+        ("AP", None),
+        ("", None),
+        (None, None),
+    ],  # fmt: skip
+)
+def test_a_film_whose_own_view_says_lateral_is_flagged(view, expected):
+    """DICOM's ViewPosition (LL, RL) and the layouts' LATERAL name a lateral film; frontal views and none do not."""
+    from cardio_kedro.cohort.quality import view_problem
+
+    assert view_problem(view) == expected

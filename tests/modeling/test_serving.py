@@ -1,6 +1,7 @@
 """The HTTP service's pyfunc, without a server: limits and bad input are 400s that name the row and reason."""
 
 import base64
+import io
 from types import SimpleNamespace
 
 import cv2
@@ -74,6 +75,13 @@ def test_a_saved_quality_guard_flags_images_and_withholds_their_label(tmp_path):
     images = {"ok": film, "rotated": np.ascontiguousarray(np.rot90(film)), "inverted": 255 - film,
               "blank": np.full((32, 32), 128, np.uint8), "not_frontal_cxr": noise}  # fmt: skip
     encoded = [_b64(cv2.imencode(".png", img)[1].tobytes()) for img in images.values()]
+    # the frontal film again, as a DICOM whose header says it is a lateral one
+    from tests.cohort.test_dicom import _dicom
+
+    lateral = io.BytesIO()
+    _dicom(film, ViewPosition="LL").save_as(lateral, enforce_file_format=True)
+    images["lateral"] = film
+    encoded.append(_b64(lateral.getvalue()))
     answer = svc.predict(None, pd.DataFrame({"image": encoded}))
     assert answer["quality"].tolist() == list(images)
     assert answer.loc[0, "label"] in (0, 1) and 0 <= answer.loc[0, "probability"] <= 1

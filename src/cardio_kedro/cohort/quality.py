@@ -23,6 +23,10 @@ import cv2
 import numpy as np
 
 OK = "ok"
+LATERAL = "lateral"
+# View positions that name a lateral film: DICOM's ViewPosition LL and RL, and the LATERAL the cohort
+# layouts give CheXpert's, MIMIC-CXR's and PadChest's laterals (cardio_kedro.cohort.layouts).
+LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})
 REASONS = ("not_frontal_cxr", "lateral", "inverted", "rotated", "blank", "saturated", "too_small")
 GUARD_SIZE = 32  # px of the template
 SATURATED_LEVELS = (1, 254)  # grey levels at or beyond which a pixel counts as saturated
@@ -94,6 +98,12 @@ class QualityGuard:
     @classmethod
     def from_config(cls, config: dict) -> QualityGuard:
         return cls(**{**config, "template": np.asarray(config["template"], np.float64)})
+
+
+def view_problem(view: str | None) -> str | None:
+    """``lateral`` when the film's own view position (a DICOM header, a data set's view column) says it is
+    a lateral one, else ``None``: a lateral film is not what the model reads, whatever its pixels."""
+    return LATERAL if view is not None and str(view).strip().upper() in LATERAL_VIEWS else None
 
 
 def fit_quality_guard(

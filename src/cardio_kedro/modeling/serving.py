@@ -30,7 +30,7 @@ from cardio_kedro.cohort.imaging import (
     is_dicom_bytes,
     resize_gray,
 )
-from cardio_kedro.cohort.quality import OK
+from cardio_kedro.cohort.quality import OK, view_problem
 
 MAX_IMAGE_BYTES = 64 * 2**20
 # What a logged model needs to be loaded and served (the code it carries imports these), pinned to the
@@ -97,8 +97,8 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
             )
         self.limits = {key: config[key] for key in LIMITS}
 
-    def _pixels(self, value) -> tuple[np.ndarray, tuple[int, int]]:
-        """The image at the model's size and its source ``(height, width)``."""
+    def _pixels(self, value) -> tuple[np.ndarray, tuple[int, int], str | None]:
+        """The image at the model's size, its source ``(height, width)`` and, for a DICOM, its ViewPosition."""
         if not isinstance(value, str) or not value:
             raise ValueError("expected a base64-encoded PNG or JPEG string")
         try:
@@ -108,10 +108,10 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
         if len(data) > MAX_IMAGE_BYTES:
             raise ValueError(f"larger than {MAX_IMAGE_BYTES // 2**20} MiB")
         if is_dicom_bytes(data):
-            full = decode_dicom(data).pixels
-            return resize_gray(full, self.size), full.shape[:2]
+            dicom = decode_dicom(data)
+            return resize_gray(dicom.pixels, self.size), dicom.pixels.shape[:2], dicom.header["ViewPosition"] or None
         width, height = check_image_bytes(data)
-        return decode_bytes(data, self.size), (height, width)
+        return decode_bytes(data, self.size), (height, width), None
 
     def _check_request(self, model_input: pd.DataFrame) -> None:
         if "image" not in model_input.columns:
@@ -129,20 +129,22 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         self._check_request(model_input)
-        pixels, shapes = [], []
+        pixels, shapes, views = [], [], []
         for i, value in enumerate(model_input["image"]):
             try:
-                image, shape = self._pixels(value)
+                image, shape, view = self._pixels(value)
             except (ValueError, ImageError) as exc:
                 raise _bad_request(f"row {i}: {exc}") from None
             pixels.append(image)
             shapes.append(shape)
+            views.append(view)
         probability = np.asarray(self.model.predict_on_batch(np.stack(pixels)[..., None])).astype(float)
         out = finding_outputs(probability, self.threshold, self.findings)
-        if self.guard is None:
-            return out.assign(quality="unchecked")
-        quality = [self.guard.check(image, shape) for image, shape in zip(pixels, shapes)]
-        flagged = np.array([q != OK for q in quality])
+        quality = [  # a lateral DICOM by its header, else the guard's verdict on the pixels
+            view_problem(view) or (self.guard.check(image, shape) if self.guard else "unchecked")
+            for image, shape, view in zip(pixels, shapes, views)
+        ]
+        flagged = np.array([q not in (OK, "unchecked") for q in quality])
         out = out.astype(object)
         out.loc[flagged, :] = None  # no label, no probability for what is not a frontal chest film
         return out.assign(quality=quality)

@@ -96,8 +96,8 @@ def test_a_multi_label_model_gives_a_probability_label_and_overlay_per_finding(t
 
 
 def test_what_the_quality_guard_flags_gets_no_label(shared_nih, tmp_path):
-    """Real films pass; the same films rotated or inverted, a photograph and a blank image are flagged,
-    get no label, and their probability only with score_flagged."""
+    """Real films pass; the same films rotated or inverted, a photograph, a blank image and a DICOM
+    whose header says lateral are flagged, get no label, and their probability only with score_flagged."""
     import cv2
     import matplotlib
 
@@ -115,14 +115,20 @@ def test_what_the_quality_guard_flags_gets_no_label(shared_nih, tmp_path):
                "blank.png": np.full((64, 64), 40, np.uint8), "tiny.png": film[:20, :20]}  # fmt: skip
     for name, image in written.items():
         cv2.imwrite(str(tmp_path / name), np.ascontiguousarray(image))
+    # the same frontal pixels in a DICOM whose header says lateral (ViewPosition LL), and one that says PA
+    from tests.cohort.test_dicom import _dicom, _save
+
+    for name, view in (("lateral.dcm", "LL"), ("frontal.dcm", "PA")):
+        _save(_dicom(film, ViewPosition=view), tmp_path / name)
+        written[name] = film
     images = pd.DataFrame({"file": list(written), "path": [str(tmp_path / n) for n in written]})
     info = {"model": model, "threshold": operating_threshold(model), "version": "v2", "source": "memory"}
     params = base_params("inference", workers=1)
     table = score_images(images, info, params, {})[0].set_index("file")
-    expected = ["ok", "rotated", "inverted", "not_frontal_cxr", "blank", "too_small"]
+    expected = ["ok", "rotated", "inverted", "not_frontal_cxr", "blank", "too_small", "lateral", "ok"]
     assert table["quality"].tolist() == expected
-    flagged = table.drop(index="film.png")
+    flagged = table.drop(index=["film.png", "frontal.dcm"])
     assert flagged["label"].isna().all() and flagged["probability"].isna().all()
     assert table.loc["film.png", "label"] in (0, 1)
     shown = score_images(images, info, {**params, "score_flagged": True}, {})[0].set_index("file")
-    assert shown["probability"].notna().all() and shown.drop(index="film.png")["label"].isna().all()
+    assert shown["probability"].notna().all() and shown.drop(index=["film.png", "frontal.dcm"])["label"].isna().all()

@@ -12,8 +12,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from cardio_kedro.cohort.quality import OK
-from cardio_kedro.cohort.storage import image_loader
+from cardio_kedro.cohort.imaging import is_dicom_path, read_header
+from cardio_kedro.cohort.quality import OK, view_problem
+from cardio_kedro.cohort.storage import image_loader, is_remote
 from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.common.parallel import imap_progress
 from cardio_kedro.config import InferenceParams
@@ -96,6 +97,13 @@ def _threshold(model_info: dict, config: InferenceParams) -> float | list[float]
     return model_info["threshold"]
 
 
+def dicom_view(path: str) -> str | None:
+    """The ViewPosition of a local DICOM file (``None`` for other files, and for objects of a store)."""
+    if is_remote(path) or not is_dicom_path(path):
+        return None
+    return read_header(path)["ViewPosition"] or None
+
+
 def _row(
     file: str, probability: np.ndarray, score: np.ndarray, thresholds: np.ndarray, findings, error, quality: str | None,
     score_flagged: bool,
@@ -129,8 +137,8 @@ def score_images(
 
     The label uses the threshold saved with the model (or an explicit ``inference.threshold``).
     Each image is checked by the model's quality guard first (``quality``: ``ok`` or the reason, such
-    as ``rotated`` or ``not_frontal_cxr``); a flagged image gets no label, and its probability only
-    with ``inference.score_flagged``.
+    as ``rotated`` or ``not_frontal_cxr``; ``lateral`` for a DICOM whose ViewPosition is LL or RL); a
+    flagged image gets no label, and its probability only with ``inference.score_flagged``.
     Files are decoded on every core and scored in batches as they arrive (memory stays flat);
     with ``heatmaps: true`` the attention overlay of every scored image is returned as
     ``{file.png: PNG bytes}``. ``storage_options`` (``inference_storage``) open images in object storage.
@@ -150,6 +158,7 @@ def score_images(
     if guard is None:
         logger.warning("Model %s has no quality guard (trained before it): images are scored unchecked", version)
     names = overlay_names(images["file"].tolist())
+    paths = dict(zip(images["file"], images["path"]))
     for files, decoded in _batches(images, int(model.inputs[0].shape[1]), config, storage_options):
         ok = [i for i, (_, _, error) in enumerate(decoded) if error is None]
         probs, scores = np.full((len(files), k), np.nan), np.full((len(files), k), np.nan)
@@ -160,7 +169,10 @@ def score_images(
                     name = names[files[i]] if not findings else names[files[i]][:-4] + f".{findings[c]}.png"
                     overlays[name] = encode_png(overlay(decoded[i][0], maps[j][..., c]))
         for file, probability, score, (pixels, shape, error) in zip(files, probs, scores, decoded):
-            quality = None if error is not None else guard.check(pixels, shape) if guard else UNCHECKED
+            if error is not None:
+                quality = None
+            else:  # a lateral DICOM by its header, else the guard's verdict on the pixels
+                quality = view_problem(dicom_view(paths[file])) or (guard.check(pixels, shape) if guard else UNCHECKED)
             row = _row(file, probability, score, thresholds, findings, error, quality, config.score_flagged)
             rows.append({**row, "model_version": version})
     table = pd.DataFrame(rows)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
+from cardio_kedro.cohort.quality import view_problem
 from cardio_kedro.cohort.sampling import undersample
 from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.common.formatting import fmt, fmt_auc, fmt_interval, short_key
@@ -618,7 +619,11 @@ def score_external_cohort(
     guard = model_quality_guard(model)
     pixels = pixel_cache.pixels()
     shapes = cohort[["src_height", "src_width"]].to_numpy()
-    quality = [guard.check(pixels[r], tuple(s)) for r, s in zip(rows, shapes)] if guard else ["unchecked"] * len(rows)
+    views = cohort["view"] if "view" in cohort else pd.Series([None] * len(cohort))
+    quality = [  # a lateral film by its own view (layout metadata, DICOM header), else the guard on its pixels
+        view_problem(view) or (guard.check(pixels[r], tuple(s)) if guard else "unchecked")
+        for r, s, view in zip(rows, shapes, views)
+    ]
     columns = [c for c in (*PREDICTION_COLUMNS, "part") if c in cohort.columns]
     predictions = cohort[columns].assign(probability=probability, score=score, quality=quality)
     name = config.name or str(config.cohort_dir).rstrip("/").rsplit("/", 1)[-1]
