@@ -31,19 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_NIH = ROOT.parent / "shared" / "data" / "nih"
-
-
-def scratch_project(project: Path) -> Path:
-    """A copy of the project's conf with its own MLflow store."""
-    shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"), dirs_exist_ok=True)
-    (project / "conf" / "local").mkdir(exist_ok=True)
-    (project / "src").mkdir(exist_ok=True)
-    shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
-    mlflow_yml = (ROOT / "conf" / "base" / "mlflow.yml").read_text()
-    (project / "conf" / "local" / "mlflow.yml").write_text(
-        mlflow_yml.replace("sqlite:///mlflow.db", f"sqlite:///{project / 'mlflow.db'}")
-    )
-    return project
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from real_cohort import scratch_project  # noqa: E402 - the same scratch project as the cross-validation benchmark
 
 
 def kedro(project: Path, pipeline: str, params: str, env: str | None = None) -> float:

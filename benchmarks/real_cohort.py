@@ -56,6 +56,19 @@ def build_cohort(target: Path) -> Path:
     return target
 
 
+def scratch_project(project: Path) -> Path:
+    """A copy of the project's conf in ``project``, with its own MLflow store; the package is the installed one."""
+    shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"), dirs_exist_ok=True)
+    (project / "conf" / "local").mkdir(exist_ok=True)
+    (project / "src").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
+    mlflow_yml = (ROOT / "conf" / "base" / "mlflow.yml").read_text()
+    (project / "conf" / "local" / "mlflow.yml").write_text(
+        mlflow_yml.replace("sqlite:///mlflow.db", f"sqlite:///{project / 'mlflow.db'}")
+    )
+    return project
+
+
 def run_config(project: Path, cohort: Path, env: str, params: str, label: str) -> dict:
     """One ``kedro run --pipelines=cross_validation``; its figures."""
     runtime = ",".join(p for p in (f"cohort_dir={cohort}", params) if p)
@@ -148,15 +161,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="real_cohort_"))
     try:
         cohort = build_cohort(work / "cohort")
-        project = args.keep or work / "project"
-        shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"), dirs_exist_ok=True)
-        (project / "conf" / "local").mkdir(exist_ok=True)
-        (project / "src").mkdir(exist_ok=True)
-        shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
-        mlflow_yml = (ROOT / "conf" / "base" / "mlflow.yml").read_text()
-        (project / "conf" / "local" / "mlflow.yml").write_text(
-            mlflow_yml.replace("sqlite:///mlflow.db", f"sqlite:///{project / 'mlflow.db'}")
-        )
+        project = scratch_project(args.keep or work / "project")
         results = []
         common = args.params
         if args.pretrain_on_phantoms:
