@@ -353,6 +353,10 @@ class ModelTrainingParams(Group):
         "global-context branch, so the attention map need not look for the view (0: none)",
     )
     early_stopping_patience: int = Field(ge=1, description="epochs without a better val_auc before stopping")
+    keep_weights: Literal["best", "last"] = Field(
+        description="the weights the model keeps: those of the best val_auc epoch, or of the last epoch (on a small "
+        "validation part the best epoch is mostly noise)"
+    )
     best_epoch_findings: Literal["all"] | list[Finding] = Field(
         description="several target findings: the findings whose mean validation AUC picks the best epoch "
         "(all: every target finding); each finding is still trained, logged and reported"

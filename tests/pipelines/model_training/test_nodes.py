@@ -161,3 +161,24 @@ def test_max_batches_per_epoch_caps_every_epoch(toy_cache, loader):
     model, history = train_model(toy_cache["train"], toy_cache["validation"], toy_cache["cache"], NO_WEIGHTS, params)
     assert len(toy_cache["train"]) > 2 * params["batch_size"]  # the cap is what stops the epochs
     assert int(model.optimizer.iterations.numpy()) == 3 * 2 and len(history) == 3
+
+
+def test_keep_weights_last_keeps_the_schedules_end_not_the_best_epoch(toy_cache, monkeypatch):
+    """keep_weights: best puts the best val_auc epoch's weights back; last keeps the final epoch's, and the
+    history marks that epoch as the one kept."""
+    from cardio_kedro.modeling import training
+
+    restored = []
+    original = training.EpochMonitor.restore
+
+    def recording(self):
+        restored.append(self.best_epoch)
+        original(self)
+
+    monkeypatch.setattr(training.EpochMonitor, "restore", recording)
+    args = (toy_cache["train"], toy_cache["validation"], toy_cache["cache"], NO_WEIGHTS)
+    _, best = train_model(*args, tiny_params(fine_tune={"epochs": 2}))
+    assert len(restored) == 1 and best.loc[best["best"], "epoch"].tolist() == [restored[0]]
+    _, last = train_model(*args, tiny_params(fine_tune={"epochs": 2}, keep_weights="last"))
+    assert len(restored) == 1  # not restored
+    assert last.loc[last["best"], "epoch"].tolist() == [int(last["epoch"].max())]

@@ -232,13 +232,15 @@ def train_model(
         raise TrainingDiverged(
             f"Training stopped: the {monitor.diverged}. Lower the learning rate or check the inputs."
         )
-    monitor.restore()
+    if config.keep_weights == "best":
+        monitor.restore()
     if config.distribution == "multi_host":  # the next nodes run in process 0 alone: a model of its own
         replicated = model
         model = build_model(pixel_cache.size, **config.model.model_dump(), findings=findings)
         model.set_weights(replicated.get_weights())
     history = pd.DataFrame(monitor.records)
-    history["best"] = history["epoch"] == monitor.best_epoch
+    kept = monitor.best_epoch if config.keep_weights == "best" else int(history["epoch"].max())
+    history["best"] = history["epoch"] == kept  # the epoch whose weights the model keeps
     return model, history
 
 
