@@ -87,6 +87,21 @@ def test_base_and_nih_configurations_validate(conf):
             ],
         ),
         (
+            {"model_training": {"auxiliary_findings": "Effusion|Cardiomegaly"}},  # the target itself
+            ["auxiliary_findings ['Effusion', 'Cardiomegaly'] names the target finding Cardiomegaly"],
+        ),
+        (
+            {"model_training": {"auxiliary_findings": "Effusion|Efusion"}},
+            ["'model_training.auxiliary_findings.1' = 'Efusion'", "'Effusion'"],
+        ),
+        (
+            {
+                "model_training": {"auxiliary_findings": ["Edema"], "view_loss_weight": 0.0},
+                "data_processing": {"rebalance": {"strategy": "class_weight"}},
+            },
+            ["auxiliary_findings and data_processing.rebalance.strategy class_weight do not combine"],
+        ),
+        (
             {"model_training": {"model": {"backbone_weights": "imagenet"}}},  # with VGG16-BN from base
             ["'model_training.model'", "backbone_batchnorm: true exist only for backbone vgg16 without imagenet"],
         ),

@@ -124,6 +124,24 @@ def test_the_view_head_shares_the_weights_and_needs_the_global_branch():
         with_view_head(build_model(32, **{**TINY_MODEL, "global_context": "none"}))
 
 
+def test_auxiliary_findings_are_one_more_output_on_the_heads_features():
+    from cardio_kedro.modeling import with_auxiliary_findings, with_view_head
+
+    model = build_model(32, **TINY_MODEL)
+    trainer = with_auxiliary_findings(with_view_head(model), 3)
+    assert trainer.output_names == ["score", "view", "auxiliary"]
+    x = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 1)).astype(np.uint8)
+    score, view, auxiliary = trainer.predict(x, verbose=0)
+    np.testing.assert_allclose(score, model.predict(x, verbose=0), rtol=1e-6)  # the same network
+    assert view.shape == (2, 1) and auxiliary.shape == (2, 3)
+    pooled = trainer.get_layer("auxiliary").kernel.shape[0]
+    assert pooled == model.get_layer("dense").kernel.shape[0]  # attended + global features, as the head reads
+    seed_head = with_auxiliary_findings(build_model(32, **{**TINY_MODEL, "global_context": "none"}), 1)
+    assert seed_head.output_names == ["score", "auxiliary"]  # the attended features alone
+    with pytest.raises(ValueError, match="at least one finding"):
+        with_auxiliary_findings(model, 0)
+
+
 def test_saved_and_reloaded_model_predicts_identically(tmp_path):
     model = build_model(32, **{**TINY_MODEL, "augmentation": AUGMENTATION, "global_context": "mean"})
     ds = KerasModelDataset(str(tmp_path / "model.keras"), version=None)

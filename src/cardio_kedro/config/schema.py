@@ -352,6 +352,12 @@ class ModelTrainingParams(Group):
         description="weight of an auxiliary target during training, the film's view (AP or PA) read from the "
         "global-context branch, so the attention map need not look for the view (0: none)",
     )
+    auxiliary_findings: list[Finding] = Field(
+        description="NIH findings trained as extra outputs beside the target finding (multi-task: labels the "
+        "table already has), read from the attended and global features; the saved model has the target's "
+        "output only ([]: none; on the command line one string, `Effusion|Edema`)"
+    )
+    auxiliary_loss_weight: float = Field(ge=0, description="weight of the auxiliary findings' mean loss")
     early_stopping_patience: int = Field(ge=1, description="epochs without a better val_auc before stopping")
     keep_weights: Literal["best", "last"] = Field(
         description="the weights the model keeps: those of the best val_auc epoch, or of the last epoch (on a small "
@@ -386,6 +392,13 @@ class ModelTrainingParams(Group):
     max_loader_memory_gb: float = Field(gt=0, description="loader auto uses memory for splits up to this size")
     loader_workers: int = Field(ge=1, description="threads reading batches with loader stream")
     verbose: Literal[0, 1, 2] = Field(description="Keras progress: 0 silent, 1 bar, 2 a line per epoch")
+
+    @field_validator("auxiliary_findings", mode="before")
+    @classmethod
+    def _pipe_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `Effusion|Edema`, the form that fits kedro run --params
+            return [part.strip() for part in value.split("|") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _some_training(self) -> ModelTrainingParams:
@@ -583,6 +596,31 @@ class ProjectParams(Group):
         if self.model_training.view_loss_weight > 0 and self.data_processing.rebalance.strategy == "class_weight":
             raise ValueError(
                 "model_training.view_loss_weight > 0 and data_processing.rebalance.strategy class_weight do not "
+                "combine (Keras weights the classes of a one-output model only): set one of them differently"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _auxiliary_findings(self) -> ProjectParams:
+        auxiliary = self.model_training.auxiliary_findings
+        if not auxiliary:
+            return self
+        findings = parse_target_findings(self.target_findings)
+        if len(findings) > 1:
+            raise ValueError(
+                f"model_training.auxiliary_findings {auxiliary} are for one target finding; target_findings names "
+                f"{len(findings)}, which a multi-label model learns already: set auxiliary_findings to []"
+            )
+        if set(auxiliary) & set(findings):
+            raise ValueError(
+                f"model_training.auxiliary_findings {auxiliary} names the target finding {findings[0]}: list the "
+                "other findings only"
+            )
+        if len(set(auxiliary)) != len(auxiliary):
+            raise ValueError(f"model_training.auxiliary_findings {auxiliary} names a finding twice")
+        if self.data_processing.rebalance.strategy == "class_weight":
+            raise ValueError(
+                "model_training.auxiliary_findings and data_processing.rebalance.strategy class_weight do not "
                 "combine (Keras weights the classes of a one-output model only): set one of them differently"
             )
         return self

@@ -19,6 +19,7 @@ from .builder import (
     model_quality_guard,
     operating_threshold,
     recalibrated,
+    with_auxiliary_findings,
     with_score,
     with_view_head,
 )
@@ -56,5 +57,6 @@ __all__ = [
     "predict_with_attention",
     "upsample",
     "with_score",
+    "with_auxiliary_findings",
     "with_view_head",
 ]

@@ -27,6 +27,7 @@ from .layers import (
 
 ATTENTION_LAYER = "attention_map"
 VIEW_OUTPUT = "view"  # the auxiliary output of the training model (with_view_head)
+AUXILIARY_OUTPUT = "auxiliary"  # the auxiliary findings of the training model (with_auxiliary_findings)
 SCORE_LAYER = "score"  # the trained network's output: a score at the training prevalence
 PROBABILITY_LAYER = "probability"  # the calibrated model's output (a Calibration layer)
 BACKBONE_PREPROCESSING = {
@@ -265,6 +266,24 @@ def with_view_head(model: keras.Model) -> keras.Model:
         raise ValueError("the view head reads the global-context branch: use global_context mean or max") from None
     view = layers.Dense(1, activation="sigmoid", dtype="float32", name=VIEW_OUTPUT)(whole)
     return keras.Model(model.inputs, [model.outputs[0], view], name=f"{model.name}_with_view")
+
+
+def with_auxiliary_findings(model: keras.Model, n_findings: int) -> keras.Model:
+    """A training model sharing ``model``'s weights with one more output, ``auxiliary``: the
+    probabilities of ``n_findings`` other findings, read from the features the finding's head reads
+    (the attended ones, beside the global context where the model has it).
+
+    Multi-task training on labels a cohort already has: the backbone and the attention learn from
+    every finding's labels, not only from the target's few positives. The saved model keeps the
+    finding's output only.
+    """
+    if n_findings < 1:
+        raise ValueError(f"with_auxiliary_findings needs at least one finding, got {n_findings}")
+    names = {layer.name for layer in model.layers}
+    pooled = model.get_layer("pooled" if "pooled" in names else "attention_pooling").output
+    x = layers.Dropout(0.5, name="auxiliary_dropout")(pooled)
+    auxiliary = layers.Dense(n_findings, activation="sigmoid", dtype="float32", name=AUXILIARY_OUTPUT)(x)
+    return keras.Model(model.inputs, [*model.outputs, auxiliary], name=f"{model.name}_with_auxiliary")
 
 
 def _all_layers(model: keras.Model):

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from cardio_kedro.modeling.builder import AUXILIARY_OUTPUT, VIEW_OUTPUT
 from cardio_kedro.modeling.devices import accelerators, visible_devices
 
 logger = logging.getLogger(__name__)
@@ -263,6 +264,7 @@ def compile_model(
     clipnorm: float | None,
     view_loss_weight: float = 0.0,
     weight_averaging: float | None = None,
+    auxiliary_loss_weight: float = 0.0,
     steps_per_execution: int = 1,
     label_smoothing: float = 0.0,
     finding_weights: dict[str, dict[str, float]] | None = None,
@@ -273,7 +275,9 @@ def compile_model(
     ``clipnorm`` caps the global norm of each step's gradients (``None``: no cap): one batch with a
     huge gradient can otherwise throw a nearly converged network back by an epoch. A model with the
     auxiliary ``view`` output (``with_view_head``) also gets binary cross-entropy on the view,
-    weighted by ``view_loss_weight``, and its accuracy. ``weight_averaging`` keeps an exponential
+    weighted by ``view_loss_weight``, and its accuracy; one with the ``auxiliary`` findings output
+    (``with_auxiliary_findings``) their mean binary cross-entropy, weighted by
+    ``auxiliary_loss_weight``. ``weight_averaging`` keeps an exponential
     moving average of the weights with that momentum (see ``averaged_weights``). ``steps_per_execution``
     batches run per call of the compiled step. ``label_smoothing`` applies to the finding's loss.
     ``finding_weights`` (finding -> ``{"0": w, "1": w}``, in the output's column order) compiles a
@@ -299,9 +303,15 @@ def compile_model(
         ]
     elif len(model.outputs) == 1:
         losses, weights, metrics = make_loss(loss, label_smoothing), None, [keras.metrics.AUC(name="auc")]
-    else:
-        losses, weights = [make_loss(loss, label_smoothing), "binary_crossentropy"], [1.0, view_loss_weight]
-        metrics = [[keras.metrics.AUC(name="auc")], [keras.metrics.BinaryAccuracy(name="accuracy")]]
+    else:  # the finding's output first, then the auxiliary ones (by name)
+        extra = {
+            VIEW_OUTPUT: (view_loss_weight, [keras.metrics.BinaryAccuracy(name="accuracy")]),
+            AUXILIARY_OUTPUT: (auxiliary_loss_weight, []),
+        }
+        names = model.output_names[1:]
+        losses = [make_loss(loss, label_smoothing), *("binary_crossentropy" for _ in names)]
+        weights = [1.0, *(extra[n][0] for n in names)]
+        metrics = [[keras.metrics.AUC(name="auc")], *(extra[n][1] for n in names)]
     model.compile(
         optimizer=keras.optimizers.Adam(
             learning_rate,

@@ -12,6 +12,7 @@ import pytest
 
 from cardio_kedro.evaluation.calibration import apply_calibration
 from cardio_kedro.pipelines.model_training.nodes import (
+    auxiliary_labels,
     calibrate_classifier,
     epoch_metrics,
     score_validation,
@@ -42,6 +43,32 @@ def test_without_the_view_target_nothing_about_views_is_recorded(toy_cache, load
     params = tiny_params(fine_tune={"epochs": 1}, view_loss_weight=0.0, loader=loader)
     model, history = train_model(toy_cache["train"], toy_cache["validation"], toy_cache["cache"], NO_WEIGHTS, params)
     assert "val_view_accuracy" not in history and history["val_auc"].notna().all() and len(model.outputs) == 1
+
+
+def test_auxiliary_findings_are_read_from_the_labels_column():
+    frame = pd.DataFrame({"labels": ["Effusion|Edema", "No Finding", "Cardiomegaly|Effusion", None]})
+    np.testing.assert_array_equal(auxiliary_labels(frame, ["Edema", "Effusion"]), [[1, 1], [0, 0], [0, 1], [0, 0]])
+    with pytest.raises(ValueError, match="'labels' column"):
+        auxiliary_labels(frame.rename(columns={"labels": "findings"}), ["Edema"])
+
+
+def test_auxiliary_findings_train_beside_the_target_and_are_not_saved(toy_cache):
+    # the toy labels: every second image has an 'Effusion' (not in the pixels: the loss cannot fit it well)
+    train, validation = (
+        toy_cache[k].assign(labels=np.where(np.arange(len(toy_cache[k])) % 2, "Effusion", "No Finding"))
+        for k in ("train", "validation")
+    )
+    params = tiny_params(fine_tune={"epochs": 2, "learning_rate": 2e-3}, auxiliary_findings=["Effusion"])
+    model, history = train_model(train, validation, toy_cache["cache"], NO_WEIGHTS, params)
+    assert len(model.outputs) == 1 and model.output_names == ["score"]
+    # the finding's own figures are recorded (Keras names them score_* with three outputs)
+    assert history["val_auc"].notna().all() and history["val_view_accuracy"].notna().all()
+    assert history["val_auc"].max() > 0.8  # the target is still learnt
+    plain, _ = train_model(
+        train, validation, toy_cache["cache"], NO_WEIGHTS, tiny_params(fine_tune={"epochs": 2, "learning_rate": 2e-3})
+    )
+    x = toy_cache["cache"].images(validation["path"])[..., None]
+    assert not np.allclose(model.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-4)  # it changed training
 
 
 def test_same_seed_gives_the_same_first_epoch_loss(toy_cache):

@@ -27,7 +27,14 @@ from cardio_kedro.evaluation.calibration import (
     prior_shift_offset,
 )
 from cardio_kedro.evaluation.decision import choose_threshold
-from cardio_kedro.modeling import build_model, calibrate, operating_threshold, recalibrated, with_view_head
+from cardio_kedro.modeling import (
+    build_model,
+    calibrate,
+    operating_threshold,
+    recalibrated,
+    with_auxiliary_findings,
+    with_view_head,
+)
 from cardio_kedro.modeling.feeds import feed, predict_cached
 from cardio_kedro.modeling.training import (
     HISTORY_METRICS,
@@ -70,14 +77,31 @@ def _require_both_classes(**splits: pd.DataFrame) -> None:
                 )
 
 
-def _labels(frame: pd.DataFrame, config: ModelTrainingParams) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """The finding's labels (``(N, K)`` for K findings), and with ``view_loss_weight`` > 0 also the
-    view's (1: AP)."""
+def _labels(frame: pd.DataFrame, config: ModelTrainingParams) -> np.ndarray | tuple[np.ndarray, ...]:
+    """The finding's labels (``(N, K)`` for K findings); with ``view_loss_weight`` > 0 also the
+    view's (1: AP), and with ``auxiliary_findings`` their ``(N, A)`` labels, in the training model's
+    output order."""
     findings = frame_findings(frame)
     target = frame["target" if findings is None else target_columns(findings)].to_numpy(np.float32)
-    if config.view_loss_weight == 0:
-        return target
-    return target, (frame["view"].astype(str).str.upper() == "AP").to_numpy(np.float32)
+    extra = []
+    if config.view_loss_weight > 0:
+        extra.append((frame["view"].astype(str).str.upper() == "AP").to_numpy(np.float32))
+    if config.auxiliary_findings:
+        extra.append(auxiliary_labels(frame, config.auxiliary_findings))
+    return (target, *extra) if extra else target
+
+
+def auxiliary_labels(frame: pd.DataFrame, findings: list[str]) -> np.ndarray:
+    """``(N, A)`` 0/1 labels of ``findings`` read from the ``labels`` column (NIH's ``A|B`` form)."""
+    if "labels" not in frame.columns:
+        raise UserValueError(
+            "model_training.auxiliary_findings reads each image's labels (the 'labels' column of the model input "
+            "table), which this table has not: set model_training.auxiliary_findings to []"
+        )
+    named = frame["labels"].fillna("").astype(str).str.split("|").map(lambda parts: {p.strip() for p in parts})
+    return np.stack([named.map(lambda names, f=f: f in names).to_numpy(bool) for f in findings], axis=1).astype(
+        np.float32
+    )
 
 
 def _fit_inputs(
@@ -145,6 +169,7 @@ def _run_phases(
         "jit_compile": config.jit_compile,
         "clipnorm": config.gradient_clipnorm,
         "view_loss_weight": config.view_loss_weight,
+        "auxiliary_loss_weight": config.auxiliary_loss_weight,
         "weight_averaging": config.weight_averaging,
         "label_smoothing": config.label_smoothing,
         "finding_weights": finding_weights,
@@ -219,6 +244,9 @@ def train_model(
         with distribution_scope(config.distribution):
             model = build_model(pixel_cache.size, **config.model.model_dump(), findings=findings)
             trainer = with_view_head(model) if config.view_loss_weight > 0 else model  # shares model's weights
+            if config.auxiliary_findings:
+                trainer = with_auxiliary_findings(trainer, len(config.auxiliary_findings))
+                logger.info("Auxiliary findings trained beside the target: %s", ", ".join(config.auxiliary_findings))
             steps = math.ceil(len(train) / config.batch_size)
             if config.max_batches_per_epoch is not None and config.max_batches_per_epoch < steps:
                 steps = fit["steps_per_epoch"] = config.max_batches_per_epoch
