@@ -6,7 +6,7 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install install-gpu run run-multilabel run-gpu test test-fast lint viz mlflow-ui mlflow-server sweep clean-data lock weights
+.PHONY: install install-gpu run run-multilabel run-gpu test test-fast lint viz mlflow-ui mlflow-server sweep clean-data lock weights phantom-backbone small-real
 
 # the exact, hash-checked versions of requirements.lock, then the package itself (editable, no deps)
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -81,6 +81,20 @@ lock: install
 		--custom-compile-command "make lock" -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml --extra gpu --extra test --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o requirements-gpu.lock
+
+# a small real cohort (a few hundred to a few thousand films) cross-validated with conf/small_real, which starts
+# from the phantom demo's backbone (trained once, on synthetic films only): make small-real COHORT=/data/my_cohort
+PHANTOM_BACKBONE := data/06_models/phantom_backbone.weights.h5
+$(PHANTOM_BACKBONE): | install
+	$(BIN)/kedro run --pipelines=demo
+	$(BIN)/python -m cardio_kedro.modeling.pretrained export \
+		"$$(ls -d data/06_models/classifier.keras/*/classifier.keras | tail -n 1)" $(PHANTOM_BACKBONE)
+
+phantom-backbone: $(PHANTOM_BACKBONE)
+
+small-real: install $(PHANTOM_BACKBONE)
+	@test -n "$(COHORT)" || { echo "usage: make small-real COHORT=/path/to/cohort (docs/cross_validation.md)"; exit 2; }
+	$(BIN)/kedro run --pipelines=cross_validation --env=small_real --params=cohort_dir=$(COHORT)
 
 # ImageNet weights into the Keras cache ahead of an offline run; prints the file (BACKBONE=vgg16 | densenet121 | ...)
 BACKBONE ?= vgg16

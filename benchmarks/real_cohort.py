@@ -12,10 +12,13 @@ Brier, ECE, calibration slope and wall time; then a Markdown table of them all.
     python benchmarks/real_cohort.py --configs "" "model_training.fine_tune.learning_rate=3e-4"
 
 Each ``--configs`` entry is a ``--params`` string added to ``--params`` for one run.
-``--pretrain-on-phantoms`` first trains the phantom demo (``kedro run --pipelines=demo``, synthetic
-films only: nothing of the real cohort), exports its backbone (``python -m
-cardio_kedro.modeling.pretrained export``) and starts every configuration from it
-(``model_training.model.backbone_weights``); its wall time is printed apart.
+``conf/small_real`` starts from the phantom demo's backbone (``data/06_models/phantom_backbone.weights.h5``,
+what ``make phantom-backbone`` writes): when the environment names such a file and the scratch project
+has none, the benchmark makes it the same way first (``kedro run --pipelines=demo``, synthetic films
+only: nothing of the real cohort; then ``python -m cardio_kedro.modeling.pretrained export``) and
+prints that wall time apart; ``--backbone-weights FILE`` puts an existing file there instead.
+``--pretrain-on-phantoms`` does the same for an environment that names no weights file and starts
+every configuration from it.
 """
 
 from __future__ import annotations
@@ -104,10 +107,20 @@ def run_config(project: Path, cohort: Path, env: str, params: str, label: str) -
     }
 
 
-def pretrain_on_phantoms(project: Path, params: str) -> Path:
-    """The phantom demo trained in ``project`` (base conf), its backbone written as a weights file."""
+def shipped_backbone_weights(env: str) -> str | None:
+    """``model_training.model.backbone_weights`` as ``env`` sets it over conf/base."""
     import yaml
 
+    value = yaml.safe_load((ROOT / "conf" / "base" / "parameters_model_training.yml").read_text())["model_training"]
+    value = value["model"]["backbone_weights"]
+    for file in sorted((ROOT / "conf" / env).glob("parameters*.yml")) if env != "base" else []:
+        model = ((yaml.safe_load(file.read_text()) or {}).get("model_training") or {}).get("model") or {}
+        value = model.get("backbone_weights", value)
+    return value
+
+
+def pretrain_on_phantoms(project: Path, params: str, out: Path) -> Path:
+    """The phantom demo trained in ``project`` (base conf), its backbone written to ``out``."""
     env_vars = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-m", "kedro", "run", "--pipelines=demo", *([f"--params={params}"] if params else [])]
     started = time.monotonic()
@@ -117,13 +130,7 @@ def pretrain_on_phantoms(project: Path, params: str) -> Path:
         print((done.stdout + done.stderr)[-4000:])
         sys.exit("the phantom pretraining run failed")
     model = sorted(project.glob("data/06_models/classifier.keras/*/classifier.keras"))[-1]
-    trained = yaml.safe_load((ROOT / "conf" / "base" / "parameters_model_training.yml").read_text())
-    spec = trained["model_training"]["model"]
-    size = yaml.safe_load((ROOT / "conf" / "base" / "globals.yml").read_text())["image_size"]
-    out = project / "phantom_backbone.weights.h5"
-    export = [sys.executable, "-m", "cardio_kedro.modeling.pretrained", "export", str(model), str(out),
-              "--backbone", spec["backbone"], "--image-size", str(size), "--width", str(spec["backbone_width"]),
-              *(["--batchnorm"] if spec["backbone_batchnorm"] else [])]  # fmt: skip
+    export = [sys.executable, "-m", "cardio_kedro.modeling.pretrained", "export", str(model), str(out)]
     subprocess.run(export, env=env_vars, check=True, capture_output=True)
     print(f"pretrained on phantoms in {time.monotonic() - started:.0f} s: {out}", flush=True)
     return out
@@ -157,6 +164,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the scratch project here (reports, MLflow store)")
     parser.add_argument("--pretrain-on-phantoms", action="store_true", help="start from the phantom demo's backbone")
     parser.add_argument("--pretrain-params", default="", help="a --params string for the phantom demo run")
+    parser.add_argument("--backbone-weights", type=Path, help="the phantom backbone to use instead of training it")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="real_cohort_"))
     try:
@@ -164,9 +172,17 @@ def main() -> None:
         project = scratch_project(args.keep or work / "project")
         results = []
         common = args.params
-        if args.pretrain_on_phantoms:
-            weights = pretrain_on_phantoms(project, args.pretrain_params)
-            common = ",".join(p for p in (common, f"model_training.model.backbone_weights={weights}") if p)
+        shipped = shipped_backbone_weights(args.env)
+        wanted = shipped not in (None, "imagenet") and not Path(shipped).is_absolute()
+        if args.pretrain_on_phantoms or wanted:
+            weights = project / (shipped if wanted else "data/06_models/phantom_backbone.weights.h5")
+            if args.backbone_weights:
+                weights.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(args.backbone_weights, weights)
+            elif not weights.is_file():
+                pretrain_on_phantoms(project, args.pretrain_params, weights)
+            if not wanted:
+                common = ",".join(p for p in (common, f"model_training.model.backbone_weights={weights}") if p)
         for config in args.configs:
             params = ",".join(p for p in (common, config) if p)
             label = ", ".join(p for p in (args.params, config) if p) or f"conf/{args.env} as shipped"

@@ -65,7 +65,7 @@ def test_a_trained_backbone_exports_and_loads_into_a_new_model(tmp_path):
     import numpy as np
 
     from cardio_kedro.modeling import build_model
-    from cardio_kedro.modeling.pretrained import export_backbone
+    from cardio_kedro.modeling.pretrained import backbone_spec, export_backbone
     from tests.helpers import TINY_MODEL
 
     trained = build_model(32, **{**TINY_MODEL, "backbone_batchnorm": True})
@@ -80,3 +80,12 @@ def test_a_trained_backbone_exports_and_loads_into_a_new_model(tmp_path):
     assert not np.array_equal(fresh.get_layer("backbone").get_layer(name).get_weights()[0], source)
     with pytest.raises(ValueError, match="weights.h5"):
         export_backbone(tmp_path / "trained.keras", tmp_path / "phantom.h5", "vgg16", 32, 0.125, True)
+    # what is not given is read from the model: the same file
+    inferred = export_backbone(tmp_path / "trained.keras", tmp_path / "inferred.weights.h5")
+    read = build_model(32, **{**TINY_MODEL, "backbone_batchnorm": True, "backbone_weights": str(inferred)})
+    np.testing.assert_array_equal(read.get_layer("backbone").get_layer(name).get_weights()[0], source)
+    assert backbone_spec(trained) == {
+        "backbone": "vgg16", "image_size": 32, "width": TINY_MODEL["backbone_width"], "batchnorm": True,
+    }  # fmt: skip
+    plain = build_model(32, **{**TINY_MODEL, "backbone_batchnorm": False})
+    assert backbone_spec(plain)["batchnorm"] is False

@@ -42,7 +42,8 @@ def check_backbone_weights(params: ProjectParams, sources: ConfigSources) -> Non
     if not path.is_file():
         raise ParameterError(
             f"'{key}' = {weights!r}: no such file {where}. Use the path of a local headless "
-            f"{model.backbone} weights file, imagenet (needs network access) or null (random initialisation)."
+            f"{model.backbone} weights file, imagenet (needs network access) or null (random initialisation). "
+            "conf/small_real's backbone pretrained on phantoms is written by `make phantom-backbone`."
         )
     with path.open("rb") as fh:
         if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:

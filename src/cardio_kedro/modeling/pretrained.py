@@ -12,8 +12,12 @@ and it prints the local file, which ``backbone_weights`` also accepts.
 ``export_backbone`` writes the backbone of a trained classifier (the phantom demo's, say) as such a
 file, so that another run starts from it (pretraining on phantoms, fine-tuning on real films):
 
-    python -m cardio_kedro.modeling.pretrained export MODEL.keras OUT.weights.h5 --backbone vgg16 \
-        --image-size 64 --width 0.25 --batchnorm
+    python -m cardio_kedro.modeling.pretrained export MODEL.keras OUT.weights.h5
+
+The backbone, image size, width and batch normalisation are read from the model itself
+(``--backbone``, ``--image-size``, ``--width``, ``--batchnorm`` override them). ``make
+phantom-backbone`` trains the phantom demo and writes ``data/06_models/phantom_backbone.weights.h5``,
+where ``conf/small_real`` starts from.
 """
 
 from __future__ import annotations
@@ -80,19 +84,46 @@ def fetch_imagenet_weights(backbone: str, timeout: float | None = None, retries:
     )
 
 
+def backbone_spec(model) -> dict:
+    """What ``build_backbone`` needs to rebuild a trained classifier's backbone, read from the model:
+    ``backbone`` (its name, ``vgg16_attention`` -> ``vgg16``), ``image_size`` (its input), ``width``
+    (VGG16's first convolution has 64 x width filters) and ``batchnorm`` (VGG16-BN)."""
+    name = model.name.split("_attention")[0]
+    if name not in BACKBONES:
+        raise ValueError(f"model '{model.name}' is not a classifier of this project (no backbone in {list(BACKBONES)})")
+    layers = model.get_layer("backbone").layers
+    first = next((layer for layer in layers if layer.name == "block1_conv1"), None)
+    return {
+        "backbone": name,
+        "image_size": int(model.inputs[0].shape[1]),
+        "width": first.filters / 64 if name == "vgg16" and first is not None else 1.0,
+        "batchnorm": name == "vgg16" and any(type(layer).__name__ == "BatchNormalization" for layer in layers),
+    }
+
+
 def export_backbone(
-    model_path: str | Path, out: str | Path, backbone: str, image_size: int, width: float, batchnorm: bool
+    model_path: str | Path,
+    out: str | Path,
+    backbone: str | None = None,
+    image_size: int | None = None,
+    width: float | None = None,
+    batchnorm: bool | None = None,
 ) -> Path:
     """The backbone of the trained model at ``model_path`` as a headless weights file (``*.weights.h5``)
     that ``model_training.model.backbone_weights`` loads into the same backbone. Layers the model did
-    not use (above its attention stride) keep their random initialisation. Returns ``out``."""
+    not use (above its attention stride) keep their random initialisation. What is not given is read
+    from the model (``backbone_spec``). Returns ``out``."""
     from cardio_kedro.modeling.builder import build_backbone
     from cardio_kedro.modeling.io import load_model
 
     out = Path(out)
     if not out.name.endswith(".weights.h5"):
         raise ValueError(f"{out}: the file name must end with .weights.h5 (Keras' weights format)")
-    trained = {layer.name: layer for layer in load_model(str(model_path)).get_layer("backbone").layers}
+    model = load_model(str(model_path))
+    given = {"backbone": backbone, "image_size": image_size, "width": width, "batchnorm": batchnorm}
+    spec = backbone_spec(model) | {k: v for k, v in given.items() if v is not None}
+    backbone, image_size, width, batchnorm = spec["backbone"], spec["image_size"], spec["width"], spec["batchnorm"]
+    trained = {layer.name: layer for layer in model.get_layer("backbone").layers}
     headless = build_backbone(backbone, image_size, None, width, batchnorm)
     copied = 0
     for layer in headless.layers:
@@ -110,10 +141,10 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Write a trained model's backbone as a headless weights file.")
     parser.add_argument("model", type=Path, help="a trained classifier (.keras)")
     parser.add_argument("out", type=Path, help="the weights file to write (*.weights.h5)")
-    parser.add_argument("--backbone", choices=BACKBONES, default="vgg16")
-    parser.add_argument("--image-size", type=int, required=True)
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--batchnorm", action="store_true")
+    parser.add_argument("--backbone", choices=BACKBONES, help="default: the model's")
+    parser.add_argument("--image-size", type=int, help="default: the model's input size")
+    parser.add_argument("--width", type=float, help="VGG16's width (default: the model's)")
+    parser.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, help="VGG16-BN (default: the model's)")
     args = parser.parse_args(argv)
     path = export_backbone(args.model, args.out, args.backbone, args.image_size, args.width, args.batchnorm)
     print(path)
