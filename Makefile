@@ -47,12 +47,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# two workers (pytest-xdist), each taking whole test files: module fixtures are built once
+PYTEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # the fast tier: no Kedro session, server, browser or GPU smoke run (113 s measured on 2 cores)
 test-fast: lint
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
 viz: install
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141

@@ -310,6 +310,11 @@ class CrossValidationParams(Group):
     validation_fraction: float = Field(
         gt=0, lt=0.5, description="share of a fold's training patients held out for its best epoch and calibration"
     )
+    fold_calibration: Literal["own", "shared"] = Field(
+        description="own: each fold model calibrated on its own validation part; shared: on the validation parts of "
+        "every fold model, less the patients of the fold it scores (about five times the films: steadier on a "
+        "small cohort, where one validation part holds a handful of positives)"
+    )
 
 
 class QualityGuardParams(Group):

@@ -30,11 +30,29 @@ def test_every_image_is_scored_by_the_model_of_the_other_folds(toy_cache, toy_fo
         trained_on.append(set(train["patient_id"]) | set(validation["patient_id"]))
         return original(train, validation, *args, **kwargs)
 
+    calibrated_on = []
+    shared = nodes.shared_fold_calibration
+
+    def recording_calibration(validation_scores, held_patients, *args):
+        calibrated_on.append((pd.concat(validation_scores)["patient_id"], held_patients))
+        return shared(validation_scores, held_patients, *args)
+
     monkeypatch.setattr(nodes, "train_model", recording)
-    params = tiny_params(fine_tune={"epochs": 1})
+    monkeypatch.setattr(nodes, "shared_fold_calibration", recording_calibration)
+    params = tiny_params(fine_tune={"epochs": 1}, cross_validation={"fold_calibration": "shared"})
     rebalance = base_params("data_processing")["rebalance"]
     baseline = base_params("reporting")["baseline"]
     oof, history = nodes.cross_validate(toy_folds, toy_cache["cache"], rebalance, params, baseline, BINS)
+    # shared calibration: each fold's map is fitted on the validation parts of all three fold models, which hold
+    # patients of every fold, and the fold it scores is left out of it
+    assert len(calibrated_on) == 3
+    for k, (validated, held) in enumerate(calibrated_on):
+        assert held == set(oof.loc[oof["fold"] == k, "patient_id"])
+        assert set(validated) & held and set(toy_folds.loc[toy_folds["patient_id"].isin(validated), "fold"]) == {
+            0,
+            1,
+            2,
+        }
 
     assert sorted(oof["image_index"]) == sorted(toy_folds["image_index"])  # every image once
     assert len(trained_on) == 3 and set(history["fold"]) == {0, 1, 2}
@@ -71,6 +89,27 @@ def test_every_image_is_scored_by_the_model_of_the_other_folds(toy_cache, toy_fo
     assert calibration["score_alignment"]["calibration_slope"] == pytest.approx(
         calibration["slope"] * calibration["score_alignment"]["slope"]
     )
+
+
+def test_a_shared_fold_calibration_pools_the_validation_parts_less_the_scored_fold():
+    rng = np.random.default_rng(3)
+    parts = [
+        pd.DataFrame({"patient_id": np.arange(40) + 40 * j, "target": rng.random(40) < 0.3, "score": rng.random(40)})
+        for j in range(3)
+    ]
+    for part in parts:
+        part["score"] = np.clip(part["score"] * 0.5 + 0.5 * part["target"], 0.01, 0.99)
+    config = nodes.ModelTrainingParams.model_validate(tiny_params())
+    prevalence = {"natural": 0.3, "trained": 0.3}
+    held = set(range(40, 60)) | {100}  # half of the second part and one patient of the third
+    entry = nodes.shared_fold_calibration(parts, held, prevalence, config, BINS)
+    kept = pd.concat(parts)
+    kept = kept[~kept["patient_id"].isin(held)]
+    by_hand = nodes._calibrate_one(kept["target"].to_numpy(), kept["score"].to_numpy(), prevalence, config, BINS)
+    assert entry["validation"]["n_images"] == 120 - 21
+    assert (entry["slope"], entry["intercept"]) == pytest.approx((by_hand["slope"], by_hand["intercept"]))
+    own = nodes._calibrate_one(parts[0]["target"].to_numpy(), parts[0]["score"].to_numpy(), prevalence, config, BINS)
+    assert entry["slope"] != pytest.approx(own["slope"])  # not one part's own map
 
 
 def test_held_out_validation_is_patient_wise_and_stratified(toy_folds):

@@ -479,7 +479,7 @@ def _fit_with_held_out_validation(
 ) -> tuple[keras.Model, pd.DataFrame, dict, pd.DataFrame, dict]:
     """Train on ``pool`` with a patient-wise validation part of it (best epoch, and this model's own
     calibration on it). Returns the network, its history, the rebalancing, the rebalanced training
-    images and the calibration entry."""
+    images, the calibration entry and the validation part's raw scores."""
     config = ModelTrainingParams.model_validate(params)
     rng = np.random.default_rng(seed)
     train, validation = _hold_out_patients(pool, config.cross_validation.validation_fraction, rng)
@@ -491,7 +491,18 @@ def _fit_with_held_out_validation(
     entry = _calibrate_one(
         scores["target"].to_numpy(), scores["score"].to_numpy(), rebalancing["prevalence"], config, calibration_bins
     )
-    return model, history, rebalancing, train_b, entry
+    return model, history, rebalancing, train_b, entry, scores
+
+
+def shared_fold_calibration(
+    validation_scores: list[pd.DataFrame], held_patients: set, prevalence: dict, config: ModelTrainingParams, bins: int
+) -> dict[str, Any]:
+    """One fold model's calibration fitted on the validation parts of every fold model (each scored
+    by its own model), less the images of ``held_patients``, the fold it is to score: none of that
+    fold's labels is seen, and the map rests on about five validation parts instead of one."""
+    pooled = pd.concat(validation_scores, ignore_index=True)
+    pooled = pooled[~pooled["patient_id"].isin(held_patients)]
+    return _calibrate_one(pooled["target"].to_numpy(), pooled["score"].to_numpy(), prevalence, config, bins, "shared")
 
 
 def cross_validate(
@@ -505,7 +516,9 @@ def cross_validate(
     """Train one model per fold on the other folds and score the fold it never saw.
 
     Each fold model holds out ``cross_validation.validation_fraction`` of its training patients for
-    its best epoch and its own calibration and threshold; the held-out fold's probabilities are
+    its best epoch and its calibration and threshold: fitted on its own validation part
+    (``fold_calibration: own``), or on every fold model's validation part less the patients of the
+    fold it scores (``shared``, ``shared_fold_calibration``). The held-out fold's probabilities are
     therefore never from a model (or a calibration) that saw those images. The pixel baseline is
     fitted on the same rebalanced training images and scores the same fold. Returns the pooled
     out-of-fold predictions (``score``, ``probability``, ``fold_threshold``, ``baseline_probability``)
@@ -516,13 +529,14 @@ def cross_validate(
     baseline = BaselineParams.model_validate(baseline_params)
     n_folds = int(folds["fold"].max()) + 1
     predictions, histories, started = [], [], time.monotonic()
+    entries, validation_scores, prevalences = [], [], []
     for k in range(n_folds):
         held, pool = folds[folds["fold"] == k], folds[folds["fold"] != k]
         logger.info(
             "Fold %d/%d: training on %d images (%d positive), scoring %d (%d positive)",
             k + 1, n_folds, len(pool), int(pool["target"].sum()), len(held), int(held["target"].sum()),
         )  # fmt: skip
-        model, history, _, train_b, entry = _fit_with_held_out_validation(
+        model, history, rebalancing, train_b, entry, scores = _fit_with_held_out_validation(
             pool, pixel_cache, rebalance, params, calibration_bins, config.seed + k
         )
         _, raw = predict_cached(model, pixel_cache.pixels(), pixel_cache.rows(held["path"]), config.batch_size)
@@ -533,14 +547,10 @@ def cross_validate(
             baseline.image_size,
             baseline.regularization,
         )
-        predictions.append(
-            held[OUT_OF_FOLD_COLUMNS].assign(
-                score=raw,
-                probability=apply_calibration(raw, entry["slope"], entry["intercept"]),
-                fold_threshold=entry["threshold"]["value"],
-                baseline_probability=reference,
-            )
-        )
+        predictions.append(held[OUT_OF_FOLD_COLUMNS].assign(score=raw, baseline_probability=reference))
+        entries.append(entry)
+        validation_scores.append(scores)
+        prevalences.append(rebalancing["prevalence"])
         histories.append(history.assign(fold=k))
         elapsed = time.monotonic() - started
         left = elapsed / (k + 1) * (n_folds - k)  # the other folds and the final model
@@ -549,6 +559,18 @@ def cross_validate(
             "Fold %d/%d done in %.0f s; about %.0f s left (%d fold(s) and the final model)",
             k + 1, n_folds, elapsed / (k + 1), left, n_folds - k - 1,
         )  # fmt: skip
+    if config.cross_validation.fold_calibration == "shared":
+        entries = [
+            shared_fold_calibration(validation_scores, set(part["patient_id"]), prevalence, config, calibration_bins)
+            for part, prevalence in zip(predictions, prevalences)
+        ]
+    predictions = [
+        part.assign(
+            probability=apply_calibration(part["score"].to_numpy(), entry["slope"], entry["intercept"]),
+            fold_threshold=entry["threshold"]["value"],
+        )
+        for part, entry in zip(predictions, entries)
+    ]
     return pd.concat(predictions, ignore_index=True), pd.concat(histories, ignore_index=True)
 
 
@@ -564,7 +586,7 @@ def train_final_model(
     config = ModelTrainingParams.model_validate(params)
     rebalance = RebalanceParams.model_validate(rebalance_params)
     logger.info("Final model: training on all %d images", len(folds))
-    model, history, rebalancing, _, _ = _fit_with_held_out_validation(
+    model, history, rebalancing, *_ = _fit_with_held_out_validation(
         folds, pixel_cache, rebalance, params, calibration_bins, config.seed
     )
     return model, history, rebalancing
