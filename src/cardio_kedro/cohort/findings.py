@@ -112,6 +112,32 @@ def stratified_patient_split(
     return assign
 
 
+def balanced_patient_folds(
+    n_images: np.ndarray, n_positive: np.ndarray, n_folds: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Each patient's fold (0..n_folds-1): positive patients (``n_positive`` > 0) shared out evenly,
+    and so are their positive images; the other patients evenly, and so are their images.
+
+    Patients go one round at a time, the largest first (by positive images, then by images; ties
+    at random): in each round every fold takes one patient, the fold with the fewest (positive)
+    images so far the largest one left. Counts of patients per fold differ by at most one; a
+    patient with many follow-up films does not land in the fold that already has the most.
+    """
+    n_images, n_positive = np.asarray(n_images), np.asarray(n_positive)
+    assign = np.full(len(n_images), -1)
+    for group, size in ((n_positive > 0, n_positive), (n_positive == 0, n_images)):
+        rows = np.flatnonzero(group)
+        rows = rows[rng.permutation(rows.size)]
+        rows = rows[np.argsort(-size[rows], kind="stable")]
+        load = np.zeros(n_folds)
+        for start in range(0, rows.size, n_folds):
+            batch = rows[start : start + n_folds]
+            for row, fold in zip(batch, np.argsort(load + rng.random(n_folds) * 1e-6)[: batch.size]):
+                assign[row] = fold
+                load[fold] += size[row]
+    return assign
+
+
 def positive_weights(labels: pd.DataFrame) -> dict[str, float]:
     """Per finding, negatives per positive on ``labels`` (``target.<finding>`` columns): the loss
     weight of a positive, so every finding's positives weigh as much as its negatives."""

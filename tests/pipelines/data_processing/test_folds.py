@@ -40,6 +40,25 @@ def test_folds_are_patient_disjoint_and_stratified():
     assert other["fold"].tolist() != folds["fold"].tolist()
 
 
+def test_a_patient_with_many_positive_films_does_not_crowd_one_fold():
+    # the real NIH cohort of ../shared has patients with 20, 10 and 9 Cardiomegaly films among 84
+    cohort = _cohort(n_patients=200, rate=0.1, seed=1)
+    crowd = pd.DataFrame(
+        {
+            "image_index": [f"p{i}_{j}.png" for i, n in enumerate((20, 10, 9)) for j in range(n)],
+            "patient_id": [10_000 + i for i, n in enumerate((20, 10, 9)) for _ in range(n)],
+            "target": 1,
+        }
+    )
+    folds = assign_folds(pd.concat([cohort, crowd], ignore_index=True), "Cardiomegaly", _split(n_folds=5))
+    assert folds.loc[folds["patient_id"] >= 10_000].groupby("patient_id")["fold"].first().nunique() == 3
+    positives = folds.groupby("fold")["target"].sum()
+    assert positives.max() - positives.min() <= 20, positives.to_dict()  # no fold beyond the largest patient's share
+    assert positives.max() <= 20 + positives.sum() / 5, positives.to_dict()
+    images = folds.groupby("fold").size()
+    assert images.max() - images.min() <= 20, images.to_dict()
+
+
 def test_wrong_method_several_findings_and_too_few_positives_are_refused():
     cohort = _cohort()
     with pytest.raises(UserValueError, match="split.method=kfold"):

@@ -12,6 +12,7 @@ import pandas as pd
 from cardio_kedro.cohort import layouts
 from cardio_kedro.cohort.findings import (
     TargetFindings,
+    balanced_patient_folds,
     label_matrix,
     parse_target_findings,
     stratified_patient_split,
@@ -507,8 +508,8 @@ def _multi_label_weights(
 
 def assign_folds(decoded: pd.DataFrame, target_findings: TargetFindings, params: dict[str, Any]) -> pd.DataFrame:
     """``data_processing.split.method: kfold``: every image in one of ``n_folds`` folds (a ``fold``
-    column, 0..n-1), no patient in two, each fold holding its share of the positive patients
-    (stratified by whether a patient has any positive image; seeded)."""
+    column, 0..n-1), no patient in two, each fold holding its share of the positive patients and,
+    as near as whole patients allow, of the positive images (``balanced_patient_folds``; seeded)."""
     config = SplitParams.model_validate(params)
     if config.method != "kfold":
         raise UserValueError(
@@ -520,15 +521,17 @@ def assign_folds(decoded: pd.DataFrame, target_findings: TargetFindings, params:
         raise UserValueError(
             f"Cross-validation is for one target finding; target_findings names {len(findings)}: {list(findings)}"
         )
-    patient_labels = decoded.groupby("patient_id")[["target"]].max()
-    n_pos = int(patient_labels["target"].sum())
+    patient_labels = decoded.groupby("patient_id")["target"].agg(["max", "sum", "size"])
+    n_pos = int(patient_labels["max"].sum())
     if n_pos < config.n_folds or len(patient_labels) - n_pos < config.n_folds:
         raise UserValueError(
             f"{config.n_folds} folds need at least {config.n_folds} positive and negative patients; the cohort has "
             f"{n_pos} positive of {len(patient_labels)}. Lower data_processing.split.n_folds."
         )
     rng = np.random.default_rng(config.seed)
-    codes = stratified_patient_split(patient_labels, [1 / config.n_folds] * config.n_folds, rng)
+    codes = balanced_patient_folds(
+        patient_labels["size"].to_numpy(), patient_labels["sum"].to_numpy(), config.n_folds, rng
+    )
     folds = decoded.assign(fold=decoded["patient_id"].map(pd.Series(codes, index=patient_labels.index)).astype(int))
     for k, part in folds.groupby("fold"):
         logger.info(
