@@ -559,6 +559,8 @@ def build_cross_validation_report(
         dropped=", ".join(f"{k}: {v['count']}" for k, v in quality["dropped_by_reason"].items()) or "none",
         model=model.model.model_dump(),
         batch_size=model.batch_size,
+        keep_weights=model.keep_weights,
+        fold_calibration=model.cross_validation.fold_calibration,
     )
 
 
