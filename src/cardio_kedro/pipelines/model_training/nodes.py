@@ -12,7 +12,13 @@ import numpy as np
 import pandas as pd
 
 from cardio_kedro.cohort import quality
-from cardio_kedro.cohort.findings import SCORE_PREFIX, TARGET_PREFIX, stratified_patient_split, target_columns
+from cardio_kedro.cohort.findings import (
+    SCORE_PREFIX,
+    TARGET_PREFIX,
+    label_matrix,
+    stratified_patient_split,
+    target_columns,
+)
 from cardio_kedro.cohort.sampling import rebalance_binary
 from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.config import BaselineParams, ExternalParams, ModelTrainingParams, RebalanceParams
@@ -98,10 +104,7 @@ def auxiliary_labels(frame: pd.DataFrame, findings: list[str]) -> np.ndarray:
             "model_training.auxiliary_findings reads each image's labels (the 'labels' column of the model input "
             "table), which this table has not: set model_training.auxiliary_findings to []"
         )
-    named = frame["labels"].fillna("").astype(str).str.split("|").map(lambda parts: {p.strip() for p in parts})
-    return np.stack([named.map(lambda names, f=f: f in names).to_numpy(bool) for f in findings], axis=1).astype(
-        np.float32
-    )
+    return label_matrix(frame["labels"].fillna(""), findings).to_numpy(np.float32)
 
 
 def _fit_inputs(
