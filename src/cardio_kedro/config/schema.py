@@ -310,10 +310,12 @@ class CrossValidationParams(Group):
     validation_fraction: float = Field(
         gt=0, lt=0.5, description="share of a fold's training patients held out for its best epoch and calibration"
     )
-    fold_calibration: Literal["own", "shared"] = Field(
+    fold_calibration: Literal["own", "shared", "aligned"] = Field(
         description="own: each fold model calibrated on its own validation part; shared: on the validation parts of "
         "every fold model, less the patients of the fold it scores (about five times the films: steadier on a "
-        "small cohort, where one validation part holds a handful of positives)"
+        "small cohort, where one validation part holds a handful of positives); aligned: shared, after each fold "
+        "model's scores are put on one scale (the quartiles of its validation part's logits onto those of all "
+        "the validation parts; no label used), so that the pooled out-of-fold scores rank alike across folds"
     )
 
 

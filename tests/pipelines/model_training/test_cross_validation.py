@@ -39,12 +39,17 @@ def test_every_image_is_scored_by_the_model_of_the_other_folds(toy_cache, toy_fo
 
     monkeypatch.setattr(nodes, "train_model", recording)
     monkeypatch.setattr(nodes, "shared_fold_calibration", recording_calibration)
-    params = tiny_params(fine_tune={"epochs": 1}, cross_validation={"fold_calibration": "shared"})
+    params = tiny_params(fine_tune={"epochs": 1}, cross_validation={"fold_calibration": "aligned"})
     rebalance = base_params("data_processing")["rebalance"]
     baseline = base_params("reporting")["baseline"]
     oof, history = nodes.cross_validate(toy_folds, toy_cache["cache"], rebalance, params, baseline, BINS)
-    # shared calibration: each fold's map is fitted on the validation parts of all three fold models, which hold
-    # patients of every fold, and the fold it scores is left out of it
+    # aligned: each fold's scores moved by a monotone map of its own (the ranking within a fold is kept)
+    for _, part in oof.groupby("fold"):
+        order = np.argsort(part["raw_score"].to_numpy(), kind="stable")
+        assert np.all(np.diff(part["score"].to_numpy()[order]) >= -1e-12)
+    assert not np.allclose(oof["score"], oof["raw_score"])
+    # shared calibration (aligned fits it too): each fold's map is fitted on the validation parts of all three
+    # fold models, which hold patients of every fold, and the fold it scores is left out of it
     assert len(calibrated_on) == 3
     for k, (validated, held) in enumerate(calibrated_on):
         assert held == set(oof.loc[oof["fold"] == k, "patient_id"])
@@ -117,3 +122,37 @@ def test_held_out_validation_is_patient_wise_and_stratified(toy_folds):
     assert not set(train["patient_id"]) & set(held["patient_id"])
     assert len(train) + len(held) == len(toy_folds)
     assert abs(held.groupby("patient_id")["target"].max().sum() - 0.25 * 32) <= 1  # 32 positive patients
+
+
+def test_aligned_fold_scores_pool_as_well_as_each_fold_ranks():
+    """Three fold models that rank alike but spread their scores differently: pooled as they are the
+    out-of-fold AUC falls below every fold's own; aligned on their validation parts (no label used) it
+    comes back to about the folds' level."""
+    from scipy.special import expit
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+
+    def part(n, scale, shift):
+        target = rng.random(n) < 0.2
+        logit = rng.normal(size=n) + 1.5 * target
+        return pd.DataFrame({"target": target, "score": expit(scale * logit + shift)})
+
+    scales = [(0.5, -4.0), (3.0, 0.0), (1.0, 2.5)]
+    validation = [part(400, *s) for s in scales]
+    held = [part(600, *s) for s in scales]
+    maps = nodes.align_fold_scores(validation)
+    from cardio_kedro.evaluation.calibration import apply_calibration, to_logit
+
+    aligned = [apply_calibration(h["score"].to_numpy(), *m) for h, m in zip(held, maps)]
+    y = np.concatenate([h["target"] for h in held])
+    fold_aucs = [roc_auc_score(h["target"], h["score"]) for h in held]
+    raw_auc = roc_auc_score(y, np.concatenate([h["score"] for h in held]))
+    aligned_auc = roc_auc_score(y, np.concatenate(aligned))
+    assert raw_auc < min(fold_aucs) - 0.05
+    assert aligned_auc == pytest.approx(np.mean(fold_aucs), abs=0.02)
+    # each part's validation logits now share the pooled median and interquartile range
+    q_ref = np.quantile(to_logit(pd.concat(validation)["score"].to_numpy()), [0.25, 0.5, 0.75])
+    for v, m in zip(validation, maps):
+        q = np.quantile(to_logit(apply_calibration(v["score"].to_numpy(), *m)), [0.25, 0.5, 0.75])
+        assert q[1] == pytest.approx(q_ref[1], abs=1e-6) and q[2] - q[0] == pytest.approx(q_ref[2] - q_ref[0])

@@ -252,15 +252,60 @@ def test_cross_validation_metrics_pair_the_baseline_and_score_the_base_rate():
             "fold_threshold": 0.4,
         }
     )
-    frame["probability"] = frame["score"]
+    frame["probability"] = frame["raw_score"] = frame["ranking_score"] = frame["score"]
+    frame["baseline_ranking_score"] = frame["baseline_probability"]
     calibration = {"slope": 1.0, "intercept": 0.0, "threshold": {"value": 0.4}, "fitted_on": "out_of_fold"}
     metrics = cross_validation_metrics(frame, calibration, base_params("reporting", n_bootstrap=100))
+    assert metrics["out_of_fold"]["ranked_by"] == "probability"
     assert metrics["beats_baseline"] and metrics["paired_difference"]["ci_low"] > 0
     assert [f["fold"] for f in metrics["folds"]] == [1, 2, 3] and sum(f["n_images"] for f in metrics["folds"]) == n
     # each fold's base rate comes from the other two folds
     rates = [y[frame["fold"] != k].mean() for k in frame["fold"]]
     assert np.isclose(_prevalence_only_brier(frame), np.mean((np.array(rates) - y) ** 2))
     assert metrics["out_of_fold"]["sensitivity"] == 1.0  # every positive scores >= 0.5 > its fold's threshold
-    frame["baseline_probability"] = frame["probability"]
+    frame["baseline_probability"] = frame["baseline_ranking_score"] = frame["probability"]
     tied = cross_validation_metrics(frame, calibration, base_params("reporting", n_bootstrap=100))
     assert not tied["beats_baseline"] and tied["paired_difference"]["difference"] == 0
+
+
+def test_cross_validation_metrics_rank_the_pool_by_the_aligned_scores():
+    """fold_calibration: aligned: the pooled AUCs rank by the aligned scores; the probabilities, whose
+    per-fold calibrations shift whole folds against each other, keep their own pooled AUC beside."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from cardio_kedro.pipelines.reporting.nodes import cross_validation_metrics
+    from tests.helpers import base_params
+
+    rng = np.random.default_rng(1)
+    n = 600
+    y = (rng.random(n) < 0.15).astype(int)
+    fold = np.arange(n) % 3
+    aligned = np.clip(0.3 * y + 0.6 * rng.random(n), 0.001, 0.999)
+    shifts = np.array([0.0, 0.35, -0.3])[fold]  # each fold's calibration moves the whole fold
+    frame = pd.DataFrame(
+        {
+            "image_index": [f"{i}.png" for i in range(n)],
+            "patient_id": np.arange(n),
+            "target": y,
+            "fold": fold,
+            "raw_score": aligned,
+            "score": aligned,
+            "ranking_score": aligned,
+            "probability": np.clip(aligned + shifts, 0, 1) * 0.999,
+            "baseline_probability": rng.random(n),
+            "fold_threshold": 0.4,
+        }
+    )
+    frame["baseline_ranking_score"] = frame["baseline_probability"]
+    calibration = {"slope": 1.0, "intercept": 0.0, "threshold": {"value": 0.4}, "fitted_on": "out_of_fold"}
+    metrics = cross_validation_metrics(frame, calibration, base_params("reporting", n_bootstrap=50))
+    pooled = metrics["out_of_fold"]
+    assert pooled["ranked_by"] == "aligned_score"
+    assert pooled["roc_auc"]["auc"] == pytest.approx(roc_auc_score(y, aligned))
+    assert pooled["probability_roc_auc"] == pytest.approx(roc_auc_score(y, frame["probability"]))
+    assert pooled["probability_roc_auc"] < pooled["roc_auc"]["auc"] - 0.05
+    assert metrics["paired_difference"]["model_auc"] == pytest.approx(roc_auc_score(y, aligned))
+    # the Brier is the probabilities'
+    assert pooled["brier"] == pytest.approx(np.mean((frame["probability"] - y) ** 2))

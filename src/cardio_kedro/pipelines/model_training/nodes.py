@@ -508,6 +508,16 @@ def shared_fold_calibration(
     return _calibrate_one(pooled["target"].to_numpy(), pooled["score"].to_numpy(), prevalence, config, bins, "shared")
 
 
+def align_fold_scores(validation_scores: list[pd.DataFrame], column: str = "score") -> list[tuple[float, float]]:
+    """One ``(slope, intercept)`` logit map per fold model that puts the quartiles of its scores
+    (``column``) on its own validation part onto those of all the validation parts pooled
+    (``align_scores``; no label is used). Networks trained alike end on differently spread scores;
+    pooled as they are, a fold whose scores run high ranks its negatives above another fold's
+    positives, and the pooled out-of-fold AUC falls below every fold's own."""
+    reference = pd.concat(validation_scores, ignore_index=True)[column].to_numpy()
+    return [align_scores(part[column].to_numpy(), reference) for part in validation_scores]
+
+
 def cross_validate(
     folds: pd.DataFrame,
     pixel_cache: PixelCache,
@@ -521,11 +531,20 @@ def cross_validate(
     Each fold model holds out ``cross_validation.validation_fraction`` of its training patients for
     its best epoch and its calibration and threshold: fitted on its own validation part
     (``fold_calibration: own``), or on every fold model's validation part less the patients of the
-    fold it scores (``shared``, ``shared_fold_calibration``). The held-out fold's probabilities are
+    fold it scores (``shared``, ``shared_fold_calibration``), with ``aligned`` after each fold model's
+    scores are put on one scale (``align_fold_scores``). The held-out fold's probabilities are
     therefore never from a model (or a calibration) that saw those images. The pixel baseline is
-    fitted on the same rebalanced training images and scores the same fold. Returns the pooled
-    out-of-fold predictions (``score``, ``probability``, ``fold_threshold``, ``baseline_probability``)
-    and the folds' training histories (a ``fold`` column).
+    fitted on the same rebalanced training images and scores the same fold (and the fold model's
+    validation part, for its own alignment).
+
+    Returns the pooled out-of-fold predictions and the folds' training histories (a ``fold`` column).
+    The predictions hold ``raw_score`` (the fold model's network), ``score`` (on the pooled scale:
+    aligned with ``aligned``, else raw; the final model's out-of-fold calibration is fitted on it),
+    ``probability`` and ``fold_threshold`` (the fold's calibration), ``baseline_probability``, and
+    ``ranking_score`` / ``baseline_ranking_score``, what the pooled AUCs rank by: with ``aligned`` the
+    aligned scores (one monotone scale for every fold, as the deployed model has one calibration for
+    every image), else the probabilities. Per-fold calibrations fitted without the scored fold shift
+    folds rich in positives down (their calibration data are poor in them), which reorders the pool.
     """
     config = ModelTrainingParams.model_validate(params)
     rebalance = RebalanceParams.model_validate(rebalance_params)
@@ -543,16 +562,17 @@ def cross_validate(
             pool, pixel_cache, rebalance, params, calibration_bins, config.seed + k
         )
         _, raw = predict_cached(model, pixel_cache.pixels(), pixel_cache.rows(held["path"]), config.batch_size)
+        validation_paths = pool.set_index("image_index").loc[scores["image_index"], "path"]
         reference = pixel_baseline_probability(
             pixel_cache.images(train_b["path"]),
             train_b["target"].to_numpy(),
-            pixel_cache.images(held["path"]),
+            pixel_cache.images(pd.concat([held["path"], validation_paths], ignore_index=True)),
             baseline.image_size,
             baseline.regularization,
         )
-        predictions.append(held[OUT_OF_FOLD_COLUMNS].assign(score=raw, baseline_probability=reference))
+        predictions.append(held[OUT_OF_FOLD_COLUMNS].assign(score=raw, baseline_probability=reference[: len(held)]))
         entries.append(entry)
-        validation_scores.append(scores)
+        validation_scores.append(scores.assign(baseline_score=reference[len(held) :]))
         prevalences.append(rebalancing["prevalence"])
         histories.append(history.assign(fold=k))
         elapsed = time.monotonic() - started
@@ -562,7 +582,29 @@ def cross_validate(
             "Fold %d/%d done in %.0f s; about %.0f s left (%d fold(s) and the final model)",
             k + 1, n_folds, elapsed / (k + 1), left, n_folds - k - 1,
         )  # fmt: skip
-    if config.cross_validation.fold_calibration == "shared":
+    aligned = config.cross_validation.fold_calibration == "aligned"
+    predictions = [part.assign(raw_score=part["score"]) for part in predictions]
+    if aligned:
+        maps, baseline_maps = (
+            align_fold_scores(validation_scores),
+            align_fold_scores(validation_scores, "baseline_score"),
+        )
+        for k, (slope, intercept) in enumerate(maps):
+            logger.info(
+                "Fold %d's scores aligned to the pooled validation scale: logit x %.3f %+.3f", k + 1, slope, intercept
+            )
+        validation_scores = [
+            part.assign(score=apply_calibration(part["score"].to_numpy(), *m))
+            for part, m in zip(validation_scores, maps)
+        ]
+        predictions = [
+            part.assign(
+                score=apply_calibration(part["raw_score"].to_numpy(), *m),
+                baseline_ranking_score=apply_calibration(part["baseline_probability"].to_numpy(), *b),
+            )
+            for part, m, b in zip(predictions, maps, baseline_maps)
+        ]
+    if config.cross_validation.fold_calibration in ("shared", "aligned"):
         entries = [
             shared_fold_calibration(validation_scores, set(part["patient_id"]), prevalence, config, calibration_bins)
             for part, prevalence in zip(predictions, prevalences)
@@ -574,7 +616,12 @@ def cross_validate(
         )
         for part, entry in zip(predictions, entries)
     ]
-    return pd.concat(predictions, ignore_index=True), pd.concat(histories, ignore_index=True)
+    out = pd.concat(predictions, ignore_index=True)
+    if aligned:
+        out["ranking_score"] = out["score"]
+    else:
+        out["ranking_score"], out["baseline_ranking_score"] = out["probability"], out["baseline_probability"]
+    return out, pd.concat(histories, ignore_index=True)
 
 
 def train_final_model(

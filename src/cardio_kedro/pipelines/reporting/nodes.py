@@ -426,8 +426,9 @@ def cross_validation_metrics(out_of_fold: pd.DataFrame, calibration: dict, param
     (model minus baseline, patient bootstrap); per-fold AUCs; the final model's calibration."""
     config = ReportingParams.model_validate(params)
     y = out_of_fold["target"].to_numpy()
-    p, raw = out_of_fold["probability"].to_numpy(), out_of_fold["score"].to_numpy()
-    base, groups = out_of_fold["baseline_probability"].to_numpy(), out_of_fold["patient_id"].to_numpy()
+    p, raw = out_of_fold["probability"].to_numpy(), out_of_fold["raw_score"].to_numpy()
+    ranked, groups = out_of_fold["ranking_score"].to_numpy(), out_of_fold["patient_id"].to_numpy()
+    base = out_of_fold["baseline_ranking_score"].to_numpy()
     n_boot, seed = config.n_bootstrap, config.seed
     # each image's call at its own fold's threshold: p >= t  <=>  p - t + 0.5 >= 0.5
     shifted = np.clip(p - out_of_fold["fold_threshold"].to_numpy() + 0.5, 0, 1)
@@ -435,12 +436,18 @@ def cross_validation_metrics(out_of_fold: pd.DataFrame, calibration: dict, param
         k: v for k, v in rates_at(y, shifted, 0.5).items() if k != "threshold"
     }
     pooled["threshold"] = "each fold model's own (chosen on its validation part)"
+    # the ranking of the pool: the aligned scores (fold_calibration: aligned) or the probabilities
+    pooled["ranked_by"] = "probability" if np.array_equal(ranked, p) else "aligned_score"
+    if pooled["ranked_by"] != "probability":
+        pooled["probability_roc_auc"] = pooled["roc_auc"]["auc"]
+        pooled["roc_auc"] = bootstrap_auc(y, ranked, groups, n_boot=n_boot, seed=seed)
+        pooled["pr_auc"] = float(average_precision_score(y, ranked)) if 0 < y.sum() < len(y) else None
     pooled["calibration"] = {
         "raw_score": calibration_metrics(y, raw, groups, config.calibration_bins, n_boot, seed),
         "calibrated": calibration_metrics(y, p, groups, config.calibration_bins, n_boot, seed),
     }
     pooled["prevalence_only_brier"] = _prevalence_only_brier(out_of_fold)
-    paired = paired_auc_difference(y, p, base, groups, n_boot, seed)
+    paired = paired_auc_difference(y, ranked, base, groups, n_boot, seed)
     beats = paired["ci_low"] is not None and paired["ci_low"] > 0
     folds = []
     for k, part in out_of_fold.groupby("fold"):
@@ -502,6 +509,7 @@ def cross_validation_headline_metrics(metrics: dict) -> dict[str, dict[str, floa
         "cv_auc_difference": paired["difference"],
         "cv_auc_difference_ci_low": paired["ci_low"],
         "cv_auc_difference_ci_high": paired["ci_high"],
+        "cv_probability_auc": pooled.get("probability_roc_auc"),
         "cv_beats_baseline": float(metrics["beats_baseline"]),
         "threshold": metrics["final_model"]["threshold"],
     }
@@ -520,8 +528,8 @@ def cross_validation_plots(out_of_fold: pd.DataFrame, metrics: dict, params: dic
     return (
         plots.roc_against_baseline(
             y,
-            out_of_fold["probability"].to_numpy(),
-            out_of_fold["baseline_probability"].to_numpy(),
+            out_of_fold["ranking_score"].to_numpy(),
+            out_of_fold["baseline_ranking_score"].to_numpy(),
             pooled["roc_auc"],
             metrics["baseline"]["roc_auc"],
             metrics["paired_difference"],
@@ -529,7 +537,7 @@ def cross_validation_plots(out_of_fold: pd.DataFrame, metrics: dict, params: dic
         plots.fold_aucs(metrics["folds"]),
         plots.calibration(
             y,
-            out_of_fold["score"].to_numpy(),
+            out_of_fold["raw_score"].to_numpy(),
             out_of_fold["probability"].to_numpy(),
             pooled["calibration"],
             config.calibration_bins,
