@@ -11,7 +11,9 @@ Brier, ECE, calibration slope and wall time; then a Markdown table of them all.
     python benchmarks/real_cohort.py --env base --params data_processing.split.method=kfold
     python benchmarks/real_cohort.py --configs "" "model_training.fine_tune.learning_rate=3e-4"
 
-Each ``--configs`` entry is a ``--params`` string added to ``--params`` for one run.
+Each ``--configs`` entry is a ``--params`` string added to ``--params`` for one run. ``--seeds 42 7 1``
+runs each configuration once per training seed (``model_training.seed``; the folds stay) and adds,
+per configuration, the spread over the seeds: how many beat the baseline, the lowest lower bound.
 ``conf/small_real`` starts from the phantom demo's backbone (``data/06_models/phantom_backbone.weights.h5``,
 what ``make phantom-backbone`` writes): when the environment names such a file and the scratch project
 has none, the benchmark makes it the same way first (``kedro run --pipelines=demo``, synthetic films
@@ -156,11 +158,23 @@ def show(r: dict) -> None:
     )
 
 
+def seed_spread(label: str, runs: list[dict]) -> str:
+    """One line on how a configuration fares over training seeds."""
+    lows = [r["difference_ci"][0] for r in runs]
+    differences = [r["difference"] for r in runs]
+    return (
+        f"{label}: beats the baseline at {sum(bool(r['beats']) for r in runs)} of {len(runs)} seeds; "
+        f"OOF AUC {min(r['auc'] for r in runs):.3f}-{max(r['auc'] for r in runs):.3f}, "
+        f"difference {min(differences):+.3f} to {max(differences):+.3f}, lowest lower bound {min(lows):+.3f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="small_real", help="the conf environment (default: small_real)")
     parser.add_argument("--params", default="", help="a --params string for every run")
     parser.add_argument("--configs", nargs="*", default=[""], help="one --params string per run")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[], help="run each configuration at these seeds")
     parser.add_argument("--keep", type=Path, help="keep the scratch project here (reports, MLflow store)")
     parser.add_argument("--pretrain-on-phantoms", action="store_true", help="start from the phantom demo's backbone")
     parser.add_argument("--pretrain-params", default="", help="a --params string for the phantom demo run")
@@ -183,12 +197,19 @@ def main() -> None:
                 pretrain_on_phantoms(project, args.pretrain_params, weights)
             if not wanted:
                 common = ",".join(p for p in (common, f"model_training.model.backbone_weights={weights}") if p)
+        spreads = []
         for config in args.configs:
-            params = ",".join(p for p in (common, config) if p)
             label = ", ".join(p for p in (args.params, config) if p) or f"conf/{args.env} as shipped"
             label += " (backbone pretrained on phantoms)" if args.pretrain_on_phantoms else ""
-            results.append(run_config(project, cohort, args.env, params, label))
-            show(results[-1])
+            runs = []
+            for seed in args.seeds or [None]:
+                seeded = None if seed is None else f"model_training.seed={seed}"
+                params = ",".join(p for p in (common, config, seeded) if p)
+                runs.append(run_config(project, cohort, args.env, params, label + (f", seed {seed}" if seeded else "")))
+                show(runs[-1])
+            results += runs
+            if len(runs) > 1:
+                spreads.append(seed_spread(label, runs))
         print(
             "\n| configuration | OOF AUC (95% CI) | baseline (95% CI) | difference (95% CI) "
             "| Brier / prevalence-only | ECE | wall |"
@@ -200,6 +221,8 @@ def main() -> None:
                 f"{r['baseline']:.3f} ({_ci(r['baseline_ci'])}) | {r['difference']:+.3f} ({_ci(r['difference_ci'])}) | "
                 f"{r['brier']:.4f} / {r['brier_prevalence_only']:.4f} | {r['ece']:.3f} | {r['wall_s'] / 60:.1f} min |"
             )
+        for line in spreads:
+            print(line)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

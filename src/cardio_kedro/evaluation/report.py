@@ -34,10 +34,40 @@ def best_epoch(history: pd.DataFrame) -> dict | None:
     return best.iloc[0].to_dict() if len(best) else None
 
 
+# what a report's figure caption says, by the figure's name; a name not here shows as itself ("a_b": "a b")
+FIGURE_CAPTIONS = {
+    "class_distribution": "Images per class in each split",
+    "rebalanced_distribution": "Training images per class after rebalancing",
+    "split_sizes": "Patients and images per split",
+    "example_images": "Example images",
+    "architecture": "The network",
+    "training_curves": "Training curves (loss and validation AUC per epoch)",
+    "roc": "ROC curve on the test split, with the pixel baseline",
+    "precision_recall": "Precision-recall curve on the test split",
+    "calibration": "Reliability diagram on the test split (raw and calibrated)",
+    "decision_curve": "Decision curve: net benefit against the threshold probability",
+    "confusion_matrix": "Confusion matrix at the model's threshold",
+    "classification_report": "Per-class precision, recall and F1 at the model's threshold",
+    "subgroup_auc": "ROC AUC by view, sex and age",
+    "attention_heatmaps": "Attention maps on test images",
+    "cv_roc": "Out-of-fold ROC curve of the model and the pixel baseline (pooled over the folds)",
+    "cv_fold_auc": "ROC AUC of each fold, model and pixel baseline",
+    "cv_calibration": "Out-of-fold reliability diagram (raw and calibrated)",
+    "external_roc": "ROC curve on the external cohort, with the pixel baseline",
+    "external_calibration": "Reliability diagram on the external cohort, before and after recalibration",
+    "external_decision_curve": "Decision curve on the external cohort",
+    "external_subgroup_auc": "ROC AUC on the external cohort by view, sex and age",
+    "finding_roc_grid": "ROC curve of each finding",
+    "label_cooccurrence": "How often findings occur together",
+    "finding_training_curves": "Validation AUC of each finding per epoch",
+    "finding_attention_grid": "Attention maps by finding",
+}
+
+
 def render_report(template: str, figures: dict[str, bytes], **context: Any) -> str:
     """One self-contained HTML report: ``template`` rendered with ``context`` and every figure embedded
-    (``roc_plot`` shows as "roc plot")."""
-    embedded = {name.replace("_", " "): png_data_uri(png) for name, png in figures.items()}
+    under its caption (``FIGURE_CAPTIONS``; another name shows as itself, "roc_plot" as "roc plot")."""
+    embedded = {FIGURE_CAPTIONS.get(name, name.replace("_", " ")): png_data_uri(png) for name, png in figures.items()}
     return _TEMPLATES.get_template(template).render(figures=embedded, **context)
 
 
