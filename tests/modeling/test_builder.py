@@ -256,3 +256,36 @@ def test_the_multi_label_model_saves_reloads_and_keeps_per_finding_calibration(t
         expected = apply_calibration(score[:, j], slopes[j], intercepts[j])
         np.testing.assert_allclose(probability[:, j], expected, rtol=1e-4)
     assert model_findings(calibrate(build_model(32, **TINY_MODEL), 1.0, 0.0, 0.5)) is None
+
+
+def test_an_ensemble_averages_its_members_logits_and_maps_and_survives_save_and_recalibration(tmp_path):
+    """The ensemble's score is the mean of its members' logits; its attention map the mean of theirs; it
+    calibrates, saves, reloads, recalibrates and exports its backbone like one network."""
+    from scipy.special import logit
+
+    from cardio_kedro.evaluation.calibration import apply_calibration
+    from cardio_kedro.modeling import calibrate, ensemble, ensemble_members, recalibrated, scoring_model, with_score
+    from cardio_kedro.modeling.pretrained import backbone_spec
+
+    keras.utils.set_random_seed(3)
+    members = [build_model(32, **TINY_MODEL) for _ in range(3)]
+    assert ensemble(members[:1]) is members[0]  # one member: the network itself
+    with pytest.raises(ValueError, match="at least one member"):
+        ensemble([])
+    x = np.random.default_rng(5).integers(0, 255, (6, 32, 32, 1)).astype(np.uint8)
+    scores = np.stack([m.predict(x, verbose=0).reshape(-1) for m in members])
+    maps = np.stack([attention_model(m).predict(x, verbose=0)[1] for m in members])
+    assert np.ptp(scores, axis=0).max() > 1e-4  # the members differ, so the mean is a real test
+    ds = KerasModelDataset(str(tmp_path / "ensemble.keras"), version=None)
+    ds.save(calibrate(ensemble(members), 1.3, -0.4, 0.2))
+    again = ds.load()
+    assert [m.name for m in ensemble_members(again)] == ["member_0", "member_1", "member_2"]
+    probability, score, attention = scoring_model(again, score=True, attention=True).predict(x, verbose=0)
+    np.testing.assert_allclose(logit(score.reshape(-1)), logit(scores).mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(probability.reshape(-1), apply_calibration(score.reshape(-1), 1.3, -0.4), rtol=1e-4)
+    np.testing.assert_allclose(attention, maps.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(with_score(again).predict(x, verbose=0)[1], score, rtol=1e-6)
+    np.testing.assert_allclose(attention_model(again).predict(x, verbose=0)[1], attention, atol=1e-6)
+    updated = recalibrated(again, 0.5, 0.8).predict(x, verbose=0).reshape(-1)
+    np.testing.assert_allclose(logit(updated), 0.5 + 0.8 * logit(probability.reshape(-1)), atol=1e-3)
+    assert backbone_spec(again)["backbone"] == "vgg16"  # the first member's backbone

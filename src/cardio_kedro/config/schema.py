@@ -317,6 +317,14 @@ class CrossValidationParams(Group):
         "model's scores are put on one scale (the quartiles of its validation part's logits onto those of all "
         "the validation parts; no label used), so that the pooled out-of-fold scores rank alike across folds"
     )
+    members: int = Field(
+        ge=1,
+        le=10,
+        description="networks trained per fold model (and for the final model), averaged in logit space: the "
+        "same validation part, each with its own kept negatives and training seed. On a small cohort one "
+        "network's ranking depends on its seed; the average is steadier (and takes members x the time). "
+        "The cross_validation pipeline only",
+    )
 
 
 class QualityGuardParams(Group):

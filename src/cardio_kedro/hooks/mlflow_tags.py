@@ -163,6 +163,8 @@ class MlflowTagHooks:
                 if history is None:
                     continue
                 part = history[history["fold"] == fold["fold"] - 1]  # the history counts folds from 0
+                if "member" in part:  # an ensemble per fold: its first member's epochs
+                    part = part[part["member"] == 0]
                 epochs = [
                     Metric(name, float(value), now, int(epoch))
                     for name in HISTORY_METRICS

@@ -6,12 +6,13 @@ import cv2
 import keras
 import numpy as np
 
-from .builder import ATTENTION_LAYER
+from .builder import scoring_model
 
 
 def attention_model(model: keras.Model) -> keras.Model:
-    """A model sharing ``model``'s weights that returns ``(probability, attention_map)``."""
-    return keras.Model(model.inputs, [model.outputs[0], model.get_layer(ATTENTION_LAYER).output])
+    """A model sharing ``model``'s weights that returns ``(probability, attention_map)`` (an ensemble's:
+    the mean of its members' maps)."""
+    return scoring_model(model, attention=True)
 
 
 def upsample(maps: np.ndarray, size: int) -> np.ndarray:

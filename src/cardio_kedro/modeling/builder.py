@@ -20,6 +20,7 @@ from .layers import (
     AttentionPooling,
     Calibration,
     FindingAttentionPooling,
+    LogitMean,
     SpatialSoftmax,
     XrayAugment,
     XrayPreprocess,
@@ -30,6 +31,7 @@ VIEW_OUTPUT = "view"  # the auxiliary output of the training model (with_view_he
 AUXILIARY_OUTPUT = "auxiliary"  # the auxiliary findings of the training model (with_auxiliary_findings)
 SCORE_LAYER = "score"  # the trained network's output: a score at the training prevalence
 PROBABILITY_LAYER = "probability"  # the calibrated model's output (a Calibration layer)
+MEMBER_PREFIX = "member_"  # an ensemble's networks (ensemble): member_0, member_1, ...
 BACKBONE_PREPROCESSING = {
     "vgg16": "caffe",
     "densenet121": "torch",
@@ -286,6 +288,54 @@ def with_auxiliary_findings(model: keras.Model, n_findings: int) -> keras.Model:
     return keras.Model(model.inputs, [*model.outputs, auxiliary], name=f"{model.name}_with_auxiliary")
 
 
+def ensemble(members: Sequence[keras.Model]) -> keras.Model:
+    """One model averaging ``members`` (networks of ``build_model`` for the same input): its score is
+    the mean of theirs in logit space (``LogitMean``, named ``score`` as a single network's), so
+    ``calibrate``, ``with_score`` and ``recalibrated`` treat it as one network. Each member is kept
+    whole as ``member_<i>``, returning its score and its attention map; ``attention_output`` averages
+    the maps. One member is returned as it is."""
+    members = list(members)
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    if len(members) == 1:
+        return members[0]
+    image = keras.Input(members[0].inputs[0].shape[1:], dtype=members[0].inputs[0].dtype, name="image")
+    outputs = [
+        keras.Model(
+            member.inputs, [member.outputs[0], member.get_layer(ATTENTION_LAYER).output], name=f"{MEMBER_PREFIX}{i}"
+        )(image)
+        for i, member in enumerate(members)
+    ]
+    score = LogitMean(name=SCORE_LAYER)([s for s, _ in outputs])
+    return keras.Model(image, score, name=f"{members[0].name}_ensemble")
+
+
+def ensemble_members(model: keras.Model) -> list[keras.Model]:
+    """The members of an ``ensemble`` (each returning ``(score, attention map)``); ``[]`` for one network."""
+    return [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name.startswith(MEMBER_PREFIX)]
+
+
+def scoring_model(model: keras.Model, score: bool = False, attention: bool = False) -> keras.Model:
+    """A model sharing ``model``'s weights that returns its output, then the raw score (``score``) and
+    the attention map (``attention``; an ensemble's is the mean of its members' maps).
+
+    An ensemble's members are called once each on a new input, so score, probability and maps come
+    from one pass."""
+    members = ensemble_members(model)
+    if not members:
+        extra = [model.get_layer(SCORE_LAYER).output] if score else []
+        extra += [model.get_layer(ATTENTION_LAYER).output] if attention else []
+        return keras.Model(model.inputs, [model.outputs[0], *extra])
+    image = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name="image")
+    pairs = [member(image) for member in members]
+    raw = model.get_layer(SCORE_LAYER)([s for s, _ in pairs])
+    calibration = next((layer for layer in model.layers if isinstance(layer, Calibration)), None)
+    outputs = [raw if calibration is None else calibration(raw)]
+    outputs += [raw] if score else []
+    outputs += [layers.Average(name=ATTENTION_LAYER)([a for _, a in pairs])] if attention else []
+    return keras.Model(image, outputs)
+
+
 def _all_layers(model: keras.Model):
     for layer in model.layers:
         yield layer
@@ -368,5 +418,4 @@ def with_score(model: keras.Model) -> keras.Model:
 
     For an uncalibrated model both are the network's output.
     """
-    score = model.get_layer(SCORE_LAYER).output
-    return keras.Model(model.inputs, [model.outputs[0], score])
+    return scoring_model(model, score=True)

@@ -190,6 +190,29 @@ class SpatialSoftmax(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cardio_kedro")
+class LogitMean(layers.Layer):
+    """The mean of several networks' scores in logit space: ``sigmoid(mean_i logit(p_i))`` (an
+    ensemble's score; the geometric mean of the odds). Each input is ``(B, K)`` probabilities."""
+
+    def __init__(self, epsilon: float = 1e-7, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, inputs):
+        logits = []
+        for score in inputs:
+            p = ops.clip(ops.cast(score, "float32"), self.epsilon, 1.0 - self.epsilon)
+            logits.append(ops.log(p) - ops.log1p(-p))
+        return ops.sigmoid(ops.mean(ops.stack(logits, axis=0), axis=0))
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="cardio_kedro")
 class Calibration(layers.Layer):
     """The raw score made a calibrated probability, with the model's operating threshold.
 

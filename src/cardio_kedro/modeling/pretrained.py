@@ -84,6 +84,14 @@ def fetch_imagenet_weights(backbone: str, timeout: float | None = None, retries:
     )
 
 
+def _backbone(model):
+    """The classifier's backbone; an ensemble's (``model_training.cross_validation.members``): its first member's."""
+    from cardio_kedro.modeling.builder import ensemble_members
+
+    members = ensemble_members(model)
+    return (members[0] if members else model).get_layer("backbone")
+
+
 def backbone_spec(model) -> dict:
     """What ``build_backbone`` needs to rebuild a trained classifier's backbone, read from the model:
     ``backbone`` (its name, ``vgg16_attention`` -> ``vgg16``), ``image_size`` (its input), ``width``
@@ -91,7 +99,7 @@ def backbone_spec(model) -> dict:
     name = model.name.split("_attention")[0]
     if name not in BACKBONES:
         raise ValueError(f"model '{model.name}' is not a classifier of this project (no backbone in {list(BACKBONES)})")
-    layers = model.get_layer("backbone").layers
+    layers = _backbone(model).layers
     first = next((layer for layer in layers if layer.name == "block1_conv1"), None)
     return {
         "backbone": name,
@@ -123,7 +131,7 @@ def export_backbone(
     given = {"backbone": backbone, "image_size": image_size, "width": width, "batchnorm": batchnorm}
     spec = backbone_spec(model) | {k: v for k, v in given.items() if v is not None}
     backbone, image_size, width, batchnorm = spec["backbone"], spec["image_size"], spec["width"], spec["batchnorm"]
-    trained = {layer.name: layer for layer in model.get_layer("backbone").layers}
+    trained = {layer.name: layer for layer in _backbone(model).layers}
     headless = build_backbone(backbone, image_size, None, width, batchnorm)
     copied = 0
     for layer in headless.layers:

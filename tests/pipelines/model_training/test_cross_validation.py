@@ -156,3 +156,49 @@ def test_aligned_fold_scores_pool_as_well_as_each_fold_ranks():
     for v, m in zip(validation, maps):
         q = np.quantile(to_logit(apply_calibration(v["score"].to_numpy(), *m)), [0.25, 0.5, 0.75])
         assert q[1] == pytest.approx(q_ref[1], abs=1e-6) and q[2] - q[0] == pytest.approx(q_ref[2] - q_ref[0])
+
+
+@pytest.mark.slow
+def test_members_share_the_validation_part_and_differ_in_negatives_and_seed(toy_cache, toy_folds, monkeypatch):
+    """cross_validation.members: 2 networks per fold model on one validation part, each with its own kept
+    negatives and seed; the fold model's validation scores are their logit mean, and so is the baseline's."""
+    from scipy.special import logit
+
+    from cardio_kedro.modeling import ensemble_members
+
+    calls = []
+    original = nodes.train_model
+
+    def recording(train, validation, pixel_cache, rebalancing, params):
+        calls.append((set(train["image_index"]), set(validation["patient_id"]), params["seed"]))
+        return original(train, validation, pixel_cache, rebalancing, params)
+
+    monkeypatch.setattr(nodes, "train_model", recording)
+    params = tiny_params(head={"epochs": 0}, fine_tune={"epochs": 1}, cross_validation={"members": 2})
+    rebalance = base_params("data_processing")["rebalance"] | {"neg_per_pos": 1}  # kept negatives: a draw
+    from cardio_kedro.config import RebalanceParams
+
+    pool = toy_folds[toy_folds["fold"] != 0]
+    model, history, _, kept, _, scores = nodes._fit_with_held_out_validation(
+        pool, toy_cache["cache"], RebalanceParams.model_validate(rebalance), params, BINS, 11
+    )
+    assert len(calls) == 2 and len(kept) == 2
+    (train_a, validated_a, seed_a), (train_b, validated_b, seed_b) = calls
+    assert validated_a <= set(pool["patient_id"]) and seed_a != seed_b
+    validation_patients = set(scores["patient_id"])
+    assert not (set(pool.loc[pool["image_index"].isin(train_a | train_b), "patient_id"]) & validation_patients)
+    assert train_a != train_b  # each member its own negatives
+    assert set(history["member"]) == {0, 1}
+    networks = ensemble_members(model)
+    assert len(networks) == 2
+    rows = toy_cache["cache"].rows(pool.set_index("image_index").loc[scores["image_index"], "path"])
+    pixels = toy_cache["cache"].pixels()[rows][..., None]
+    member_scores = [np.asarray(n.predict(pixels, verbose=0)[0]).reshape(-1) for n in networks]
+    np.testing.assert_allclose(logit(scores["score"]), np.mean([logit(s) for s in member_scores], 0), atol=1e-4)
+    # one member: the single network, drawn as before (its negatives and seed are member 0's)
+    single = tiny_params(head={"epochs": 0}, fine_tune={"epochs": 1})
+    calls.clear()
+    nodes._fit_with_held_out_validation(
+        pool, toy_cache["cache"], RebalanceParams.model_validate(rebalance), single, BINS, 11
+    )
+    assert calls[0] == (train_a, validated_a, seed_a)

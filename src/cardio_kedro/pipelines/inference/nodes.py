@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import pandas as pd
 
@@ -19,12 +18,11 @@ from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.common.parallel import imap_progress
 from cardio_kedro.config import InferenceParams
 from cardio_kedro.modeling import (
-    attention_model,
     encode_png,
     model_findings,
     model_quality_guard,
     overlay,
-    with_score,
+    scoring_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,8 +62,7 @@ def _score_batch(scorer, pixels: list[np.ndarray], heatmaps: bool) -> tuple[np.n
 
 def _scorer(model, heatmaps: bool):
     """One model returning ``(probability, score[, attention map])``, sharing ``model``'s weights."""
-    outputs = with_score(model).outputs + (attention_model(model).outputs[1:] if heatmaps else [])
-    return keras.Model(model.inputs, outputs)
+    return scoring_model(model, score=True, attention=heatmaps)
 
 
 def overlay_names(files: list[str]) -> dict[str, str]:

@@ -10,6 +10,7 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 
 from cardio_kedro.cohort import quality
 from cardio_kedro.cohort.findings import (
@@ -31,11 +32,13 @@ from cardio_kedro.evaluation.calibration import (
     fit_platt,
     fit_recalibration,
     prior_shift_offset,
+    to_logit,
 )
 from cardio_kedro.evaluation.decision import choose_threshold
 from cardio_kedro.modeling import (
     build_model,
     calibrate,
+    ensemble,
     operating_threshold,
     recalibrated,
     with_auxiliary_findings,
@@ -301,7 +304,10 @@ def _multi_host_share(
 
 def epoch_metrics(history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
     """The per-epoch history as MLflow metric histories (step = epoch), finite values only, and
-    ``best_epoch``: the epoch whose weights were kept (a sweep reads its objective there)."""
+    ``best_epoch``: the epoch whose weights were kept (a sweep reads its objective there). An
+    ensemble's history (a ``member`` column) logs its first member's epochs."""
+    if "member" in history:
+        history = history[history["member"] == 0]
     names = [*HISTORY_METRICS, *(c for c in history.columns if c.startswith("val_auc."))]  # + per finding
     metrics = {
         name: [{"value": float(v), "step": int(e)} for e, v in zip(history["epoch"], history[name]) if math.isfinite(v)]
@@ -472,6 +478,9 @@ def _hold_out_patients(
     return frame[~held].reset_index(drop=True), frame[held].reset_index(drop=True)
 
 
+MEMBER_SEED_STEP = 1009  # member m of an ensemble trains with model_training.seed + m x this
+
+
 def _fit_with_held_out_validation(
     pool: pd.DataFrame,
     pixel_cache: PixelCache,
@@ -479,22 +488,55 @@ def _fit_with_held_out_validation(
     params: dict[str, Any],
     calibration_bins: int,
     seed: int,
-) -> tuple[keras.Model, pd.DataFrame, dict, pd.DataFrame, dict]:
+) -> tuple[keras.Model, pd.DataFrame, dict, list[pd.DataFrame], dict, pd.DataFrame]:
     """Train on ``pool`` with a patient-wise validation part of it (best epoch, and this model's own
-    calibration on it). Returns the network, its history, the rebalancing, the rebalanced training
-    images, the calibration entry and the validation part's raw scores."""
+    calibration on it). With ``cross_validation.members`` above 1, that many networks on the same
+    validation part, each with its own kept negatives and training seed, averaged (``ensemble``).
+    Returns the model, its history (a ``member`` column for an ensemble), the rebalancing, each
+    member's rebalanced training images, the calibration entry and the validation part's raw scores."""
     config = ModelTrainingParams.model_validate(params)
     rng = np.random.default_rng(seed)
     train, validation = _hold_out_patients(pool, config.cross_validation.validation_fraction, rng)
-    train_b, validation_b, rebalancing = rebalance_binary(
-        train, validation, rebalance.strategy, rebalance.neg_per_pos, rng
-    )
-    model, history = train_model(train_b, validation_b, pixel_cache, rebalancing, params)
+    n = config.cross_validation.members
+    networks, histories, kept, rebalancings = [], [], [], []
+    for m in range(n):
+        member_rng = rng if m == 0 else np.random.default_rng([seed, m])  # member 0: the single network's draw
+        train_b, validation_b, rebalancing = rebalance_binary(
+            train, validation, rebalance.strategy, rebalance.neg_per_pos, member_rng
+        )
+        if n > 1:
+            logger.info("Member %d/%d of the ensemble", m + 1, n)
+        member_params = params if m == 0 else {**params, "seed": config.seed + MEMBER_SEED_STEP * m}
+        network, history = train_model(train_b, validation_b, pixel_cache, rebalancing, member_params)
+        networks.append(network)
+        histories.append(history.assign(member=m) if n > 1 else history)
+        kept.append(train_b)
+        rebalancings.append(rebalancing)
+    model = ensemble(networks)
     scores = score_validation(model, validation, pixel_cache, params)
+    rebalancing = rebalancings[0]
     entry = _calibrate_one(
         scores["target"].to_numpy(), scores["score"].to_numpy(), rebalancing["prevalence"], config, calibration_bins
     )
-    return model, history, rebalancing, train_b, entry, scores
+    return model, pd.concat(histories, ignore_index=True), rebalancing, kept, entry, scores
+
+
+def _ensemble_baseline(kept: list[pd.DataFrame], images: np.ndarray, pixel_cache: PixelCache, baseline) -> np.ndarray:
+    """The pixel baseline scored the way the model is: one fit per member's training images, averaged
+    in logit space (one member: its fit)."""
+    fits = [
+        pixel_baseline_probability(
+            pixel_cache.images(train_b["path"]),
+            train_b["target"].to_numpy(),
+            images,
+            baseline.image_size,
+            baseline.regularization,
+        )
+        for train_b in kept
+    ]
+    if len(fits) == 1:
+        return fits[0]
+    return expit(np.mean([to_logit(p) for p in fits], axis=0))
 
 
 def shared_fold_calibration(
@@ -558,18 +600,13 @@ def cross_validate(
             "Fold %d/%d: training on %d images (%d positive), scoring %d (%d positive)",
             k + 1, n_folds, len(pool), int(pool["target"].sum()), len(held), int(held["target"].sum()),
         )  # fmt: skip
-        model, history, rebalancing, train_b, entry, scores = _fit_with_held_out_validation(
+        model, history, rebalancing, kept, entry, scores = _fit_with_held_out_validation(
             pool, pixel_cache, rebalance, params, calibration_bins, config.seed + k
         )
         _, raw = predict_cached(model, pixel_cache.pixels(), pixel_cache.rows(held["path"]), config.batch_size)
         validation_paths = pool.set_index("image_index").loc[scores["image_index"], "path"]
-        reference = pixel_baseline_probability(
-            pixel_cache.images(train_b["path"]),
-            train_b["target"].to_numpy(),
-            pixel_cache.images(pd.concat([held["path"], validation_paths], ignore_index=True)),
-            baseline.image_size,
-            baseline.regularization,
-        )
+        scored = pixel_cache.images(pd.concat([held["path"], validation_paths], ignore_index=True))
+        reference = _ensemble_baseline(kept, scored, pixel_cache, baseline)
         predictions.append(held[OUT_OF_FOLD_COLUMNS].assign(score=raw, baseline_probability=reference[: len(held)]))
         entries.append(entry)
         validation_scores.append(scores.assign(baseline_score=reference[len(held) :]))
@@ -631,8 +668,9 @@ def train_final_model(
     params: dict[str, Any],
     calibration_bins: int,
 ) -> tuple[keras.Model, pd.DataFrame, dict]:
-    """The model to deploy: trained on every fold (its validation part held out the same way); it is
-    calibrated from the out-of-fold predictions (``calibrate_from_out_of_fold``)."""
+    """The model to deploy: trained on every fold (its validation part held out the same way), an
+    ensemble of ``cross_validation.members`` networks as each fold model is; it is calibrated from the
+    out-of-fold predictions (``calibrate_from_out_of_fold``)."""
     config = ModelTrainingParams.model_validate(params)
     rebalance = RebalanceParams.model_validate(rebalance_params)
     logger.info("Final model: training on all %d images", len(folds))

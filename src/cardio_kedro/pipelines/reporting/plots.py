@@ -99,13 +99,25 @@ def image_grid(
 
 
 def training_curves(history: pd.DataFrame) -> plt.Figure:
-    """Loss and AUC per epoch for train and validation, phases shaded, best epoch marked."""
+    """Loss and AUC per epoch for train and validation, phases shaded, best epoch marked; an
+    ensemble's history (a ``member`` column) draws each member's curves, the first one solid."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    best = history.loc[history["best"].astype(bool), "epoch"]
+    members = [history] if "member" not in history else [part for _, part in history.groupby("member")]
+    first = members[0]
+    best = first.loc[first["best"].astype(bool), "epoch"]
     for ax, metric in zip(axes, ("loss", "auc")):
-        ax.plot(history["epoch"], history[metric], "o-", color=NEG, label=f"train {metric}")
-        ax.plot(history["epoch"], history[f"val_{metric}"], "o-", color=POS, label=f"validation {metric}")
-        fine = history.loc[history["phase"] == "fine_tune", "epoch"]
+        for m, part in enumerate(members):
+            style = {"ls": "-", "marker": "o"} if m == 0 else {"ls": ":", "marker": ".", "alpha": 0.6}
+            suffix = "" if len(members) == 1 else (" (member 1)" if m == 0 else None)
+            train_label = None if suffix is None else f"train {metric}{suffix}"
+            val_label = None if suffix is None else f"validation {metric}{suffix}"
+            ax.plot(part["epoch"], part[metric], color=NEG, label=train_label, **style)
+            ax.plot(part["epoch"], part[f"val_{metric}"], color=POS, label=val_label, **style)
+        if len(members) > 1:
+            ax.plot(
+                [], [], color="grey", ls=":", label="member 2" if len(members) == 2 else f"members 2-{len(members)}"
+            )
+        fine = first.loc[first["phase"] == "fine_tune", "epoch"]
         if len(fine):
             ax.axvspan(fine.min() - 0.5, fine.max() + 0.5, color="#eeeeee", zorder=0, label="fine-tune phase")
         if len(best):
