@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cardio_kedro.config import ParameterError
 from cardio_kedro.evaluation.calibration import apply_recalibration
-from cardio_kedro.modeling import load_model, operating_threshold
+from cardio_kedro.modeling import ensemble_members, load_model, operating_threshold
 from cardio_kedro.pipelines.reporting.pipeline import EXTERNAL_FIGURES
 from tests.helpers import make_phantom_cohort, make_tiny_project, run_pipeline
 
@@ -61,8 +61,12 @@ def _client(project: Path) -> MlflowClient:
 
 @pytest.fixture(scope="module")
 def phantom_project(tmp_path_factory) -> Path:
-    """A tiny model cross-validated on phantoms (3 folds): its internal figures are out of fold."""
-    kfold = {"data_processing": {"split": {"method": "kfold", "n_folds": 3}}}
+    """A tiny model cross-validated on phantoms (3 folds), each fold model and the final model an ensemble of two
+    networks (cross_validation.members): its internal figures are out of fold."""
+    kfold = {
+        "data_processing": {"split": {"method": "kfold", "n_folds": 3}},
+        "model_training": {"cross_validation": {"members": 2}},
+    }
     return _trained(tmp_path_factory.mktemp("external"), "cross_validation", kfold)
 
 
@@ -114,6 +118,12 @@ def test_a_shifted_site_is_reported_recalibrated_and_registered(phantom_project,
     assert abs(recalibration["after"]["calibration_intercept"]["value"]) < abs(
         recalibration["before"]["calibration_intercept"]["value"]
     )
+
+    # the registered model is the ensemble the fold models were: two networks averaged
+    assert [m.name for m in ensemble_members(load_model(_newest(phantom_project, "06_models/classifier.keras")))] == [
+        "member_0",
+        "member_1",
+    ]
 
     # the recalibrated classifier is the update of the scored one, image by image
     predictions = pd.read_parquet(_newest(phantom_project, "07_model_output/external_predictions.parquet"))

@@ -103,6 +103,10 @@ def test_epoch_metrics_are_mlflow_histories_by_epoch():
     }
     kept = history.assign(best=[False, True])
     assert epoch_metrics(kept)["best_epoch"] == [{"value": 2.0, "step": 0}]
+    # an ensemble's history (a member column): the first member's epochs, one value per step
+    members = pd.concat([kept.assign(member=0), kept.assign(member=1, loss=[0.9, 0.8], best=[True, False])])
+    assert epoch_metrics(members)["loss"] == [{"value": 0.7, "step": 1}, {"value": 0.5, "step": 2}]
+    assert epoch_metrics(members)["best_epoch"] == [{"value": 2.0, "step": 0}]
 
 
 @pytest.mark.gpu_smoke
