@@ -124,6 +124,8 @@ def test_a_shifted_site_is_reported_recalibrated_and_registered(phantom_project,
         "member_0",
         "member_1",
     ]
+    cv_report = _newest(phantom_project, "08_reporting/cross_validation_report.html").read_text()
+    assert "an ensemble of 2 networks" in cv_report
 
     # the recalibrated classifier is the update of the scored one, image by image
     predictions = pd.read_parquet(_newest(phantom_project, "07_model_output/external_predictions.parquet"))

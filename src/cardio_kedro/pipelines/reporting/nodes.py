@@ -569,6 +569,7 @@ def build_cross_validation_report(
         batch_size=model.batch_size,
         keep_weights=model.keep_weights,
         fold_calibration=model.cross_validation.fold_calibration,
+        members=model.cross_validation.members,
     )
 
 
