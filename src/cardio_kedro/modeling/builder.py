@@ -292,7 +292,7 @@ def ensemble(members: Sequence[keras.Model]) -> keras.Model:
     """One model averaging ``members`` (networks of ``build_model`` for the same input): its score is
     the mean of theirs in logit space (``LogitMean``, named ``score`` as a single network's), so
     ``calibrate``, ``with_score`` and ``recalibrated`` treat it as one network. Each member is kept
-    whole as ``member_<i>``, returning its score and its attention map; ``attention_output`` averages
+    whole as ``member_<i>``, returning its score and its attention map; ``scoring_model`` averages
     the maps. One member is returned as it is."""
     members = list(members)
     if not members:
