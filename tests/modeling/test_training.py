@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cardio_kedro.modeling import build_model
-from cardio_kedro.modeling.training import EpochMonitor, make_loss, set_trainable
+from cardio_kedro.modeling.training import EpochMonitor, compile_model, make_loss, set_trainable
 from tests.helpers import TINY_MODEL
 
 
@@ -69,3 +69,34 @@ def test_label_smoothing_moves_the_loss_minimum_off_certainty():
     assert loss_at(0.999, 0.0) < loss_at(0.95, 0.0)  # unsmoothed: the surer, the better
     assert loss_at(0.95, 0.1) < loss_at(0.999, 0.1)  # target 0.95: certainty now costs
     assert make_loss("focal", 0.1).label_smoothing == 0.1
+
+
+
+def _one_step(weight_decay: float, shift: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One training step of a dense -> batch-norm -> dense network whose seeded initial weights are moved by
+    ``shift``; its trainable variables (by path) before and after the step."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((3,))
+    x = keras.layers.BatchNormalization(name="norm")(keras.layers.Dense(4, name="hidden")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="out")(x))
+    for variable in model.trainable_variables:
+        variable.assign(variable + shift)  # non-zero biases and offsets: a decay of them would show
+    compile_model(model, 0.1, "binary_crossentropy", jit_compile=False, clipnorm=None, weight_decay=weight_decay)
+    before = {v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
+    rng = np.random.default_rng(0)
+    model.train_on_batch(rng.normal(size=(8, 3)).astype("float32"), (rng.random((8, 1)) > 0.5).astype("float32"))
+    return before, {v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
+
+
+def test_weight_decay_shrinks_kernels_only_by_learning_rate_times_decay():
+    """Decoupled decay: the same step with decay 2 lands -lr x 2 x the starting kernel away from the step
+    without; biases and the normalisation's scale and offset take the same step either way."""
+    start, plain = _one_step(0.0, 0.5)
+    same_start, decayed = _one_step(2.0, 0.5)
+    assert all(np.array_equal(start[n], same_start[n]) for n in start)
+    for name, value in plain.items():
+        if name.endswith("kernel"):
+            np.testing.assert_allclose(decayed[name] - value, -0.1 * 2.0 * start[name], rtol=1e-4, atol=1e-6)
+        else:
+            np.testing.assert_allclose(decayed[name], value, rtol=1e-6, atol=1e-7)
+    assert {n.rsplit("/", 1)[-1] for n in plain} == {"kernel", "bias", "gamma", "beta"}

@@ -355,6 +355,12 @@ class ModelTrainingParams(Group):
     label_smoothing: float = Field(
         ge=0, lt=0.5, description="targets pulled towards 0.5 by this much in the finding's loss (0: none)"
     )
+    weight_decay: float = Field(
+        ge=0,
+        lt=100,
+        description="decoupled weight decay (AdamW): each step shrinks the kernels by learning rate x this (0: none; "
+        "biases and normalisation scales are left alone)",
+    )
     gradient_clipnorm: float | None = Field(gt=0, description="cap on the global gradient norm of a step (null: none)")
     weight_averaging: float | None = Field(
         gt=0,

@@ -18,6 +18,8 @@ from cardio_kedro.modeling.devices import accelerators, visible_devices
 
 logger = logging.getLogger(__name__)
 
+# variables (by name) that weight decay leaves alone: biases and the normalisation layers' scale and offset
+NOT_DECAYED = ("bias", "gamma", "beta")
 HISTORY_METRICS = ("loss", "auc", "val_loss", "val_auc", "val_view_accuracy", "lr", "images_per_second")
 
 
@@ -269,6 +271,7 @@ def compile_model(
     label_smoothing: float = 0.0,
     finding_weights: dict[str, dict[str, float]] | None = None,
     best_epoch_findings: list[str] | None = None,
+    weight_decay: float = 0.0,
 ) -> None:
     """Adam at ``learning_rate`` (a number or a schedule), the named loss, AUC as the metric.
 
@@ -280,6 +283,8 @@ def compile_model(
     ``auxiliary_loss_weight``. ``weight_averaging`` keeps an exponential
     moving average of the weights with that momentum (see ``averaged_weights``). ``steps_per_execution``
     batches run per call of the compiled step. ``label_smoothing`` applies to the finding's loss.
+    ``weight_decay`` is decoupled (AdamW): each step multiplies every kernel by
+    ``1 - learning_rate * weight_decay``; biases and normalisation parameters are not decayed (0: none).
     ``finding_weights`` (finding -> ``{"0": w, "1": w}``, in the output's column order) compiles a
     multi-label model: the per-finding weighted loss, ``auc`` as the mean of the findings' AUCs (what
     the best epoch is chosen on; of ``best_epoch_findings`` only, when given) and one ``auc.<finding>``
@@ -312,13 +317,17 @@ def compile_model(
         losses = [make_loss(loss, label_smoothing), *("binary_crossentropy" for _ in names)]
         weights = [1.0, *(extra[n][0] for n in names)]
         metrics = [[keras.metrics.AUC(name="auc")], *(extra[n][1] for n in names)]
+    optimizer = keras.optimizers.Adam(
+        learning_rate,
+        global_clipnorm=clipnorm,
+        use_ema=weight_averaging is not None,
+        ema_momentum=weight_averaging or 0.99,
+        weight_decay=weight_decay or None,
+    )
+    if weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=list(NOT_DECAYED))
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            learning_rate,
-            global_clipnorm=clipnorm,
-            use_ema=weight_averaging is not None,
-            ema_momentum=weight_averaging or 0.99,
-        ),
+        optimizer=optimizer,
         loss=losses,
         loss_weights=weights,
         metrics=metrics,

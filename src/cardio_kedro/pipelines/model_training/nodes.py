@@ -178,6 +178,7 @@ def _run_phases(
         "auxiliary_loss_weight": config.auxiliary_loss_weight,
         "weight_averaging": config.weight_averaging,
         "label_smoothing": config.label_smoothing,
+        "weight_decay": config.weight_decay,
         "finding_weights": finding_weights,
         "best_epoch_findings": None if config.best_epoch_findings == "all" else list(config.best_epoch_findings),
     }
