@@ -71,7 +71,6 @@ def test_label_smoothing_moves_the_loss_minimum_off_certainty():
     assert make_loss("focal", 0.1).label_smoothing == 0.1
 
 
-
 def _one_step(weight_decay: float, shift: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One training step of a dense -> batch-norm -> dense network whose seeded initial weights are moved by
     ``shift``; its trainable variables (by path) before and after the step."""
