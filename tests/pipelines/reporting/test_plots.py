@@ -42,3 +42,23 @@ def test_training_curves_draw_each_member_of_an_ensemble():
     finally:
         plt.close(single)
         plt.close(ensemble)
+
+
+def test_reliability_bins_give_each_bin_its_rate_count_and_an_interval_that_narrows_with_images():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    p = np.concatenate([np.full(1000, 0.05), [0.65]])  # a crowded bin and a bin of one image
+    y = np.concatenate([rng.random(1000) < 0.05, [True]]).astype(int)
+    bins = plots.reliability_bins(y, p, 10)
+    assert list(bins["n"]) == [1000, 1]
+    crowded, single = bins.iloc[0], bins.iloc[1]
+    assert crowded["observed"] == y[:1000].mean() and single["observed"] == 1.0
+    assert crowded["low"] < crowded["observed"] < crowded["high"] and crowded["high"] - crowded["low"] < 0.04
+    assert single["high"] == 1.0 and single["low"] < 0.25  # one positive film says little
+    figure = plots.calibration(y, p, p, {n: {"ece": {"value": 0.0}, "brier": {"value": 0.0}} for n in
+                                         ("raw_score", "calibrated")}, 10)  # fmt: skip
+    bars = figure.axes[0].containers[0].lines[2][0].get_segments()
+    spans = sorted(seg[1][1] - seg[0][1] for seg in bars)
+    assert len(spans) == 2 and spans[0] < 0.04 and spans[1] > 0.75
+    plt.close(figure)

@@ -9,7 +9,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 POS, NEG, ACCENT = "#d62728", "#1f77b4", "#2ca02c"
@@ -194,6 +193,30 @@ def precision_recall(y: np.ndarray, p: np.ndarray, pr_auc: float | None) -> plt.
     return fig
 
 
+def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int) -> pd.DataFrame:
+    """Equal-width probability bins that hold images: their mean predicted probability, observed
+    positive rate, image count and the rate's 95% Wilson interval (wide where a bin holds few images)."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], p, side="right")
+    rows = []
+    for b in np.unique(which):
+        inside = which == b
+        n, rate = int(inside.sum()), float(y[inside].mean())
+        z = 1.959964
+        centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        rows.append({"mean_predicted": float(p[inside].mean()), "observed": rate, "n": n,
+                     "low": max(0.0, centre - half), "high": min(1.0, centre + half)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["mean_predicted", "observed", "n", "low", "high"])
+
+
+def _reliability_curve(ax: plt.Axes, y: np.ndarray, p: np.ndarray, bins: int, style: str, color: str, label: str):
+    """One reliability curve with each bin's 95% interval as an error bar."""
+    b = reliability_bins(y, p, bins)
+    ax.errorbar(b["mean_predicted"], b["observed"], yerr=[b["observed"] - b["low"], b["high"] - b["observed"]],
+                fmt=style, color=color, label=label, capsize=2, elinewidth=0.8)  # fmt: skip
+
+
 def calibration(
     y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, metrics: dict, bins: int, where: str = "test"
 ) -> plt.Figure:
@@ -201,12 +224,14 @@ def calibration(
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], ls=":", color="gray", label="perfectly calibrated")
     for p, name, color, style in ((raw, "raw_score", "#7f7f7f", "s--"), (calibrated, "calibrated", POS, "o-")):
-        frac, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="uniform")
         m = metrics[name]
         label = f"{name.replace('_', ' ')}: ECE {m['ece']['value']:.3f}, Brier {m['brier']['value']:.3f}"
-        ax.plot(mean_pred, frac, style, color=color, label=label)
+        _reliability_curve(ax, y, p, bins, style, color, label)
     ax.set(
-        ylabel="observed positive rate", title=f"Calibration ({where}, natural prevalence)", xlim=(0, 1), ylim=(0, 1)
+        ylabel="observed positive rate (bars: 95% CI)",
+        title=f"Calibration ({where}, natural prevalence)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
     )
     ax.legend(fontsize=8, loc="upper left")
     hist.hist([raw, calibrated], bins=20, range=(0, 1), color=["#7f7f7f", POS], label=["raw score", "calibrated"])
@@ -222,12 +247,11 @@ def reliability(y: np.ndarray, models: dict[str, tuple[np.ndarray, dict]], bins:
     ax.plot([0, 1], [0, 1], ls=":", color="gray", label="perfectly calibrated")
     colors = (POS, ACCENT, NEG)
     for (name, (p, m)), color in zip(models.items(), colors):
-        frac, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="uniform")
         cil = m["in_the_large"]
         label = (f"{name}: mean {cil['mean_predicted']['value']:.3f} vs observed {cil['observed_rate']['value']:.3f}, "
                  f"O/E {cil['observed_expected']['value']:.2f}, ECE {m['ece']['value']:.3f}")  # fmt: skip
-        ax.plot(mean_pred, frac, "o-", color=color, label=label)
-    ax.set(ylabel="observed positive rate", title=f"Calibration ({where})", xlim=(0, 1), ylim=(0, 1))
+        _reliability_curve(ax, y, p, bins, "o-", color, label)
+    ax.set(ylabel="observed positive rate (bars: 95% CI)", title=f"Calibration ({where})", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(fontsize=7, loc="upper left")
     hist.hist([p for p, _ in models.values()], bins=20, range=(0, 1), color=list(colors[: len(models)]),
               label=list(models))  # fmt: skip
