@@ -52,6 +52,7 @@ def test_small_real_doubles_the_augmentation_and_keeps_the_rest_of_base(conf):
     assert small.model_training.model.augmentation.model_dump() == doubled
     assert small.model_training.model.dense_units == base.model_training.model.dense_units
     assert small.model_training.fine_tune == base.model_training.fine_tune
+    assert base.model_training.weight_decay == 0.0 and small.model_training.weight_decay == 2.0
 
 
 @pytest.mark.parametrize(
