@@ -15,6 +15,9 @@ difference, the evaluation part before and after recalibration, and wall times.
 
     python benchmarks/external_validation.py                       # both studies
     python benchmarks/external_validation.py --studies real --keep /tmp/ev
+
+``conf/small_real`` starts from the phantom backbone: the real study trains it first (the phantom demo,
+as ``benchmarks/real_cohort.py`` does) unless ``--backbone-weights FILE`` gives one.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_NIH = ROOT.parent / "shared" / "data" / "nih"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from real_cohort import scratch_project  # noqa: E402 - the same scratch project as the cross-validation benchmark
+# the same scratch project and phantom backbone as the cross-validation benchmark
+from real_cohort import pretrain_on_phantoms, scratch_project, shipped_backbone_weights  # noqa: E402
 
 
 def kedro(project: Path, pipeline: str, params: str, env: str | None = None) -> float:
@@ -105,10 +109,17 @@ def show(title: str, m: dict, wall: dict[str, float]) -> None:
     print("\nwall: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()), flush=True)
 
 
-def real_study(project: Path, recalibrate: str) -> None:
+def real_study(project: Path, recalibrate: str, backbone_weights: Path | None) -> None:
     for part in ("sample", "thumbs"):
         if not (SHARED_NIH / part / "Data_Entry_2017.csv").is_file():
             sys.exit(f"No {SHARED_NIH / part}: this study needs the shared NIH material")
+    shipped = shipped_backbone_weights("small_real")
+    if shipped not in (None, "imagenet") and not Path(shipped).is_absolute() and not (project / shipped).is_file():
+        if backbone_weights:  # conf/small_real starts from the phantom backbone: that file, or made here
+            (project / shipped).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(backbone_weights, project / shipped)
+        else:
+            pretrain_on_phantoms(project, "", project / shipped)
     thumbs = f"cohort_dir={SHARED_NIH / 'thumbs'}"
     wall = {"cross_validation on the thumbnails": kedro(project, "cross_validation", thumbs, "small_real")}
     wall["external_validation on the sample"] = kedro(
@@ -143,11 +154,16 @@ def main() -> None:
     parser.add_argument("--prevalence", type=float, default=0.08, help="the phantom site's patient prevalence")
     parser.add_argument("--seed", type=int, default=7, help="the phantom site's seed")
     parser.add_argument("--keep", type=Path, help="keep the scratch projects here (reports, MLflow stores)")
+    parser.add_argument(
+        "--backbone-weights",
+        type=Path,
+        help="the real study's phantom backbone (conf/small_real) instead of training one",
+    )
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="external_validation_"))
     try:
         if "real" in args.studies:
-            real_study(scratch_project(work / "real"), args.recalibrate)
+            real_study(scratch_project(work / "real"), args.recalibrate, args.backbone_weights)
         if "phantom" in args.studies:
             phantom_study(scratch_project(work / "phantom"), work, args.prevalence, args.seed)
     finally:
