@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_NIH = ROOT.parent / "shared" / "data" / "nih"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 # the same scratch project and phantom backbone as the cross-validation benchmark
-from real_cohort import pretrain_on_phantoms, scratch_project, shipped_backbone_weights  # noqa: E402
+from real_cohort import phantom_backbone, scratch_project  # noqa: E402
 
 
 def kedro(project: Path, pipeline: str, params: str, env: str | None = None) -> float:
@@ -113,13 +113,7 @@ def real_study(project: Path, recalibrate: str, backbone_weights: Path | None) -
     for part in ("sample", "thumbs"):
         if not (SHARED_NIH / part / "Data_Entry_2017.csv").is_file():
             sys.exit(f"No {SHARED_NIH / part}: this study needs the shared NIH material")
-    shipped = shipped_backbone_weights("small_real")
-    if shipped not in (None, "imagenet") and not Path(shipped).is_absolute() and not (project / shipped).is_file():
-        if backbone_weights:  # conf/small_real starts from the phantom backbone: that file, or made here
-            (project / shipped).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(backbone_weights, project / shipped)
-        else:
-            pretrain_on_phantoms(project, "", project / shipped)
+    phantom_backbone(project, "small_real", backbone_weights, "", force=False)  # the file conf/small_real names
     thumbs = f"cohort_dir={SHARED_NIH / 'thumbs'}"
     wall = {"cross_validation on the thumbnails": kedro(project, "cross_validation", thumbs, "small_real")}
     wall["external_validation on the sample"] = kedro(

@@ -121,6 +121,23 @@ def shipped_backbone_weights(env: str) -> str | None:
     return value
 
 
+def phantom_backbone(project: Path, env: str, given: Path | None, params: str, force: bool) -> tuple[Path | None, bool]:
+    """The phantom backbone in ``project``, where ``env`` names a project file for it (or ``force``): ``given``
+    copied there, else trained once (``pretrain_on_phantoms``). Returns its path (``None``: not wanted) and
+    whether ``env`` names it (otherwise a run must be pointed at it)."""
+    shipped = shipped_backbone_weights(env)
+    named = shipped not in (None, "imagenet") and not Path(shipped).is_absolute()
+    if not (force or named):
+        return None, False
+    weights = project / (shipped if named else "data/06_models/phantom_backbone.weights.h5")
+    if given:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(given, weights)
+    elif not weights.is_file():
+        pretrain_on_phantoms(project, params, weights)
+    return weights, named
+
+
 def pretrain_on_phantoms(project: Path, params: str, out: Path) -> Path:
     """The phantom demo trained in ``project`` (base conf), its backbone written to ``out``."""
     env_vars = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT / "src")}
@@ -186,17 +203,11 @@ def main() -> None:
         project = scratch_project(args.keep or work / "project")
         results = []
         common = args.params
-        shipped = shipped_backbone_weights(args.env)
-        wanted = shipped not in (None, "imagenet") and not Path(shipped).is_absolute()
-        if args.pretrain_on_phantoms or wanted:
-            weights = project / (shipped if wanted else "data/06_models/phantom_backbone.weights.h5")
-            if args.backbone_weights:
-                weights.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(args.backbone_weights, weights)
-            elif not weights.is_file():
-                pretrain_on_phantoms(project, args.pretrain_params, weights)
-            if not wanted:
-                common = ",".join(p for p in (common, f"model_training.model.backbone_weights={weights}") if p)
+        weights, named = phantom_backbone(
+            project, args.env, args.backbone_weights, args.pretrain_params, args.pretrain_on_phantoms
+        )
+        if weights is not None and not named:
+            common = ",".join(p for p in (common, f"model_training.model.backbone_weights={weights}") if p)
         spreads = []
         for config in args.configs:
             label = ", ".join(p for p in (args.params, config) if p) or f"conf/{args.env} as shipped"

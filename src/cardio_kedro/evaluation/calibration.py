@@ -68,10 +68,16 @@ def fit_platt(scores: np.ndarray, y: np.ndarray, offset: float, shrinkage: float
     return float(slope), float(intercept)
 
 
+def probability_bins(p: np.ndarray, bins: int) -> np.ndarray:
+    """Each probability's equal-width bin, 0 to ``bins - 1`` (1.0 in the last): ECE's and the reliability
+    diagram's."""
+    return np.minimum((np.asarray(p, np.float64) * bins).astype(int), bins - 1)
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int) -> float:
     """ECE: the count-weighted mean gap between predicted and observed rate over equal-width bins."""
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
-    which = np.minimum((p * bins).astype(int), bins - 1)
+    which = probability_bins(p, bins)
     gaps = [
         abs(p[which == b].mean() - y[which == b].mean()) * np.sum(which == b) for b in range(bins) if np.any(which == b)
     ]

@@ -11,6 +11,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from cardio_kedro.evaluation.calibration import probability_bins  # noqa: E402
+
 POS, NEG, ACCENT = "#d62728", "#1f77b4", "#2ca02c"
 SPLIT_ORDER = ("train", "validation", "test")
 
@@ -194,10 +196,10 @@ def precision_recall(y: np.ndarray, p: np.ndarray, pr_auc: float | None) -> plt.
 
 
 def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int) -> pd.DataFrame:
-    """Equal-width probability bins that hold images: their mean predicted probability, observed
+    """The equal-width probability bins (ECE's) that hold images: their mean predicted probability, observed
     positive rate, image count and the rate's 95% Wilson interval (wide where a bin holds few images)."""
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
-    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], p, side="right")
+    which = probability_bins(p, bins)
     rows = []
     for b in np.unique(which):
         inside = which == b
