@@ -75,8 +75,11 @@ def probability_bins(p: np.ndarray, bins: int) -> np.ndarray:
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int) -> float:
-    """ECE: the count-weighted mean gap between predicted and observed rate over equal-width bins."""
+    """ECE: the count-weighted mean gap between predicted and observed rate over equal-width bins (``nan`` for
+    no image: there is no gap to weigh)."""
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    if len(y) == 0:
+        return float("nan")
     which = probability_bins(p, bins)
     gaps = [
         abs(p[which == b].mean() - y[which == b].mean()) * np.sum(which == b) for b in range(bins) if np.any(which == b)
@@ -128,7 +131,7 @@ def calibration_slope_intercept(y: np.ndarray, p: np.ndarray) -> tuple[float, fl
     slope < 1: its probabilities are too extreme. ``nan`` when ``y`` has one class; the slope is
     ``nan`` too when the classes are separated (the likelihood has no maximum in the slope)."""
     x, y = to_logit(p), np.asarray(y, np.float64)
-    if y.min() == y.max():
+    if len(y) == 0 or y.min() == y.max():
         return float("nan"), float("nan")
     intercept = _logistic_fit(x, y, free_slope=False)[1]
     slope = _logistic_fit(x, y, free_slope=True)[0] if x[y == 1].min() <= x[y == 0].max() else float("nan")
@@ -143,7 +146,9 @@ def align_scores(scores: np.ndarray, reference: np.ndarray) -> tuple[float, floa
     Labels play no part: it matches one model's score scale to another's on the same images. A
     cross-validated final model's scores are aligned this way to the pooled out-of-fold scores before
     the out-of-fold calibration is applied to it (two networks trained alike can still stop at epochs
-    whose scores spread very differently). ``(1, 0)`` when ``scores`` do not spread at all."""
+    whose scores spread very differently). ``(1, 0)`` when ``scores`` do not spread at all (or are none)."""
+    if len(scores) == 0 or len(reference) == 0:
+        return 1.0, 0.0
     q_scores = np.quantile(to_logit(scores), [0.25, 0.5, 0.75])
     q_reference = np.quantile(to_logit(reference), [0.25, 0.5, 0.75])
     spread = q_scores[2] - q_scores[0]

@@ -43,8 +43,10 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, method: str, target_sensitivi
     all: the threshold is the middle of that interval, not its edge, so it does not sit on a score.
     """
     y, p = np.asarray(y, np.int64), np.asarray(p, np.float64)
-    if y.min() == y.max():
-        raise ValueError("choosing a threshold needs validation images of both classes")
+    if len(y) == 0 or y.min() == y.max():
+        raise ValueError(
+            f"choosing a threshold needs validation images of both classes ({int(y.sum())} positive of {len(y)})"
+        )
     cuts = _cuts(y, p)
     if method == "youden":
         score = cuts["sensitivity"] + cuts["specificity"] - 1
@@ -77,8 +79,13 @@ def net_benefit(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> pd.Data
     less false positives weighted by the odds at which a clinician is indifferent.
     """
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
-    n, prevalence = len(y), y.mean()
     t = np.asarray(thresholds, np.float64)
+    if len(y) == 0:  # no image: no benefit to weigh (nan, not a division by zero)
+        nan = np.full_like(t, np.nan)
+        return pd.DataFrame({"threshold": t, "model": nan, "treat_all": nan, "treat_none": np.zeros_like(t)})
+    if not ((t > 0) & (t < 1)).all():
+        raise ValueError("decision-curve thresholds must lie strictly between 0 and 1 (the odds t/(1-t) are infinite)")
+    n, prevalence = len(y), y.mean()
     called = p[None, :] >= t[:, None]
     tp = (called & (y[None, :] == 1)).sum(axis=1) / n
     fp = (called & (y[None, :] == 0)).sum(axis=1) / n

@@ -16,12 +16,13 @@ from sklearn.metrics import (
 
 from cardio_kedro.common.parallel import Progress
 from cardio_kedro.evaluation.calibration import calibration_slope_intercept, expected_calibration_error
+from cardio_kedro.evaluation.intervals import contain
 
 
 def auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:
-    """ROC AUC, or None when only one class is present."""
+    """ROC AUC, or None when only one class (or no image) is present."""
     y = np.asarray(y)
-    if y.min() == y.max():
+    if len(y) == 0 or y.min() == y.max():
         return None
     return float(roc_auc_score(y, p))
 
@@ -73,15 +74,13 @@ def patient_bootstrap(
 
 
 def _interval(point: float | None, samples: list[float]) -> dict:
-    """The point value with the 95% percentile interval of its resamples (none from fewer than 10)."""
+    """The point value with the 95% percentile interval of its resamples (none from fewer than 10), widened to
+    the point where the percentiles lie beside it (``contains_estimate`` false: a small or skewed sample)."""
     ok = point is not None and np.isfinite(point) and len(samples) >= 10
-    low, high = np.quantile(samples, [0.025, 0.975]) if ok else (None, None)
-    return {
-        "value": float(point) if point is not None and np.isfinite(point) else None,
-        "ci_low": None if low is None else float(low),
-        "ci_high": None if high is None else float(high),
-        "n_boot": len(samples),
-    }
+    low, high = (float(q) for q in np.quantile(samples, [0.025, 0.975])) if ok else (None, None)
+    value = float(point) if point is not None and np.isfinite(point) else None
+    low, high, contains = contain(value, low, high)
+    return {"value": value, "ci_low": low, "ci_high": high, "n_boot": len(samples), "contains_estimate": contains}
 
 
 class _WeightedAuc:
@@ -120,7 +119,7 @@ def bootstrap_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int,
         if value is not None:
             samples.append(value)
     res = _interval(auc_or_none(y, p), samples)
-    return {"auc": res["value"], "ci_low": res["ci_low"], "ci_high": res["ci_high"], "n_boot": res["n_boot"]}
+    return {"auc": res.pop("value"), **res}
 
 
 def paired_auc_difference(
@@ -140,19 +139,18 @@ def paired_auc_difference(
             samples.append(a - b)
     a, b = auc_or_none(y, p_model), auc_or_none(y, p_reference)
     res = _interval(None if a is None or b is None else a - b, samples)
-    return {"difference": res["value"], "ci_low": res["ci_low"], "ci_high": res["ci_high"], "n_boot": res["n_boot"],
-            "model_auc": a, "reference_auc": b}  # fmt: skip
+    return {"difference": res.pop("value"), **res, "model_auc": a, "reference_auc": b}
 
 
 def calibration_metrics(y: np.ndarray, p: np.ndarray, groups: np.ndarray, bins: int, n_boot: int, seed: int) -> dict:
     """Brier, ECE, calibration slope and calibration-in-the-large, each with a patient-level CI."""
 
     def slope_and_intercept(yy: np.ndarray, pp: np.ndarray) -> dict[str, float | None]:
-        slope, intercept = calibration_slope_intercept(yy, pp) if yy.min() < yy.max() else (None, None)
+        slope, intercept = calibration_slope_intercept(yy, pp) if len(yy) and yy.min() < yy.max() else (None, None)
         return {"calibration_slope": slope, "calibration_intercept": intercept}
 
     statistics: dict[str, Statistic] = {
-        "brier": lambda yy, pp: float(np.mean((pp - yy) ** 2)),
+        "brier": lambda yy, pp: float(np.mean((pp - yy) ** 2)) if len(yy) else None,
         "ece": lambda yy, pp: expected_calibration_error(yy, pp, bins),
         "slope": slope_and_intercept,
     }
@@ -185,6 +183,8 @@ def rates_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
 def evaluate(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict:
     """Every headline metric of one labelled set of scores."""
     y, p = np.asarray(y), np.asarray(p)
+    if len(y) == 0:
+        raise ValueError("there are no images to evaluate: the split is empty (check the split fractions and cohort)")
     out = {
         "n_images": int(len(y)),
         "n_patients": int(len(np.unique(groups))),
@@ -201,6 +201,9 @@ def evaluate(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: float,
 def roc_band(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int, seed: int, points: int = 101):
     """Pointwise 95% band of the ROC curve (TPR on a FPR grid) from patient-level bootstrap."""
     grid = np.linspace(0, 1, points)
+    y, p = np.asarray(y), np.asarray(p)
+    if len(y) == 0:
+        return None
     curves = []
     for idx in _patient_resamples(np.asarray(groups), n_boot, seed, "Bootstrapping the ROC band"):
         if y[idx].min() == y[idx].max():

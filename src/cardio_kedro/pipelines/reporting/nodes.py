@@ -152,7 +152,11 @@ def evaluation_metrics(
 
     test = run(test_predictions)
     ratio = config.original_neg_per_pos
-    rebalanced = run(undersample(test_predictions, ratio, np.random.default_rng(config.seed)))
+    note = f"test split with {ratio:g} negatives per positive, for comparison with the original notebook"
+    if 0 < test["n_positive"] < test["n_images"]:
+        rebalanced = {**run(undersample(test_predictions, ratio, np.random.default_rng(config.seed))), "note": note}
+    else:  # no positive (or no negative) to rebalance around
+        rebalanced = {"roc_auc": {"auc": None}, "note": f"{note}: not drawn, the test split holds one class"}
     reference = _baseline(test["roc_auc"], baseline, config)
     test["calibration"] = _calibration(test_predictions, config)
     logger.info(
@@ -172,10 +176,7 @@ def evaluation_metrics(
         "validation_auc": auc_or_none(*_scores(validation_predictions)[:2]),
         "test": test,
         "baseline": reference,
-        f"test_rebalanced_{ratio:g}to1": {
-            **rebalanced,
-            "note": f"test split with {ratio:g} negatives per positive, for comparison with the original notebook",
-        },
+        f"test_rebalanced_{ratio:g}to1": rebalanced,
         "subgroups": _subgroups(test_predictions, config),
         "by_view": _by_view(test_predictions, run, config),
     }

@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from cardio_kedro.evaluation.calibration import probability_bins  # noqa: E402
+from cardio_kedro.evaluation.intervals import error_bars, wilson  # noqa: E402
 
 POS, NEG, ACCENT = "#d62728", "#1f77b4", "#2ca02c"
 SPLIT_ORDER = ("train", "validation", "test")
@@ -154,17 +155,32 @@ def report_table(report: dict) -> plt.Figure:
     return fig
 
 
+def _both_classes(y: np.ndarray) -> bool:
+    y = np.asarray(y)
+    return len(y) > 0 and y.min() != y.max()
+
+
+def _one_class_note(ax: plt.Axes, y: np.ndarray, what: str) -> None:
+    """Where a split holds one class (or no image), a curve is undefined: say so on the axes instead."""
+    y = np.asarray(y)
+    ax.text(0.5, 0.5, f"no {what}: {int(y.sum())} positive of {len(y)} images\n(both classes are needed)",
+            ha="center", va="center", fontsize=9, color="gray", transform=ax.transAxes)  # fmt: skip
+
+
 def roc(y: np.ndarray, p: np.ndarray, auc: dict, operating: dict, band: np.ndarray | None) -> plt.Figure:
     """ROC curve with its bootstrap band and the validation-chosen operating point."""
-    fpr, tpr, _ = roc_curve(y, p)
     fig, ax = plt.subplots(figsize=(5, 5))
     if band is not None:
         grid = np.linspace(0, 1, band.shape[1])
         ax.fill_between(grid, band[0], band[1], color=POS, alpha=0.15, label="95% bootstrap band")
-    ci = f" (95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})" if auc.get("ci_low") is not None else ""
-    ax.plot(fpr, tpr, color=POS, lw=2, label=f"AUC {auc['auc']:.3f}{ci}")
+    if _both_classes(y):
+        fpr, tpr, _ = roc_curve(y, p)
+        ci = f" (95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f})" if auc.get("ci_low") is not None else ""
+        ax.plot(fpr, tpr, color=POS, lw=2, label=f"AUC {auc['auc']:.3f}{ci}")
+    else:
+        _one_class_note(ax, y, "ROC curve")
     ax.plot([0, 1], [0, 1], ls=":", color="gray", label="chance")
-    if operating.get("specificity") is not None:
+    if operating.get("specificity") is not None and operating.get("sensitivity") is not None:
         ax.plot(
             1 - operating["specificity"],
             operating["sensitivity"],
@@ -180,10 +196,14 @@ def roc(y: np.ndarray, p: np.ndarray, auc: dict, operating: dict, band: np.ndarr
 
 def precision_recall(y: np.ndarray, p: np.ndarray, pr_auc: float | None) -> plt.Figure:
     """Precision-recall curve with the prevalence baseline."""
-    precision, recall, _ = precision_recall_curve(y, p)
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(recall, precision, color=POS, lw=2, label=f"PR AUC {pr_auc:.3f}" if pr_auc is not None else "PR")
-    ax.axhline(np.mean(y), ls=":", color="gray", label=f"prevalence {np.mean(y):.3f}")
+    if _both_classes(y):
+        precision, recall, _ = precision_recall_curve(y, p)
+        ax.plot(recall, precision, color=POS, lw=2, label=f"PR AUC {pr_auc:.3f}" if pr_auc is not None else "PR")
+    else:
+        _one_class_note(ax, y, "precision-recall curve")
+    if len(y):
+        ax.axhline(np.mean(y), ls=":", color="gray", label=f"prevalence {np.mean(y):.3f}")
     ax.set(
         xlabel="recall (sensitivity)",
         ylabel="precision (PPV)",
@@ -203,19 +223,17 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int) -> pd.DataFrame:
     rows = []
     for b in np.unique(which):
         inside = which == b
-        n, rate = int(inside.sum()), float(y[inside].mean())
-        z = 1.959964
-        centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        rows.append({"mean_predicted": float(p[inside].mean()), "observed": rate, "n": n,
-                     "low": max(0.0, centre - half), "high": min(1.0, centre + half)})  # fmt: skip
+        n, positives = int(inside.sum()), int(round(y[inside].sum()))
+        low, high = wilson(positives, n)
+        rows.append({"mean_predicted": float(p[inside].mean()), "observed": positives / n, "n": n,
+                     "low": low, "high": high})  # fmt: skip
     return pd.DataFrame(rows, columns=["mean_predicted", "observed", "n", "low", "high"])
 
 
 def _reliability_curve(ax: plt.Axes, y: np.ndarray, p: np.ndarray, bins: int, style: str, color: str, label: str):
     """One reliability curve with each bin's 95% interval as an error bar."""
     b = reliability_bins(y, p, bins)
-    ax.errorbar(b["mean_predicted"], b["observed"], yerr=[b["observed"] - b["low"], b["high"] - b["observed"]],
+    ax.errorbar(b["mean_predicted"], b["observed"], yerr=error_bars(b["observed"], b["low"], b["high"]),
                 fmt=style, color=color, label=label, capsize=2, elinewidth=0.8)  # fmt: skip
 
 
@@ -281,26 +299,32 @@ def decision_curve(curve: pd.DataFrame, threshold: float, prevalence: float, whe
 
 
 def subgroup_auc(subgroups: dict, where: str = "test") -> plt.Figure:
-    """AUC with 95% CI per subgroup; groups with too few cases are listed as such."""
-    names, aucs, lows, highs = [], [], [], []
+    """AUC with 95% CI per subgroup; groups with too few cases are listed as such, and an interval that did not
+    hold its estimate (widened to it) is marked."""
+    names, aucs, lows, highs, widened = [], [], [], [], []
     for family, groups in subgroups.items():
         for group, res in groups.items():
-            names.append(f"{family}: {group} (n={res['n_images']})")
             auc = res.get("auc")
             aucs.append(np.nan if auc is None else auc)
             lows.append(np.nan if res.get("ci_low") is None else res["ci_low"])
             highs.append(np.nan if res.get("ci_high") is None else res["ci_high"])
+            widened.append(res.get("contains_estimate") is False)
+            names.append(f"{family}: {group} (n={res['n_images']})" + (" *" if widened[-1] else ""))
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * max(len(names), 1)))
     y = np.arange(len(names))
     aucs, lows, highs = map(np.array, (aucs, lows, highs))
-    ok = ~np.isnan(lows)
-    ax.errorbar(aucs[ok], y[ok], xerr=[aucs[ok] - lows[ok], highs[ok] - aucs[ok]], fmt="o", color=POS, capsize=3)
+    ok = ~np.isnan(lows) & ~np.isnan(aucs)
+    ax.errorbar(aucs[ok], y[ok], xerr=error_bars(aucs[ok], lows[ok], highs[ok]), fmt="o", color=POS, capsize=3)
     ax.plot(aucs[~ok & ~np.isnan(aucs)], y[~ok & ~np.isnan(aucs)], "o", color="gray")
     for yi in y[np.isnan(aucs)]:
         ax.text(0.52, yi, "n too small", va="center", fontsize=8, color="gray")
     ax.set_yticks(y, names, fontsize=8)
     ax.axvline(0.5, ls=":", color="gray")
-    ax.set(xlim=(0.5, 1.0), xlabel="ROC AUC (95% CI)", title=f"Subgroup AUC ({where})")
+    title = f"Subgroup AUC ({where})"
+    if any(widened):
+        title += "\n* bootstrap interval beside its estimate, drawn widened to it"
+    lowest = np.nanmin(np.r_[lows, aucs, 0.5])  # a subgroup scored below chance stays in view
+    ax.set(xlim=(min(0.5, lowest - 0.02), 1.0), xlabel="ROC AUC (95% CI)", title=title)
     ax.invert_yaxis()
     return fig
 
@@ -327,6 +351,9 @@ def roc_against_baseline(
     """ROC curves of the model and the pixel baseline on the same images, with the paired AUC difference."""
     fig, ax = plt.subplots(figsize=(5, 5))
     for scores, result, name, color in ((p, auc, "model", POS), (baseline, baseline_auc, "pixel baseline", NEG)):
+        if not _both_classes(y):
+            _one_class_note(ax, y, "ROC curve")
+            break
         fpr, tpr, _ = roc_curve(y, scores)
         ci = f" ({result['ci_low']:.3f}-{result['ci_high']:.3f})" if result.get("ci_low") is not None else ""
         ax.plot(fpr, tpr, color=color, lw=2, label=f"{name}: AUC {result['auc']:.3f}{ci}")
