@@ -40,8 +40,22 @@ class RecalibratedClassifierDataset(KerasModelDataset):
     """A site's recalibrated classifier: ``save`` takes ``{"model": keras.Model | None, "tags": {...}}``
     and writes the model (a versioned ``.keras``, as ``KerasModelDataset``), or nothing when there is none
     (``external.recalibrate: none``); ``load`` gives the model. The tags go with the registered version
-    (``cardio_kedro.hooks.mlflow_tags``)."""
+    (``cardio_kedro.hooks.mlflow_tags``).
+
+    Kedro checks after every versioned save that the version it saved is the one it would now load; a save
+    that wrote nothing has no version to find (on a fresh project: "Did not find any versions"), so after
+    such a save that check is given the save version itself, and the latest written model stays what
+    ``load`` gives."""
+
+    _skipped_save = False
 
     def _save(self, data: dict) -> None:
-        if data["model"] is not None:
+        self._skipped_save = data["model"] is None
+        if not self._skipped_save:
             super()._save(data["model"])
+
+    def resolve_load_version(self) -> str | None:
+        if self._skipped_save:
+            self._skipped_save = False  # only the check right after that save; loads look on disk again
+            return self.resolve_save_version()
+        return super().resolve_load_version()
