@@ -28,20 +28,22 @@ $(BIN)/.installed-gpu: pyproject.toml requirements-gpu.lock
 
 install-gpu: $(BIN)/.installed-gpu
 
+# PARAMS: more --params for the run (make run PARAMS=model_training.fine_tune.epochs=5,image_size=32)
+PARAMS ?=
+comma := ,
 run: install
-	$(BIN)/kedro run --pipelines=training
+	$(BIN)/kedro run --pipelines=training$(if $(PARAMS), --params=$(PARAMS))
 
 # the multi-label demo: one model for the 14 NIH findings on phantoms that draw five of them (docs/multilabel.md)
 run-multilabel: install
-	$(BIN)/kedro run --env=multilabel --pipelines=multilabel
+	$(BIN)/kedro run --env=multilabel --pipelines=multilabel$(if $(PARAMS), --params=$(PARAMS))
 
 # train on a GPU with the JAX backend; stops at once if JAX sees no GPU (make run-gpu ENV=nih COHORT=/data/nih)
 ENV ?= nih
 COHORT ?=
 run-gpu: install-gpu
 	KERAS_BACKEND=jax $(BIN)/kedro run --pipelines=training --env=$(ENV) \
-		--params=model_training.require_accelerator=true$(if $(COHORT),$(comma)cohort_dir=$(COHORT))
-comma := ,
+		--params=model_training.require_accelerator=true$(if $(COHORT),$(comma)cohort_dir=$(COHORT))$(if $(PARAMS),$(comma)$(PARAMS))
 
 lint: install
 	$(BIN)/ruff check .
@@ -88,7 +90,7 @@ lock: install
 # from the phantom demo's backbone (trained once, on synthetic films only): make small-real COHORT=/data/my_cohort
 PHANTOM_BACKBONE := data/06_models/phantom_backbone.weights.h5
 $(PHANTOM_BACKBONE): | install
-	$(BIN)/kedro run --pipelines=demo
+	$(BIN)/kedro run --pipelines=demo$(if $(PARAMS), --params=$(PARAMS))
 	$(BIN)/python -m cardio_kedro.modeling.pretrained export \
 		"$$(ls -d data/06_models/classifier.keras/*/classifier.keras | tail -n 1)" $(PHANTOM_BACKBONE)
 
@@ -96,7 +98,7 @@ phantom-backbone: $(PHANTOM_BACKBONE)
 
 small-real: install $(PHANTOM_BACKBONE)
 	@test -n "$(COHORT)" || { echo "usage: make small-real COHORT=/path/to/cohort (docs/cross_validation.md)"; exit 2; }
-	$(BIN)/kedro run --pipelines=cross_validation --env=small_real --params=cohort_dir=$(COHORT)
+	$(BIN)/kedro run --pipelines=cross_validation --env=small_real --params=cohort_dir=$(COHORT)$(if $(PARAMS),$(comma)$(PARAMS))
 
 # ImageNet weights into the Keras cache ahead of an offline run; prints the file (BACKBONE=vgg16 | densenet121 | ...)
 BACKBONE ?= vgg16

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The wheel `kedro package` builds, installed into a fresh virtual environment from the lock file (no editable
+# install, no src/ on the path), runs the inference pipeline with the packaged conf on the demo's model.
+# Run from the project root after `make run`.
+set -euo pipefail
+ROOT="$(pwd)"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+rm -rf dist
+.venv/bin/kedro package
+WHEEL="$(ls dist/cardio_kedro-*.whl)"
+python3 -m venv "$WORK/venv"
+"$WORK/venv/bin/python" -m pip install -q --upgrade pip
+"$WORK/venv/bin/python" -m pip install -q --require-hashes -r requirements.lock
+"$WORK/venv/bin/python" -m pip install -q --no-deps "$WHEEL"
+# a folder that is not the project: the packaged conf, the demo's data and MLflow store beside it
+mkdir "$WORK/run"
+cd "$WORK/run"
+ln -s "$ROOT/data" data
+cp "$ROOT/mlflow.db" mlflow.db
+"$WORK/venv/bin/python" - <<'PY'
+import cardio_kedro
+assert "site-packages" in cardio_kedro.__file__, cardio_kedro.__file__
+print("cardio_kedro from", cardio_kedro.__file__)
+PY
+IMAGES="$(ls -d "$ROOT"/data/01_raw/phantom/images_001/images)"
+before="$(ls -d "$ROOT"/data/07_model_output/inference_predictions.csv/* 2>/dev/null | wc -l)"
+KEDRO_DISABLE_TELEMETRY=true "$WORK/venv/bin/python" -m cardio_kedro \
+  --conf-source="$ROOT/dist/conf-cardio_kedro.tar.gz" --pipelines=inference --params="images_dir=$IMAGES"
+after="$(ls -d "$ROOT"/data/07_model_output/inference_predictions.csv/* | wc -l)"
+test "$after" -gt "$before" || { echo "the packaged inference run wrote no predictions" >&2; exit 1; }
+newest="$(ls -d "$ROOT"/data/07_model_output/inference_predictions.csv/*/inference_predictions.csv | tail -n 1)"
+rows="$(($(wc -l < "$newest") - 1))"
+echo "packaged inference: $rows films scored ($newest)"
+test "$rows" -gt 0
