@@ -3,11 +3,12 @@
 # install, no src/ on the path), runs the inference pipeline with the packaged conf on the demo's model.
 # Run from the project root after `make run`.
 set -euo pipefail
+shopt -s nullglob
 ROOT="$(pwd)"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 rm -rf dist
-.venv/bin/kedro package
+KEDRO_DISABLE_TELEMETRY=true .venv/bin/kedro package
 WHEEL="$(ls dist/cardio_kedro-*.whl)"
 python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install -q --upgrade pip
@@ -23,13 +24,14 @@ import cardio_kedro
 assert "site-packages" in cardio_kedro.__file__, cardio_kedro.__file__
 print("cardio_kedro from", cardio_kedro.__file__)
 PY
-IMAGES="$(ls -d "$ROOT"/data/01_raw/phantom/images_001/images)"
-before="$(ls -d "$ROOT"/data/07_model_output/inference_predictions.csv/* 2>/dev/null | wc -l)"
+IMAGES="$ROOT/data/01_raw/phantom/images_001/images"
+test -d "$IMAGES" || { echo "no demo cohort at $IMAGES: run make run first" >&2; exit 1; }
+before=("$ROOT"/data/07_model_output/inference_predictions.csv/*)
 KEDRO_DISABLE_TELEMETRY=true "$WORK/venv/bin/python" -m cardio_kedro \
   --conf-source="$ROOT/dist/conf-cardio_kedro.tar.gz" --pipelines=inference --params="images_dir=$IMAGES"
-after="$(ls -d "$ROOT"/data/07_model_output/inference_predictions.csv/* | wc -l)"
-test "$after" -gt "$before" || { echo "the packaged inference run wrote no predictions" >&2; exit 1; }
-newest="$(ls -d "$ROOT"/data/07_model_output/inference_predictions.csv/*/inference_predictions.csv | tail -n 1)"
+after=("$ROOT"/data/07_model_output/inference_predictions.csv/*)
+test "${#after[@]}" -gt "${#before[@]}" || { echo "the packaged inference run wrote no predictions" >&2; exit 1; }
+newest="${after[-1]}/inference_predictions.csv"
 rows="$(($(wc -l < "$newest") - 1))"
 echo "packaged inference: $rows films scored ($newest)"
 test "$rows" -gt 0

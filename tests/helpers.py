@@ -258,3 +258,21 @@ def write_toy_cache(root: Path, images: list, rows: list[dict]):
     n = len(table)
     dataset.save(DecodedChunk(32, table["path"].tolist(), np.stack(images), np.full((n, 2), 32), np.ones((n, 2), int)))
     return table, dataset
+
+
+def clean_rows(labels, target_findings, params):
+    """``clean_metadata`` on a label table read with nothing left out by its layout: (clean table, label report)."""
+    import pandas as pd
+
+    from cardio_kedro.pipelines.data_processing.nodes import clean_metadata
+
+    nothing = pd.DataFrame({"image_index": [], "reason": [], "detail": []}, dtype=str)
+    clean, report, _ = clean_metadata(labels, nothing, {"layout": "nih"}, target_findings, params)
+    return clean, report
+
+
+def read_layout(folder, params, workers):
+    """``read_cohort``'s table, image files and official split (its left-out rows and label policy dropped)."""
+    from cardio_kedro.pipelines.data_processing.nodes import read_cohort
+
+    return read_cohort(folder, params, workers)[:3]

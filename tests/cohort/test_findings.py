@@ -14,7 +14,7 @@ from cardio_kedro.cohort.findings import (
 )
 from cardio_kedro.cohort.nih import NIH_FINDINGS
 from cardio_kedro.common.errors import UserValueError
-from tests.helpers import base_params
+from tests.helpers import base_params, clean_rows
 
 
 def test_target_findings_forms():
@@ -71,12 +71,12 @@ def test_stratified_split_shares_out_every_finding_on_a_small_table():
 
 @pytest.mark.slow
 def test_stratified_split_on_the_full_nih_label_table(shared_nih):
-    from cardio_kedro.pipelines.data_processing.nodes import check_disjoint_patients, clean_metadata, split_by_patient
+    from cardio_kedro.pipelines.data_processing.nodes import check_disjoint_patients, split_by_patient
 
     raw = pd.read_csv(shared_nih / "Data_Entry_2017_v2020.csv.gz")
     assert len(raw) == 112_120
     params = base_params("data_processing", workers=1)
-    clean, report = clean_metadata(raw, "all", params)
+    clean, report = clean_rows(raw, "all", params)
     assert report["positive_images_by_finding"]["Cardiomegaly"] == 2_776
     assert report["positive_images_by_finding"]["Hernia"] == 227
     frames = split_by_patient(clean, {}, "all", params["split"])

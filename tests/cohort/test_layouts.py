@@ -27,8 +27,7 @@ from cardio_kedro.cohort.imaging import load_gray, to_gray8
 from cardio_kedro.common.errors import UserDatasetError
 from cardio_kedro.datasets import CohortFolder, PixelCacheDataset
 from cardio_kedro.pipelines.data_processing import create_pipeline
-from cardio_kedro.pipelines.data_processing.nodes import clean_metadata, read_cohort
-from tests.helpers import base_params
+from tests.helpers import base_params, clean_rows, read_layout
 
 SIDE = 128  # px of the written images (the shared PNGs are 1024 px: shrunk once, so that writing stays fast)
 DECODED = 32  # px the pipeline decodes to
@@ -128,29 +127,33 @@ def _chexpert(root: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
 def test_chexpert_layout_reads_paths_views_and_uncertain_labels(tmp_path, nih_rows):
     frontal = _chexpert(tmp_path, nih_rows)
     folder = CohortFolder(str(tmp_path / "CheXpert-v1.0-small"))
-    table, images, split = read_cohort(folder, base_params("cohort", layout="chexpert"), 1)
+    table, images, split = read_layout(folder, base_params("cohort", layout="chexpert"), 1)
     assert len(table) == N_IMAGES and set(table["Image Index"]) == set(frontal)  # laterals left out
     assert set(images["image_index"]) == set(frontal) and all(Path(p).is_file() for p in images["path"])
     assert set(table["View Position"]) <= {"PA", "AP"}
     assert len(split["test"]) == 4 and len(split["train_val"]) == 20  # valid.csv is CheXpert's test
     uncertain_key = next(k for k in frontal if f"patient{int(nih_rows.loc[9, 'Patient ID']):05d}/" in k)
-    cardio = table.set_index("Image Index")["Finding Labels"].str.contains("Cardiomegaly")
     n_pos = int(nih_rows["Finding Labels"].str.contains("Cardiomegaly").sum())
+    # the default leaves an uncertain Cardiomegaly out of its target (Irvin et al.: a class of its own)
+    assert table.set_index("Image Index").loc[uncertain_key, "Uncertain Labels"] == "Cardiomegaly"
+    ones, _, _ = read_layout(folder, base_params("cohort", layout="chexpert", uncertain="uones"), 1)
+    cardio = ones.set_index("Image Index")["Finding Labels"].str.contains("Cardiomegaly")
     assert cardio[uncertain_key] and cardio.sum() == n_pos + 1  # uones: -1 is positive
     effusion = table["Finding Labels"].str.contains("Effusion").sum()
     assert effusion == nih_rows["Finding Labels"].str.contains("Effusion").sum()  # "Pleural Effusion" -> Effusion
     assert table.loc[table["Image Index"] == uncertain_key, "Follow-up #"].item() in {"0", "1"}
 
-    zeros, _, _ = read_cohort(folder, base_params("cohort", layout="chexpert", uncertain="uzeros"), 1)
+    zeros, _, _ = read_layout(folder, base_params("cohort", layout="chexpert", uncertain="uzeros"), 1)
     assert zeros["Finding Labels"].str.contains("Cardiomegaly").sum() == n_pos
-    ignored, _, _ = read_cohort(folder, base_params("cohort", layout="chexpert", uncertain="ignore"), 1)
-    clean, report = clean_metadata(ignored, "Cardiomegaly", base_params("data_processing"))
+    ignored, _, _ = read_layout(folder, base_params("cohort", layout="chexpert", uncertain="ignore"), 1)
+    clean, report = clean_rows(ignored, "Cardiomegaly", base_params("data_processing"))
     assert report["uncertain_left_out"] == 1 and uncertain_key not in set(clean["image_index"])
-    with_lateral, _, _ = read_cohort(folder, base_params("cohort", layout="chexpert", include_lateral=True), 1)
+    with_lateral, _, _ = read_layout(folder, base_params("cohort", layout="chexpert", include_lateral=True), 1)
     assert len(with_lateral) == 2 * N_IMAGES and (with_lateral["View Position"] == "LATERAL").sum() == N_IMAGES
 
-    result = _decode(tmp_path / "CheXpert-v1.0-small", layout="chexpert")
-    assert len(result["model_input_table"]) == N_IMAGES and result["dropped_rows"].empty
+    result = _decode(tmp_path / "CheXpert-v1.0-small", layout="chexpert", uncertain="uones")
+    assert len(result["model_input_table"]) == N_IMAGES
+    assert result["dropped_rows"]["reason"].value_counts().to_dict() == {"view_lateral": N_IMAGES}  # counted
     _assert_same_pixels(result, frontal)
 
 
@@ -161,14 +164,14 @@ def test_chexpert_files_that_do_not_match_say_which_file_and_column(tmp_path, ni
     train.loc[2, "Cardiomegaly"] = "2"
     train.to_csv(root / "train.csv", index=False)
     with pytest.raises(UserDatasetError, match=r"train.csv, line 4, column 'Cardiomegaly': '2'.*chexpert"):
-        read_cohort(CohortFolder(str(root)), base_params("cohort", layout="chexpert"), 1)
+        read_layout(CohortFolder(str(root)), base_params("cohort", layout="chexpert"), 1)
     train.drop(columns=["Frontal/Lateral"]).to_csv(root / "train.csv", index=False)
     with pytest.raises(UserDatasetError, match=r"train.csv has no column\(s\) \['Frontal/Lateral'\].*'chexpert'"):
-        read_cohort(CohortFolder(str(root)), base_params("cohort", layout="chexpert"), 1)
+        read_layout(CohortFolder(str(root)), base_params("cohort", layout="chexpert"), 1)
     with pytest.raises(UserDatasetError, match=r"No .*train.csv: the cohort.layout 'mimic_cxr_jpg'|mimic-cxr"):
-        read_cohort(CohortFolder(str(shared_nih / "sample")), base_params("cohort", layout="mimic_cxr_jpg"), 1)
+        read_layout(CohortFolder(str(shared_nih / "sample")), base_params("cohort", layout="mimic_cxr_jpg"), 1)
     with pytest.raises(UserDatasetError, match=r"'chexpert' layout reads train.csv and/or valid.csv"):
-        read_cohort(CohortFolder(str(shared_nih / "sample")), base_params("cohort", layout="chexpert"), 1)
+        read_layout(CohortFolder(str(shared_nih / "sample")), base_params("cohort", layout="chexpert"), 1)
 
 
 # ---- MIMIC-CXR-JPG -------------------------------------------------------------------------------
@@ -215,17 +218,20 @@ def test_mimic_layout_joins_studies_and_gives_the_official_split(tmp_path, nih_r
     _gz_csv(pd.DataFrame(labels), root / "mimic-cxr-2.0.0-chexpert.csv.gz")
     _gz_csv(pd.DataFrame(split), root / "mimic-cxr-2.0.0-split.csv.gz")
 
-    table, images, official = read_cohort(CohortFolder(str(root)), base_params("cohort", layout="mimic_cxr_jpg"), 1)
+    ones = base_params("cohort", layout="mimic_cxr_jpg", uncertain="uones")
+    table, images, official = read_layout(CohortFolder(str(root)), ones, 1)
     assert set(table["Image Index"]) == set(frontal) and len(images) == N_IMAGES
     n_pos = int(nih_rows["Finding Labels"].str.contains("Cardiomegaly").sum())
     assert table["Finding Labels"].str.contains("Cardiomegaly").sum() == n_pos + 1  # uones
     assert len(official["test"]) == 4 and len(official["train_val"]) == 20
     assert (table["Patient ID"].astype(int) - 10000000).astype(str).tolist() == nih_rows["Patient ID"].tolist()
     with pytest.raises(UserDatasetError, match="No .*mimic-cxr-2.0.0-negbio.csv: the cohort.layout 'mimic_cxr_jpg'"):
-        read_cohort(CohortFolder(str(root)), base_params("cohort", layout="mimic_cxr_jpg", mimic_labeler="negbio"), 1)
+        read_layout(CohortFolder(str(root)), base_params("cohort", layout="mimic_cxr_jpg", mimic_labeler="negbio"), 1)
 
-    result = _decode(root, layout="mimic_cxr_jpg")
-    assert len(result["model_input_table"]) == N_IMAGES
+    result = _decode(root, layout="mimic_cxr_jpg")  # the default leaves the uncertain Cardiomegaly out: counted
+    frontal = {k: v for k, v in frontal.items() if k in set(result["model_input_table"]["image_index"])}
+    assert len(result["model_input_table"]) == N_IMAGES - 1
+    assert _reasons(result) == {"view_lateral": N_IMAGES, "uncertain_label": 1}
     _assert_same_pixels(result, frontal)
 
 
@@ -266,8 +272,8 @@ def test_padchest_layout_maps_list_labels_and_reads_16_bit_pngs(tmp_path, nih_ro
     pd.DataFrame(records).to_csv(root / layouts.PADCHEST_TABLE, index=False)
 
     assert to_gray8(nih_rows.loc[0, "pixels"].astype(np.uint16) * 16 + 8).tolist() == nih_rows.loc[0, "pixels"].tolist()
-    table, _, _ = read_cohort(CohortFolder(str(root)), base_params("cohort", layout="padchest"), 1)
-    assert len(table) == N_IMAGES + 1 and "lateral.png" not in set(table["Image Index"].str.split("/").str[-1])
+    table, _, _ = read_layout(CohortFolder(str(root)), base_params("cohort", layout="padchest"), 1)
+    assert len(table) == N_IMAGES and "lateral.png" not in set(table["Image Index"].str.split("/").str[-1])
     by_key = table.set_index("Image Index")
     for i, row in nih_rows.iterrows():
         key = next(k for k in frontal if f"-{i:03d}-{i:03d}.png" in k)
@@ -280,8 +286,8 @@ def test_padchest_layout_maps_list_labels_and_reads_16_bit_pngs(tmp_path, nih_ro
     assert table["Patient ID"].astype(int).between(1, N_IMAGES).all()  # long ids numbered 1..n
 
     result = _decode(root, layout="padchest")
-    assert len(result["model_input_table"]) == N_IMAGES  # blank.png has no file: a data-quality row
-    assert _reasons(result) == {"missing": 1}
+    assert len(result["model_input_table"]) == N_IMAGES  # blank.png has no label: left out and counted, as the lateral
+    assert _reasons(result) == {"no_labels": 1, "view_lateral": 1}
     _assert_same_pixels(result, frontal)
 
 
@@ -320,7 +326,7 @@ def test_csv_layout_reads_the_named_columns(tmp_path, nih_rows):
         "sex_column": "sex",
         "study_column": "date",
     }
-    table, _, _ = read_cohort(CohortFolder(str(root)), base_params("cohort", layout="csv", table=spec), 1)
+    table, _, _ = read_layout(CohortFolder(str(root)), base_params("cohort", layout="csv", table=spec), 1)
     assert (
         table["Finding Labels"].str.contains("Cardiomegaly").sum()
         == nih_rows["Finding Labels"].str.contains("Cardiomegaly").sum()
@@ -330,7 +336,7 @@ def test_csv_layout_reads_the_named_columns(tmp_path, nih_rows):
     assert len(result["model_input_table"]) == N_IMAGES
     _assert_same_pixels(result, frontal)
     with pytest.raises(UserDatasetError, match=r"labels.csv has no column\(s\) \['patient'\].*'csv' layout"):
-        read_cohort(
+        read_layout(
             CohortFolder(str(root)), base_params("cohort", layout="csv", table={**spec, "patient_column": "patient"}), 1
         )
 
@@ -379,7 +385,7 @@ def test_dicom_layout_reads_headers_and_labels_keyed_by_sop_instance_uid(tmp_pat
     pd.DataFrame(records).to_csv(root / "labels.csv", index=False)
     spec = {"image_column": "uid", "dicom_key": "sop_instance_uid", "findings": {"Cardiomegaly": "cm"}}
 
-    table, images, _ = read_cohort(CohortFolder(str(root)), base_params("cohort", layout="dicom", table=spec), 1)
+    table, images, _ = read_layout(CohortFolder(str(root)), base_params("cohort", layout="dicom", table=spec), 1)
     assert len(table) == N_IMAGES + 1 and len(images) == N_IMAGES + 1
     by_key = table.set_index("Image Index")
     for i, row in nih_rows.iterrows():
@@ -389,7 +395,7 @@ def test_dicom_layout_reads_headers_and_labels_keyed_by_sop_instance_uid(tmp_pat
             and by_key.loc[key, "Patient Gender"] == row["Patient Gender"]
         )
         assert _has(by_key.loc[key, "Finding Labels"], "Cardiomegaly") == _has(row["Finding Labels"], "Cardiomegaly")
-    clean, _ = clean_metadata(table, "Cardiomegaly", base_params("data_processing"))
+    clean, _ = clean_rows(table, "Cardiomegaly", base_params("data_processing"))
     assert clean.set_index("image_index").loc["DICOM/00000000/00000000", "age"] == float(nih_rows.loc[0, "Patient Age"])
 
     result = _decode(root, layout="dicom", table=spec)

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUTS = ("nih", "chexpert", "mimic_cxr_jpg", "padchest", "csv", "dicom")
 UNCERTAIN_POLICIES = ("uones", "uzeros", "ignore")  # Irvin et al. 2019 (CheXpert)
+UncertainPolicy = str | dict[str, str]  # one policy for every finding, or one per NIH finding
 UNCERTAIN_COLUMN = "Uncertain Labels"
 Reader = Callable[[str], pd.DataFrame]
 
@@ -54,6 +55,7 @@ MIMIC_METADATA = "mimic-cxr-2.0.0-metadata.csv"
 MIMIC_LABELS = {"chexpert": "mimic-cxr-2.0.0-chexpert.csv", "negbio": "mimic-cxr-2.0.0-negbio.csv"}
 MIMIC_SPLIT = "mimic-cxr-2.0.0-split.csv"
 MIMIC_FRONTAL = ("PA", "AP")
+MIMIC_LATERAL = ("LATERAL", "LL", "XTABLE LATERAL")  # other ViewPositions (AP AXIAL, decubitus, LAO, ...) are left out
 
 PADCHEST_TABLE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 PADCHEST_COLUMNS = (
@@ -95,15 +97,54 @@ PADCHEST_TO_NIH = {
     "apical pleural thickening": "Pleural_Thickening",
     "pneumonia": "Pneumonia",
     "pneumothorax": "Pneumothorax",
+    # sub-labels of PadChest's tree under a mapped finding, where they mean the same (docs/data.md)
+    "atelectasis basal": "Atelectasis",
+    "atypical pneumonia": "Pneumonia",
+    "air bronchogram": "Consolidation",
+    "loculated fissural effusion": "Effusion",
+    "calcified pleural thickening": "Pleural_Thickening",
+    "reticular interstitial pattern": "Infiltration",
+    "reticulonodular interstitial pattern": "Infiltration",
+    "ground glass pattern": "Infiltration",
+    "miliary opacities": "Infiltration",
+    "post radiotherapy changes": "Fibrosis",
+    "asbestosis signs": "Fibrosis",
 }
+# a sub-label under two mapped findings
+PADCHEST_TO_SEVERAL = {"hydropneumothorax": ("Effusion", "Pneumothorax")}
+# PadChest's labels that say the row has no usable reading: the row is left out with this reason
+PADCHEST_UNUSABLE = {"exclude": "excluded_by_padchest"}
+# labels that say nothing about findings: a row with these alone is left out (neither normal nor a finding)
+PADCHEST_NOT_A_READING = {"unchanged": "unchanged_only", "suboptimal study": "suboptimal_only"}
+PADCHEST_PROJECTIONS = {"PA": "PA", "AP": "AP", "AP_horizontal": "AP", "L": "LATERAL"}  # COSTAL, EXCLUDE, UNK: out
 
 
 class Cohort(NamedTuple):
-    """A cohort in the project's form (see the module docstring)."""
+    """A cohort in the project's form (see the module docstring), with the rows the layout left out
+    (``image_index``, ``reason``, ``detail``: a view the model is not for, a row the data set marks as
+    unusable or unreported) and the label policy that made the labels (for the reports)."""
 
     table: pd.DataFrame
     images: pd.DataFrame
     official_split: dict
+    left_out: pd.DataFrame | None = None
+    label_policy: dict | None = None
+
+
+def left_out_rows(keys: pd.Series, reason: pd.Series | str, detail: pd.Series | str = "") -> pd.DataFrame:
+    """The rows a layout leaves out, one reason each (``keys`` their image keys)."""
+    frame = pd.DataFrame({"image_index": keys.astype(str).to_numpy()})
+    frame["reason"] = reason.to_numpy() if isinstance(reason, pd.Series) else reason
+    frame["detail"] = detail.to_numpy() if isinstance(detail, pd.Series) else detail
+    return frame
+
+
+def log_left_out(layout: str, left_out: pd.DataFrame) -> None:
+    """One log line: how many rows the layout left out, by reason."""
+    if len(left_out):
+        counts = left_out["reason"].value_counts()
+        logger.info("%s layout: left out %d row(s): %s", layout, len(left_out),
+                    ", ".join(f"{k} {v}" for k, v in counts.items()))  # fmt: skip
 
 
 # ---- shared pieces -------------------------------------------------------------------------------
@@ -191,15 +232,24 @@ def image_index(keys: pd.Series, files: pd.DataFrame) -> pd.DataFrame:
     return wanted.rename(columns={"rel": "image_index"}).reset_index(drop=True)
 
 
+def uncertain_policies(policy: UncertainPolicy, findings) -> dict[str, str]:
+    """``{finding: policy}`` for ``findings``: a single policy applies to every one."""
+    if isinstance(policy, str):
+        return dict.fromkeys(findings, policy)
+    return {finding: policy[finding] for finding in findings}
+
+
 def _mapped_labels(
-    table: pd.DataFrame, mapping: dict[str, str], policy: str, file: str, layout: str
+    table: pd.DataFrame, mapping: dict[str, str], policy: UncertainPolicy, file: str, layout: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Positive and uncertain flags per NIH finding from the data set's label columns."""
+    """Positive and uncertain flags per NIH finding from the data set's label columns (``policy``: what -1
+    means, for every finding or per finding)."""
     require_columns(table, mapping, file, layout)
+    policies = uncertain_policies(policy, mapping.values())
     positive, uncertain = pd.DataFrame(index=table.index), pd.DataFrame(index=table.index)
     for column, finding in mapping.items():
         try:
-            pos, unc = label_values(table[column], policy)
+            pos, unc = label_values(table[column], policies[finding])
         except KeyError as exc:
             line = exc.args[0]
             raise UserDatasetError(
@@ -220,12 +270,16 @@ def _under_cohort(paths: pd.Series, files: pd.DataFrame) -> pd.Series:
     return paths.where(paths.isin(known), stripped)
 
 
-def chexpert(read: Reader, files: pd.DataFrame, uncertain: str, include_lateral: bool) -> Cohort:
+CHEXPERT_FRONTAL_VIEWS = ("AP", "PA")
+
+
+def chexpert(read: Reader, files: pd.DataFrame, uncertain: UncertainPolicy, include_lateral: bool) -> Cohort:
     """CheXpert (Irvin et al. 2019): ``train.csv`` and ``valid.csv`` (``valid.csv`` is the official test).
 
     ``Path`` names patient and study (``patient00001/study2/view1_frontal.jpg``); labels are 1, 0,
-    -1 (uncertain) or blank, ``uncertain`` says what -1 means. Lateral films are left out unless
-    ``include_lateral`` (their view is then ``LATERAL``).
+    -1 (uncertain) or blank, ``uncertain`` says what -1 means (per finding). Lateral films are left out
+    unless ``include_lateral`` (their view is then ``LATERAL``); a film CheXpert calls frontal whose
+    ``AP/PA`` is LL or RL (a lateral decubitus) is left out too. Every row left out is counted with its reason.
     """
     parts, positives, unsures = [], [], []
     for name in CHEXPERT_FILES:
@@ -252,20 +306,36 @@ def chexpert(read: Reader, files: pd.DataFrame, uncertain: str, include_lateral:
             f"{row['_file']}, line {row['_line'] + 2}, column 'Path': {row['Path']!r} names no "
             "patientNNNNN/studyN/ folder, as the 'chexpert' layout expects"
         )
+    ap_pa = raw["AP/PA"].str.strip().str.upper()
     frontal = raw["Frontal/Lateral"].str.strip().str.lower() == "frontal"
-    keep = frontal | include_lateral
-    raw, path, ids, positive, unsure, frontal = (x[keep] for x in (raw, path, ids, positive, unsure, frontal))
-    keys = _under_cohort(path, files)
-    view = raw["AP/PA"].str.strip().str.upper().where(frontal, "LATERAL")
+    decubitus = frontal & ~ap_pa.isin(CHEXPERT_FRONTAL_VIEWS)
+    lateral = ~frontal
+    reason = (
+        pd.Series("", index=raw.index)
+        .mask(decubitus, "view_not_ap_pa")
+        .mask(lateral & ~include_lateral, "view_lateral")
+    )
+    keys_all = _under_cohort(path, files)
+    out = reason != ""
+    detail = "Frontal/Lateral " + raw.loc[out, "Frontal/Lateral"] + ", AP/PA " + raw.loc[out, "AP/PA"]
+    left_out = left_out_rows(keys_all[out], reason[out], detail)
+    keep = ~out
+    raw, ids, positive, unsure, frontal, ap_pa = (x[keep] for x in (raw, ids, positive, unsure, frontal, ap_pa))
+    keys = keys_all[keep]
+    view = ap_pa.where(frontal, "LATERAL")
     sex = raw["Sex"].str.strip().str[:1].str.upper().where(raw["Sex"].str.strip().isin(["Male", "Female"]), "")
     table = _assemble(keys, ids[0], study_order(ids[0], ids[1].astype(int)), raw["Age"], sex, view, positive, unsure)
     test = keys[raw["_file"] == "valid.csv"].tolist()
     split = {"train_val": keys[raw["_file"] == "train.csv"].tolist(), "test": test} if test else {}
-    return Cohort(table, image_index(keys, files), split)
+    log_left_out("chexpert", left_out)
+    policy = {"uncertain": uncertain_policies(uncertain, CHEXPERT_TO_NIH.values())}
+    return Cohort(table, image_index(keys, files), split, left_out, policy)
 
 
 # ---- MIMIC-CXR-JPG -------------------------------------------------------------------------------
-def mimic_cxr_jpg(read: Reader, files: pd.DataFrame, labeler: str, uncertain: str, include_lateral: bool) -> Cohort:
+def mimic_cxr_jpg(
+    read: Reader, files: pd.DataFrame, labeler: str, uncertain: UncertainPolicy, include_lateral: bool
+) -> Cohort:
     """MIMIC-CXR-JPG 2.0 (Johnson et al. 2019): the metadata, labels (CheXpert or NegBio labeler, per
     study) and split tables; images at ``files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg``.
 
@@ -284,23 +354,20 @@ def mimic_cxr_jpg(read: Reader, files: pd.DataFrame, labeler: str, uncertain: st
         [labels[["study_id"]], positive.add_prefix("pos."), unsure.add_prefix("unc.")], axis=1
     ).drop_duplicates("study_id")
     view = meta["ViewPosition"].str.strip().str.upper()
-    frontal = view.isin(MIMIC_FRONTAL)
-    meta = meta[frontal | include_lateral].assign(_view=view.where(frontal, "LATERAL"))
+    frontal, lateral = view.isin(MIMIC_FRONTAL), view.isin(MIMIC_LATERAL)
+    meta = meta.assign(_view=view.where(frontal, "LATERAL"), _key=_mimic_keys(meta))
+    reason = pd.Series("", index=meta.index).mask(~frontal & ~lateral, "view_other")
+    reason = reason.mask(lateral & ~include_lateral, "view_lateral")
     merged = meta.merge(study_labels, on="study_id", how="left")
-    no_label = merged["pos.Cardiomegaly"].isna()
-    merged = merged[~no_label].reset_index(drop=True)  # a study the labeler did not read: no labels
-    subject = merged["subject_id"].str.strip()
-    keys = (
-        "files/p"
-        + subject.str[:2]
-        + "/p"
-        + subject
-        + "/s"
-        + merged["study_id"].str.strip()
-        + "/"
-        + merged["dicom_id"].str.strip()
-        + ".jpg"
+    reason = reason.to_numpy()
+    reason = np.where((reason == "") & merged["pos.Cardiomegaly"].isna().to_numpy(), "not_labelled", reason)
+    out = reason != ""
+    left_out = left_out_rows(
+        merged.loc[out, "_key"], pd.Series(reason[out]), "ViewPosition " + merged.loc[out, "ViewPosition"]
     )
+    merged = merged[~out].reset_index(drop=True)  # a study the labeler did not read: no labels
+    subject = merged["subject_id"].str.strip()
+    keys = merged["_key"]
     time = merged["StudyDate"].str.strip() + merged.get("StudyTime", pd.Series("", index=merged.index)).str.strip()
     positive = merged.filter(like="pos.").rename(columns=lambda c: c[4:]).astype(bool)
     unsure = merged.filter(like="unc.").rename(columns=lambda c: c[4:]).astype(bool)
@@ -315,7 +382,24 @@ def mimic_cxr_jpg(read: Reader, files: pd.DataFrame, labeler: str, uncertain: st
         require_columns(official, ("dicom_id", "split"), MIMIC_SPLIT, "mimic_cxr_jpg")
         which = merged["dicom_id"].str.strip().map(official.set_index("dicom_id")["split"].str.strip())
         split = {"train_val": keys[which.isin(["train", "validate"])].tolist(), "test": keys[which == "test"].tolist()}
-    return Cohort(table, image_index(keys, files), split)
+    log_left_out("mimic_cxr_jpg", left_out)
+    policy = {"uncertain": uncertain_policies(uncertain, CHEXPERT_TO_NIH.values()), "labeler": labeler}
+    return Cohort(table, image_index(keys, files), split, left_out, policy)
+
+
+def _mimic_keys(meta: pd.DataFrame) -> pd.Series:
+    """``files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg`` of each metadata row."""
+    subject = meta["subject_id"].str.strip()
+    return (
+        "files/p"
+        + subject.str[:2]
+        + "/p"
+        + subject
+        + "/s"
+        + meta["study_id"].str.strip()
+        + "/"
+        + (meta["dicom_id"].str.strip() + ".jpg")
+    )
 
 
 # ---- PadChest ------------------------------------------------------------------------------------
@@ -330,32 +414,65 @@ def padchest_labels(text: str) -> list[str]:
     return [v.strip().lower() for v in values if v.strip()]
 
 
+def padchest_findings(names: list[str]) -> set[str]:
+    """The NIH findings of one row's PadChest labels (sub-labels mapped to their parent)."""
+    found = {PADCHEST_TO_NIH[n] for n in names if n in PADCHEST_TO_NIH}
+    for n in names:
+        found.update(PADCHEST_TO_SEVERAL.get(n, ()))
+    return found
+
+
+def _padchest_unusable(cell: str, names: list[str]) -> str:
+    """Why a row's labels cannot be read as normal or abnormal, or ``""``."""
+    if str(cell).strip().lower() == "nan":
+        return "no_report"  # PadChest's rows whose report was not labelled
+    if not names:
+        return "no_labels"
+    for name, reason in PADCHEST_UNUSABLE.items():
+        if name in names:
+            return reason
+    rest = set(names) - set(PADCHEST_NOT_A_READING)
+    if not rest:
+        return PADCHEST_NOT_A_READING["unchanged" if "unchanged" in names else "suboptimal study"]
+    return ""
+
+
 def padchest(read: Reader, files: pd.DataFrame, include_lateral: bool) -> Cohort:
     """PadChest (Bustos et al. 2020): one CSV, images at ``ImageDir/ImageID`` (16-bit PNGs).
 
-    ``Labels`` lists the findings of a study's report; names are mapped by ``PADCHEST_TO_NIH``.
-    Age is the study year minus ``PatientBirth``; ``Projection`` PA, AP, AP_horizontal are frontal.
+    ``Labels`` lists the findings of a study's report; names (and their sub-labels) are mapped by
+    ``PADCHEST_TO_NIH``. Age is the study year minus ``PatientBirth``; ``Projection`` PA, AP, AP_horizontal
+    are frontal, L lateral (kept with ``include_lateral``); COSTAL (rib series), EXCLUDE and UNK are left out.
+    A row without a report (``nan``), with no label, marked ``exclude``, or with only ``unchanged`` or
+    ``suboptimal study`` is left out too: it is neither normal nor abnormal. Each is counted with its reason.
     """
     raw = read(PADCHEST_TABLE)
     require_columns(raw, PADCHEST_COLUMNS, PADCHEST_TABLE, "padchest")
-    frontal = raw["Projection"].str.strip().isin(PADCHEST_FRONTAL)
-    raw = raw[frontal | include_lateral].reset_index(drop=True)
-    projection = raw["Projection"].str.strip()
-    frontal = projection.isin(PADCHEST_FRONTAL)
-    names = raw["Labels"].map(padchest_labels)
-    positive = pd.DataFrame(
-        {f: names.map(lambda ns, f=f: any(PADCHEST_TO_NIH.get(n) == f for n in ns)) for f in NIH_FINDINGS}
-    )
     folder = raw["ImageDir"].str.strip().str.replace(r"\.0$", "", regex=True)
-    keys = folder + "/" + raw["ImageID"].str.strip()
+    keys_all = folder + "/" + raw["ImageID"].str.strip()
+    projection = raw["Projection"].str.strip()
+    view = projection.map(PADCHEST_PROJECTIONS)
+    names = raw["Labels"].map(padchest_labels)
+    reason = pd.Series("view_" + projection.str.lower(), index=raw.index).where(view.isna(), "")
+    reason = reason.mask((view == "LATERAL") & ~include_lateral, "view_lateral")
+    unusable = pd.Series([_padchest_unusable(c, n) for c, n in zip(raw["Labels"], names)], index=raw.index)
+    reason = reason.mask((reason == "") & (unusable != ""), unusable)
+    out = reason != ""
+    detail = "Projection " + projection[out] + ", Labels " + raw.loc[out, "Labels"]
+    left_out = left_out_rows(keys_all[out], reason[out], detail)
+    keep = ~out
+    raw, names, view, keys = raw[keep], names[keep], view[keep], keys_all[keep]
+    findings = names.map(padchest_findings)
+    positive = pd.DataFrame({f: findings.map(lambda fs, f=f: f in fs) for f in NIH_FINDINGS}, index=raw.index)
     year = pd.to_numeric(raw["StudyDate_DICOM"].str.strip().str[:4], errors="coerce")
     born = pd.to_numeric(raw["PatientBirth"].str.strip(), errors="coerce")
     age = (year - born).round().astype("Int64").astype(str).replace("<NA>", "")
     sex = raw["PatientSex_DICOM"].str.strip().str.upper().where(lambda s: s.isin(["M", "F"]), "")
-    view = projection.str.upper().replace("AP_HORIZONTAL", "AP").where(frontal, "LATERAL")
     patient = raw["PatientID"]
     table = _assemble(keys, patient, study_order(patient, raw["StudyDate_DICOM"]), age, sex, view, positive)
-    return Cohort(table, image_index(keys, files), {})
+    log_left_out("padchest", left_out)
+    policy = {"labels": "PadChest's Labels with their sub-labels mapped to the NIH parent (docs/data.md)"}
+    return Cohort(table, image_index(keys, files), {}, left_out, policy)
 
 
 # ---- a hospital's export: a CSV of file and labels -----------------------------------------------

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cardio_kedro.cohort.findings import parse_target_findings
-from cardio_kedro.cohort.layouts import LAYOUTS, UNCERTAIN_POLICIES
+from cardio_kedro.cohort.layouts import CHEXPERT_TO_NIH, LAYOUTS, UNCERTAIN_POLICIES
 from cardio_kedro.cohort.nih import DRAWABLE_FINDINGS, NIH_FINDINGS
 
 Finding = Literal[NIH_FINDINGS]
@@ -105,15 +105,27 @@ class CohortParams(Group):
     """``cohort``: how the folder at ``cohort_dir`` is laid out (docs/data.md has one section per layout)."""
 
     layout: Literal[LAYOUTS] = Field(description="nih | chexpert | mimic_cxr_jpg | padchest | csv | dicom")
-    uncertain: Literal[UNCERTAIN_POLICIES] = Field(
-        description="chexpert, mimic_cxr_jpg: a -1 (uncertain) label is positive (uones), negative (uzeros), or "
-        "leaves the image out of that finding's target (ignore)"
+    uncertain: Literal[UNCERTAIN_POLICIES] | dict[str, Literal[UNCERTAIN_POLICIES]] = Field(
+        description="chexpert, mimic_cxr_jpg: per finding (Atelectasis, Cardiomegaly, Consolidation, Edema, Effusion, "
+        "Pneumonia, Pneumothorax), a -1 (uncertain) label is positive (uones), negative (uzeros), or leaves the image "
+        "out of that finding's target (ignore); one word sets every finding"
     )
     include_lateral: bool = Field(description="chexpert, mimic_cxr_jpg, padchest: keep lateral films (as view LATERAL)")
     mimic_labeler: Literal["chexpert", "negbio"] = Field(
         description="mimic_cxr_jpg: the label file, mimic-cxr-2.0.0-chexpert.csv or -negbio.csv"
     )
     table: CohortTableParams
+
+    @model_validator(mode="after")
+    def _uncertain_names_every_finding(self) -> CohortParams:
+        if isinstance(self.uncertain, dict):
+            wanted = set(CHEXPERT_TO_NIH.values())
+            if set(self.uncertain) != wanted:
+                raise ValueError(
+                    f"uncertain names {sorted(self.uncertain)}: it takes one policy for each of {sorted(wanted)} "
+                    "(or one word for all)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _csv_has_patient(self) -> CohortParams:

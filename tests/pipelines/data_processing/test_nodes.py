@@ -9,14 +9,13 @@ from cardio_kedro.datasets import ImageFileIndexDataset, LabelTableDataset, Pixe
 from cardio_kedro.pipelines.data_processing.nodes import (
     build_quality_report,
     check_disjoint_patients,
-    clean_metadata,
     decode_images,
     rebalance,
     resolve_image_files,
     select_decoded_images,
     split_by_patient,
 )
-from tests.helpers import base_params
+from tests.helpers import base_params, clean_rows
 
 PARAMS = base_params("data_processing", workers=1)
 SPLIT = base_params("data_processing", split={"seed": 1})["split"]
@@ -50,13 +49,13 @@ def test_clean_metadata_types_target_and_age_rule(phantom_cohort_dir):
     labels = _labels(phantom_cohort_dir)
     labels.loc[0, "Patient Age"] = "148"
     labels.loc[1, "Finding Labels"] = "Effusion|Mystery_Finding"
-    clean, report = clean_metadata(labels, "Cardiomegaly", PARAMS)
+    clean, report = clean_rows(labels, "Cardiomegaly", PARAMS)
     assert clean["patient_id"].dtype == "int64" and clean["target"].isin([0, 1]).all()
     assert np.isnan(clean.loc[0, "age"]) and clean.loc[0, "age_implausible"]
     assert report["implausible_ages"] == 1 and report["unknown_labels"] == ["Mystery_Finding"]
     expected = labels["Finding Labels"].str.split("|").apply(lambda s: "Cardiomegaly" in s)
     assert (clean["target"] == expected.astype(int)).all()
-    effusion, _ = clean_metadata(labels, "Effusion", PARAMS)
+    effusion, _ = clean_rows(labels, "Effusion", PARAMS)
     assert effusion.loc[1, "target"] == 1
     assert effusion["target"].sum() == labels["Finding Labels"].str.contains("Effusion").sum()
 
@@ -65,8 +64,8 @@ def test_clean_metadata_types_target_and_age_rule(phantom_cohort_dir):
 def test_views_keep_those_films_and_the_report_counts_the_rest(phantom_cohort_dir, views):
     labels = _labels(phantom_cohort_dir)
     labels.loc[0, "View Position"] = "LL"  # a lateral film: neither view
-    every, report_all = clean_metadata(labels, "Cardiomegaly", PARAMS)
-    kept, report = clean_metadata(labels, "Cardiomegaly", {**PARAMS, "views": views})
+    every, report_all = clean_rows(labels, "Cardiomegaly", PARAMS)
+    kept, report = clean_rows(labels, "Cardiomegaly", {**PARAMS, "views": views})
     assert set(kept["view"]) == set(views) and len(kept) == every["view"].isin(views).sum()
     other = every.loc[~every["view"].isin(views), "view"].value_counts().to_dict()
     assert report["view_filter"] == {"views": views, "removed_images": len(every) - len(kept), "removed_by_view": other}
@@ -78,7 +77,7 @@ def test_views_that_keep_nothing_or_repeat_are_refused(phantom_cohort_dir):
 
     labels = _labels(phantom_cohort_dir).assign(**{"View Position": "PA"})
     with pytest.raises(ValueError, match=r"views = \['AP'\] keeps no image: the cohort's view positions are \['PA'\]"):
-        clean_metadata(labels, "Cardiomegaly", {**PARAMS, "views": ["AP"]})
+        clean_rows(labels, "Cardiomegaly", {**PARAMS, "views": ["AP"]})
     for bad in ([], ["PA", "PA"], ["LATERAL"], "PA"):
         with pytest.raises(ValueError):
             DataProcessingParams.model_validate({**PARAMS, "views": bad})
@@ -86,11 +85,11 @@ def test_views_that_keep_nothing_or_repeat_are_refused(phantom_cohort_dir):
 
 def test_unknown_target_finding_is_refused(phantom_cohort_dir):
     with pytest.raises(ValueError, match="not an NIH finding"):
-        clean_metadata(_labels(phantom_cohort_dir), "Cardiomegally", PARAMS)
+        clean_rows(_labels(phantom_cohort_dir), "Cardiomegally", PARAMS)
 
 
 def test_resolve_decode_select_and_quality_report(phantom_cohort_dir, tmp_path):
-    clean, labels = clean_metadata(_labels(phantom_cohort_dir), "Cardiomegaly", PARAMS)
+    clean, labels = clean_rows(_labels(phantom_cohort_dir), "Cardiomegaly", PARAMS)
     files = ImageFileIndexDataset(str(phantom_cohort_dir)).load()
     files = files[files["image_index"] != clean.loc[0, "image_index"]]  # a row whose PNG is missing
     resolved, problems = resolve_image_files(clean, files, PARAMS)
@@ -99,7 +98,7 @@ def test_resolve_decode_select_and_quality_report(phantom_cohort_dir, tmp_path):
     cache = PixelCacheDataset(str(tmp_path / "cache"), image_size=32)
     for chunk in decode_images(resolved, cache.load(), 32, PARAMS, {}):
         cache.save(chunk)
-    decoded, dropped = select_decoded_images(resolved, cache.load(), problems)
+    decoded, dropped = select_decoded_images(resolved, cache.load(), problems, problems.iloc[:0])
     assert len(decoded) == len(resolved) and decoded["src_width"].eq(64).all()
     assert "nbytes" not in decoded
     report = build_quality_report(labels, dropped, decoded)
@@ -197,13 +196,13 @@ def _multi_table(n_patients=300, rates=(0.2, 0.3, 0.05), seed=0):
 
 def test_clean_metadata_with_several_findings_has_a_column_per_finding(phantom_cohort_dir):
     labels = _labels(phantom_cohort_dir)
-    clean, report = clean_metadata(labels, "Effusion|Cardiomegaly|Edema", PARAMS)
+    clean, report = clean_rows(labels, "Effusion|Cardiomegaly|Edema", PARAMS)
     for finding in FINDINGS:
         expected = labels["Finding Labels"].str.split("|").apply(lambda s, f=finding: f in s).astype(int)
         assert (clean[f"target.{finding}"] == expected).all()
         assert report["positive_images_by_finding"][finding] == expected.sum()
     assert (clean["target"] == clean[target_columns(FINDINGS)].max(axis=1)).all()
-    single, _ = clean_metadata(labels, "Cardiomegaly", PARAMS)
+    single, _ = clean_rows(labels, "Cardiomegaly", PARAMS)
     assert not any(c.startswith("target.") for c in single.columns)  # the binary mode's table is unchanged
 
 

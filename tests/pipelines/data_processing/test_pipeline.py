@@ -10,11 +10,10 @@ import pytest
 from cardio_kedro.datasets.cohort import read_label_table
 from cardio_kedro.pipelines.data_processing.nodes import (
     check_disjoint_patients,
-    clean_metadata,
     rebalance,
     split_by_patient,
 )
-from tests.helpers import base_params, make_phantom_cohort, run_pipeline
+from tests.helpers import base_params, clean_rows, make_phantom_cohort, run_pipeline
 
 
 def latest(project: Path, pattern: str) -> Path:
@@ -27,7 +26,7 @@ def latest(project: Path, pattern: str) -> Path:
 def test_real_nih_metadata_splits_by_patient_and_rebalances_3_to_1(shared_nih):
     raw = read_label_table(shared_nih / "Data_Entry_2017_v2020.csv.gz")
     params = base_params("data_processing")
-    clean, report = clean_metadata(raw, "Cardiomegaly", params)
+    clean, report = clean_rows(raw, "Cardiomegaly", params)
     assert len(clean) == 112_120
     assert clean["patient_id"].nunique() == 30_805
     assert int(clean["target"].sum()) == 2_776
@@ -46,10 +45,10 @@ def test_real_nih_metadata_splits_by_patient_and_rebalances_3_to_1(shared_nih):
 
 def test_the_views_filter_on_the_real_label_table(shared_nih):
     raw = read_label_table(shared_nih / "Data_Entry_2017_v2020.csv.gz")
-    pa, report = clean_metadata(raw, "Cardiomegaly", base_params("data_processing", views=["PA"]))
+    pa, report = clean_rows(raw, "Cardiomegaly", base_params("data_processing", views=["PA"]))
     assert len(pa) == 67_310 and set(pa["view"]) == {"PA"}
     assert report["view_filter"] == {"views": ["PA"], "removed_images": 44_810, "removed_by_view": {"AP": 44_810}}
-    ap, _ = clean_metadata(raw, "all", base_params("data_processing", views=["AP"]))
+    ap, _ = clean_rows(raw, "all", base_params("data_processing", views=["AP"]))
     assert len(ap) == 44_810 and ap["target.Cardiomegaly"].sum() + pa["target"].sum() == 2_776
 
 

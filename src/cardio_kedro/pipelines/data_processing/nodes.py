@@ -51,9 +51,10 @@ def _layout_cohort(folder: CohortFolder, config: CohortParams, workers: int | No
 
 def read_cohort(
     folder: CohortFolder, params: dict[str, Any], workers: int | None
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict, pd.DataFrame, dict]:
     """Read the cohort folder in its layout (``cohort.layout``) into the NIH-form label table, the
-    image files by key, and the data set's official split lists (``cardio_kedro.cohort.layouts``).
+    image files by key, the data set's official split lists, the rows the layout left out (with the
+    reason) and the label policy that made the labels (``cardio_kedro.cohort.layouts``).
 
     A file the layout needs and the folder lacks stops the run, naming the file and the layout.
     """
@@ -78,7 +79,9 @@ def read_cohort(
         if cohort.official_split
         else "",
     )
-    return cohort.table, cohort.images, cohort.official_split
+    left_out = cohort.left_out if cohort.left_out is not None else _dropped([], [], [])
+    policy = {"layout": config.layout, **(cohort.label_policy or {})}
+    return cohort.table, cohort.images, cohort.official_split, left_out.reset_index(drop=True), policy
 
 
 def _ages(raw_age: pd.Series, max_age: float) -> tuple[pd.Series, pd.Series]:
@@ -98,15 +101,21 @@ def _label_counts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
 
 
 def clean_metadata(
-    labels: pd.DataFrame, target_findings: TargetFindings, params: dict[str, Any]
-) -> tuple[pd.DataFrame, dict]:
+    labels: pd.DataFrame,
+    cohort_left_out: pd.DataFrame,
+    label_policy: dict,
+    target_findings: TargetFindings,
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """Type the NIH columns, derive the targets and flag implausible ages.
 
     One finding: the binary ``target``. Several (``target_findings``, see ``cardio_kedro.cohort.findings``):
     one 0/1 ``target.<finding>`` column each, and ``target`` is 1 when the image has any of them.
     Age rule: an age above ``max_plausible_age`` (NIH has a few, e.g. 148 or 412) or below 0 is set
     to missing and flagged ``age_implausible``; the image is kept, since age is not a model input.
-    Returns the clean table and a label report (counts per finding, unknown labels).
+    Returns the clean table, a label report (counts per finding, unknown labels, the label policy) and every
+    row left out so far with its reason: the layout's (``cohort_left_out``) and this node's (a view that
+    ``views`` filters out, an uncertain label on a target finding, a duplicated row).
     """
     config = DataProcessingParams.model_validate(params)
     findings = parse_target_findings(target_findings)
@@ -129,12 +138,19 @@ def clean_metadata(
         }
     )
     target_finding = "|".join(findings)
-    clean, uncertain = _leave_out_uncertain(clean, labels, findings)
+    clean, uncertain, unsure_rows = _leave_out_uncertain(clean, labels, findings)
     duplicated = clean["image_index"].duplicated()
+    duplicate_rows = _dropped(clean.loc[duplicated, "image_index"], ["duplicate_row"] * int(duplicated.sum()),
+                              ["a second row of this image in the label table"] * int(duplicated.sum()))  # fmt: skip
     if duplicated.any():
         logger.warning("Dropping %d duplicated image rows", int(duplicated.sum()))
         clean = clean[~duplicated].reset_index(drop=True)
+    before_views = clean
     clean, view_filter = _keep_views(clean, config.views)
+    filtered = before_views[~before_views["image_index"].isin(set(clean["image_index"]))]
+    view_rows = _dropped(filtered["image_index"], ["view_filter"] * len(filtered),
+                         ("view " + filtered["view"]).tolist())  # fmt: skip
+    left_out = pd.concat([cohort_left_out, unsure_rows, duplicate_rows, view_rows], ignore_index=True)
     report = {
         "target_finding": target_finding,
         "rows": int(len(labels)),
@@ -147,6 +163,8 @@ def clean_metadata(
         "target_positive_images": int(clean["target"].sum()),
         **({} if len(findings) == 1 else {"positive_images_by_finding": _positives(clean, findings)}),
         "view_filter": view_filter,
+        "label_policy": label_policy,
+        "left_out_by_layout": {str(k): int(v) for k, v in cohort_left_out["reason"].value_counts().items()},
     }
     logger.info(
         "Metadata: %d images, %d patients, %d %s; %d implausible ages",
@@ -156,19 +174,21 @@ def clean_metadata(
         target_finding,
         report["implausible_ages"],
     )
-    return clean, report
+    return clean, report, left_out
 
 
 def _leave_out_uncertain(
     clean: pd.DataFrame, labels: pd.DataFrame, findings: tuple[str, ...]
-) -> tuple[pd.DataFrame, int]:
-    """Leave out the images labelled uncertain on a target finding (``cohort.uncertain: ignore``)."""
+) -> tuple[pd.DataFrame, int, pd.DataFrame]:
+    """Leave out the images labelled uncertain on a target finding (``cohort.uncertain``: ``ignore``)."""
     if layouts.UNCERTAIN_COLUMN not in labels:
-        return clean, 0
-    unsure = label_matrix(labels[layouts.UNCERTAIN_COLUMN].astype(str), findings).max(axis=1).astype(bool)
+        return clean, 0, _dropped([], [], [])
+    unsure = label_matrix(labels[layouts.UNCERTAIN_COLUMN].astype(str), findings).max(axis=1).astype(bool).to_numpy()
     if unsure.any():
         logger.info("Leaving out %d image(s) labelled uncertain on %s", int(unsure.sum()), "|".join(findings))
-    return clean[~unsure.to_numpy()].reset_index(drop=True), int(unsure.sum())
+    rows = _dropped(clean.loc[unsure, "image_index"], ["uncertain_label"] * int(unsure.sum()),
+                    ("uncertain: " + labels.loc[unsure, layouts.UNCERTAIN_COLUMN].astype(str)).tolist())  # fmt: skip
+    return clean[~unsure].reset_index(drop=True), int(unsure.sum()), rows
 
 
 def _positives(frame: pd.DataFrame, findings: tuple[str, ...]) -> dict[str, int]:
@@ -307,9 +327,11 @@ def decode_images(
 
 
 def select_decoded_images(
-    resolved: pd.DataFrame, pixel_cache: PixelCache, file_problems: pd.DataFrame
+    resolved: pd.DataFrame, pixel_cache: PixelCache, file_problems: pd.DataFrame, metadata_left_out: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep the rows whose image is in the pixel cache (with its source shape); add decode failures to the dropped."""
+    """Keep the rows whose image is in the pixel cache (with its source shape). Every row left out on the way
+    is in the dropped table with its reason: the layout's and clean_metadata's (``metadata_left_out``), the
+    file checks' and the decoding's failures."""
     shapes = pixel_cache.index.set_index("source")[["src_height", "src_width"]]
     cached = resolved["path"].isin(shapes.index)
     reasons = pixel_cache.failures.set_index("source")
@@ -320,7 +342,8 @@ def select_decoded_images(
         lost["path"].map(reasons["detail"]).fillna("").tolist(),
     )
     decoded = resolved[cached].drop(columns=["nbytes", "mtime_ns"]).join(shapes, on="path").reset_index(drop=True)
-    return decoded, pd.concat([file_problems, failed], ignore_index=True)
+    dropped = pd.concat([metadata_left_out, file_problems, failed], ignore_index=True)
+    return decoded, dropped.astype({"image_index": str, "reason": str, "detail": str})
 
 
 def build_quality_report(label_report: dict, dropped: pd.DataFrame, decoded: pd.DataFrame) -> dict:
@@ -370,7 +393,10 @@ def _official_assignment(
     """NIH's test list as test; ``train_val_list.txt``'s patients split into train and validation."""
     if not official:
         raise UserValueError(
-            "data_processing.split.method 'official' needs train_val_list.txt and test_list.txt in the cohort folder"
+            "data_processing.split.method 'official' needs the data set's own split, and this cohort has none. "
+            "It comes from train_val_list.txt and test_list.txt (nih layout), valid.csv beside train.csv (chexpert) "
+            "or mimic-cxr-2.0.0-split.csv (mimic_cxr_jpg); padchest, csv and dicom cohorts have none: "
+            "use split.method random"
         )
     assign = pd.Series("", index=patient_pos.index)
     assign[decoded.loc[decoded["image_index"].isin(set(official["test"])), "patient_id"].unique()] = "test"

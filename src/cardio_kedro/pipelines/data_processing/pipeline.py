@@ -24,13 +24,25 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 read_cohort,
                 inputs=["cohort_folder", "params:cohort", "params:data_processing.workers"],
-                outputs=["cohort_table", "cohort_files", "cohort_split_lists"],
+                outputs=[
+                    "cohort_table",
+                    "cohort_files",
+                    "cohort_split_lists",
+                    "cohort_left_out",
+                    "cohort_label_policy",
+                ],
                 name="read_cohort",
             ),
             Node(
                 clean_metadata,
-                inputs=["cohort_table", "params:target_findings", "params:data_processing"],
-                outputs=["clean_metadata", "label_report"],
+                inputs=[
+                    "cohort_table",
+                    "cohort_left_out",
+                    "cohort_label_policy",
+                    "params:target_findings",
+                    "params:data_processing",
+                ],
+                outputs=["clean_metadata", "label_report", "metadata_left_out"],
                 name="clean_metadata",
             ),
             Node(
@@ -53,7 +65,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 select_decoded_images,
-                inputs=["resolved_images", "pixel_cache", "file_problems"],
+                inputs=["resolved_images", "pixel_cache", "file_problems", "metadata_left_out"],
                 outputs=["model_input_table", "dropped_rows"],
                 name="select_decoded_images",
             ),
