@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from cardio_kedro.cohort.nih import NIH_FINDINGS, NO_FINDING, REQUIRED_LABEL_COLUMNS
+from cardio_kedro.cohort.nih import NIH_FINDINGS, NO_FINDING, OTHER_FINDING, REQUIRED_LABEL_COLUMNS
 from cardio_kedro.common.errors import UserDatasetError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ CHEXPERT_TO_NIH = {
     "Pneumonia": "Pneumonia",
     "Pneumothorax": "Pneumothorax",
 }
+# observations CheXpert reads as abnormal with no NIH finding of the same meaning: a film positive for one of them
+# and for no mapped finding is "Other Finding", not "No Finding" (Support Devices are no finding: CheXpert's own
+# No Finding allows them)
+CHEXPERT_OTHER = ("Enlarged Cardiomediastinum", "Lung Opacity", "Lung Lesion", "Pleural Other", "Fracture")
 CHEXPERT_FILES = ("train.csv", "valid.csv")
 CHEXPERT_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 
@@ -167,14 +171,17 @@ def patient_numbers(ids: pd.Series) -> pd.Series:
     return text.map(codes).astype("int64")
 
 
-def finding_labels(positive: pd.DataFrame) -> pd.Series:
-    """``A|B`` of the NIH findings (columns) that are 1 in each row, or ``No Finding``."""
+def finding_labels(positive: pd.DataFrame, other: pd.Series | None = None) -> pd.Series:
+    """``A|B`` of the NIH findings (columns) that are 1 in each row; else ``Other Finding`` where ``other`` (the
+    data set reads the film as abnormal in a way no NIH finding means), or ``No Finding``."""
+    empty = NO_FINDING if other is None else other.map({True: OTHER_FINDING, False: NO_FINDING})
     findings = [f for f in NIH_FINDINGS if f in positive.columns]
     if not findings:
-        return pd.Series(NO_FINDING, index=positive.index)
+        return pd.Series(empty, index=positive.index)
     flags = positive[findings].fillna(0).astype(bool).to_numpy()
     names = np.asarray(findings, dtype=object)
-    return pd.Series(["|".join(names[row]) or NO_FINDING for row in flags], index=positive.index)
+    empty = np.broadcast_to(np.asarray(empty, dtype=object), len(flags))
+    return pd.Series(["|".join(names[row]) or e for row, e in zip(flags, empty)], index=positive.index)
 
 
 def study_order(patient: pd.Series, study: pd.Series) -> pd.Series:
@@ -208,12 +215,13 @@ def _assemble(
     view: pd.Series,
     positive: pd.DataFrame,
     uncertain: pd.DataFrame | None = None,
+    other: pd.Series | None = None,
 ) -> pd.DataFrame:
     """The NIH-form table (strings, as the NIH reader gives) from the adapter's columns."""
     table = pd.DataFrame(
         {
             "Image Index": keys.astype(str).to_numpy(),
-            "Finding Labels": finding_labels(positive).to_numpy(),
+            "Finding Labels": finding_labels(positive, other).to_numpy(),
             "Follow-up #": follow_up.astype(str).to_numpy(),
             "Patient ID": patient_numbers(patient).astype(str).to_numpy(),
             "Patient Age": age.fillna("").astype(str).to_numpy(),
@@ -259,6 +267,15 @@ def _mapped_labels(
         positive[finding] = pos | positive.get(finding, False)
         uncertain[finding] = unc | uncertain.get(finding, False)
     return positive, uncertain
+
+
+def _positive_in(frame: pd.DataFrame, columns) -> pd.Series:
+    """Rows with a 1 in any of ``columns`` that the frame has (CheXpert's 1.0; blank, 0, -1: no)."""
+    flags = pd.Series(False, index=frame.index)
+    for column in columns:
+        if column in frame:
+            flags |= pd.to_numeric(frame[column].astype(str).str.strip(), errors="coerce") == 1
+    return flags
 
 
 # ---- CheXpert ------------------------------------------------------------------------------------
@@ -324,7 +341,9 @@ def chexpert(read: Reader, files: pd.DataFrame, uncertain: UncertainPolicy, incl
     keys = keys_all[keep]
     view = ap_pa.where(frontal, "LATERAL")
     sex = raw["Sex"].str.strip().str[:1].str.upper().where(raw["Sex"].str.strip().isin(["Male", "Female"]), "")
-    table = _assemble(keys, ids[0], study_order(ids[0], ids[1].astype(int)), raw["Age"], sex, view, positive, unsure)
+    other = _positive_in(raw, CHEXPERT_OTHER)
+    order = study_order(ids[0], ids[1].astype(int))
+    table = _assemble(keys, ids[0], order, raw["Age"], sex, view, positive, unsure, other)
     test = keys[raw["_file"] == "valid.csv"].tolist()
     split = {"train_val": keys[raw["_file"] == "train.csv"].tolist(), "test": test} if test else {}
     log_left_out("chexpert", left_out)
@@ -464,12 +483,14 @@ def padchest(read: Reader, files: pd.DataFrame, include_lateral: bool) -> Cohort
     raw, names, view, keys = raw[keep], names[keep], view[keep], keys_all[keep]
     findings = names.map(padchest_findings)
     positive = pd.DataFrame({f: findings.map(lambda fs, f=f: f in fs) for f in NIH_FINDINGS}, index=raw.index)
+    other = names.map(lambda ns: bool(set(ns) - {"normal"} - set(PADCHEST_NOT_A_READING)))
     year = pd.to_numeric(raw["StudyDate_DICOM"].str.strip().str[:4], errors="coerce")
     born = pd.to_numeric(raw["PatientBirth"].str.strip(), errors="coerce")
     age = (year - born).round().astype("Int64").astype(str).replace("<NA>", "")
     sex = raw["PatientSex_DICOM"].str.strip().str.upper().where(lambda s: s.isin(["M", "F"]), "")
     patient = raw["PatientID"]
-    table = _assemble(keys, patient, study_order(patient, raw["StudyDate_DICOM"]), age, sex, view, positive)
+    order = study_order(patient, raw["StudyDate_DICOM"])
+    table = _assemble(keys, patient, order, age, sex, view, positive, other=other)
     log_left_out("padchest", left_out)
     policy = {"labels": "PadChest's Labels with their sub-labels mapped to the NIH parent (docs/data.md)"}
     return Cohort(table, image_index(keys, files), {}, left_out, policy)

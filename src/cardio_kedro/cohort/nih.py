@@ -19,6 +19,9 @@ NIH_FINDINGS: tuple[str, ...] = (
     "Pneumothorax",
 )
 NO_FINDING = "No Finding"
+# a film another data set reads as abnormal in a way none of the 14 NIH findings means (CheXpert's Lung Opacity,
+# PadChest's COPD signs, ...): not "No Finding", and never a target (the layouts write it; docs/data.md)
+OTHER_FINDING = "Other Finding"
 # The findings the phantom renderer (cohort/phantoms.py) draws, each with a visible sign and a box as
 # NIH's BBox_List_2017.csv has them; the other nine are labels only.
 DRAWABLE_FINDINGS: tuple[str, ...] = ("Cardiomegaly", "Effusion", "Mass", "Nodule", "Pneumothorax")

@@ -19,7 +19,7 @@ from cardio_kedro.cohort.findings import (
     target_columns,
 )
 from cardio_kedro.cohort.imaging import check_file
-from cardio_kedro.cohort.nih import NIH_FINDINGS, NO_FINDING
+from cardio_kedro.cohort.nih import NIH_FINDINGS, NO_FINDING, OTHER_FINDING
 from cardio_kedro.cohort.sampling import balanced_weights, rebalance_binary
 from cardio_kedro.cohort.storage import image_loader
 from cardio_kedro.common.errors import UserDatasetError, UserValueError
@@ -92,9 +92,9 @@ def _ages(raw_age: pd.Series, max_age: float) -> tuple[pd.Series, pd.Series]:
 
 
 def _label_counts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
-    """Images per label, and the labels that are neither an NIH finding nor ``No Finding``."""
+    """Images per label, and the labels that are neither an NIH finding, ``No Finding`` nor ``Other Finding``."""
     counts = labels.str.split("|").explode().str.strip().value_counts()
-    unknown = sorted(set(counts.index) - set(NIH_FINDINGS) - {NO_FINDING})
+    unknown = sorted(set(counts.index) - set(NIH_FINDINGS) - {NO_FINDING, OTHER_FINDING})
     if unknown:
         logger.warning("Unknown finding label(s) %s: kept in 'labels', never a target", unknown)
     return counts, unknown
