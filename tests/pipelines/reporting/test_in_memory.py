@@ -122,3 +122,17 @@ def test_report_says_which_views_it_kept(reported):
     args = (catalog.load("attention_localization"), quality, catalog.load("training_history"), "Cardiomegaly", 32)
     html = build_report(catalog.load("evaluation_metrics"), catalog.load("calibration"), *args, tiny_params())
     assert "Views kept: PA\n(1,234 images of other views left out: AP 1,200, LL 34)." in html
+
+
+def test_report_says_which_label_policy_made_the_labels_and_what_was_left_out(reported):
+    catalog, _ = reported
+    from cardio_kedro.pipelines.reporting.nodes import build_report
+
+    quality = catalog.load("data_quality_report")
+    quality["label_policy"] = {"layout": "chexpert", "uncertain": {"Atelectasis": "uones", "Cardiomegaly": "ignore"}}
+    quality["dropped_by_reason"] = {"view_lateral": {"count": 32387}, "uncertain_label": {"count": 6704}}
+    args = (catalog.load("attention_localization"), quality, catalog.load("training_history"), "Cardiomegaly", 32)
+    html = build_report(catalog.load("evaluation_metrics"), catalog.load("calibration"), *args, tiny_params())
+    assert "dropped rows: view_lateral: 32387, uncertain_label: 6704." in html
+    policy = "Labels as the chexpert layout reads them; uncertain (-1) labels: Atelectasis uones, Cardiomegaly ignore"
+    assert policy in html
