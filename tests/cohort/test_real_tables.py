@@ -198,3 +198,72 @@ def test_chexpert_without_valid_csv_names_chexperts_own_split_file(tables, tmp_p
     with pytest.raises(UserValueError, match="valid.csv beside train.csv"):
         split_by_patient(decoded, {}, "Cardiomegaly", params)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# ---- VinDr-CXR: Nguyen et al. 2022 (the Kaggle release's train.csv) ------------------------------------
+VINDR = TABLES / "vinbigdata-train.csv.gz"
+VINDR_MEANS = {"Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural effusion", "Pneumothorax": "Pneumothorax",
+               "Fibrosis": "Pulmonary fibrosis", "Atelectasis": "Atelectasis"}  # fmt: skip
+
+
+def _dicom_stand_in(path, pixels: np.ndarray, monochrome1: bool) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.PatientSex, ds.PatientAge = "DX", "F" if monochrome1 else "M", "054Y"
+    stored = (255 - pixels) if monochrome1 else pixels  # MONOCHROME1: bright is low
+    ds.set_pixel_data(stored.astype(np.uint8), photometric_interpretation="MONOCHROME1" if monochrome1 else
+                      "MONOCHROME2", bits_stored=8)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_vindr_real_table_reads_three_readers_by_consensus_boxes_and_monochrome1(tables, tmp_path):
+    root = tmp_path / "vindr"
+    root.mkdir()
+    (root / "train.csv.gz").symlink_to(VINDR)
+    raw = pd.read_csv(VINDR, dtype=str, keep_default_na=False)
+    # the reading of the data set's description: three readers an image; a finding is the image's when two name it
+    readers = raw.groupby("image_id")["rad_id"].nunique()
+    named = raw.drop_duplicates(["image_id", "rad_id", "class_name"]).groupby(["image_id", "class_name"]).size()
+    majority = {f: set(named.xs(c, level="class_name")[lambda n: n >= 2].index) for f, c in VINDR_MEANS.items()}
+    anyone = {f: set(named.xs(c, level="class_name").index) for f, c in VINDR_MEANS.items()}
+    assert readers.value_counts().to_dict() == {3: 15000}
+    assert len(majority["Cardiomegaly"]) < len(anyone["Cardiomegaly"])
+    images = sorted(readers.index)
+    cardio = sorted(majority["Cardiomegaly"])[:40]
+    picked = cardio + [i for i in images if i not in anyone["Cardiomegaly"]][: 120 - len(cardio)]
+    thumbs = _thumbnails(len(picked))
+    for k, (image_id, pixels) in enumerate(zip(picked, thumbs)):
+        _dicom_stand_in(root / "train" / f"{image_id}.dicom", pixels, monochrome1=k % 2 == 0)
+
+    cohort, files, _, left_out, policy = read_cohort(CohortFolder(str(root)), base_params("cohort", layout="vindr"), 1)
+    assert len(cohort) == 15000 and policy["consensus"] == "majority" and left_out is not None
+    labels = cohort.set_index(cohort["Image Index"].str[len("train/") : -len(".dicom")])["Finding Labels"]
+    for finding, ids in majority.items():
+        assert set(labels.index[labels.str.split("|").map(lambda f, finding=finding: finding in f)]) == ids, finding
+    any_params = base_params("cohort", layout="vindr", vindr_consensus="any")
+    any_cohort, *_ = read_cohort(CohortFolder(str(root)), any_params, 1)
+    assert any_cohort["Finding Labels"].str.contains("Cardiomegaly").sum() == len(anyone["Cardiomegaly"])
+
+    result = _data_processing(root, {"layout": "vindr"})
+    decoded = result["model_input_table"].set_index("image_index")
+    assert len(decoded) == len(picked) and int(decoded["target"].sum()) == len(cardio)
+    assert result["dropped_rows"]["reason"].value_counts().to_dict() == {"missing": 15000 - len(picked)}
+    assert set(decoded.loc[[f"train/{i}.dicom" for i in picked[::2]], "sex"]) == {"F"}  # from the headers
+    # MONOCHROME1 stand-ins decode bone-bright, as their MONOCHROME2 twins would
+    cache = PixelCacheDataset(str(root.parent / "cache"), image_size=32).load()
+    first = cache.images([decoded.loc[f"train/{picked[0]}.dicom", "path"]])[0]
+    expected = cv2.resize(thumbs[0], (32, 32), interpolation=cv2.INTER_AREA)
+    assert np.corrcoef(np.asarray(first, float).ravel(), expected.astype(float).ravel())[0, 1] > 0.95
+
+    from cardio_kedro.datasets import BoxListDataset
+
+    boxes = BoxListDataset(str(root / "BBox_List_2017.csv")).load()
+    cardio_boxes = boxes[boxes["finding"] == "Cardiomegaly"]
+    assert cardio_boxes["image_index"].nunique() == len(anyone["Cardiomegaly"]) == len(cardio_boxes)
+    assert (cardio_boxes[["w", "h"]] > 0).all().all()

@@ -30,7 +30,8 @@ from cardio_kedro.common.errors import UserDatasetError
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("nih", "chexpert", "mimic_cxr_jpg", "padchest", "csv", "dicom")
+LAYOUTS = ("nih", "chexpert", "mimic_cxr_jpg", "padchest", "vindr", "csv", "dicom")
+VINDR_CONSENSUS = ("any", "majority")  # a finding of an image: named by one of its readers, or by most of them
 UNCERTAIN_POLICIES = ("uones", "uzeros", "ignore")  # Irvin et al. 2019 (CheXpert)
 UncertainPolicy = str | dict[str, str]  # one policy for every finding, or one per NIH finding
 UNCERTAIN_COLUMN = "Uncertain Labels"
@@ -494,6 +495,107 @@ def padchest(read: Reader, files: pd.DataFrame, include_lateral: bool) -> Cohort
     log_left_out("padchest", left_out)
     policy = {"labels": "PadChest's Labels with their sub-labels mapped to the NIH parent (docs/data.md)"}
     return Cohort(table, image_index(keys, files), {}, left_out, policy)
+
+
+# ---- VinDr-CXR -------------------------------------------------------------------------------------
+VINDR_TABLE = "train.csv"
+VINDR_COLUMNS = ("image_id", "class_name", "rad_id", "x_min", "y_min", "x_max", "y_max")
+# VinDr-CXR's local labels (Nguyen et al. 2022) -> NIH findings, where they mean the same
+VINDR_TO_NIH = {
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Consolidation": "Consolidation",
+    "Infiltration": "Infiltration",
+    "Pleural effusion": "Effusion",
+    "Pleural thickening": "Pleural_Thickening",
+    "Pneumothorax": "Pneumothorax",
+    "Pulmonary fibrosis": "Fibrosis",
+}
+# abnormal, with no NIH finding of the same meaning (Nodule/Mass is one class for two NIH findings)
+VINDR_OTHER = ("Aortic enlargement", "Calcification", "ILD", "Lung Opacity", "Nodule/Mass", "Other lesion")
+VINDR_NO_FINDING = "No finding"
+
+
+def vindr_keys(image_ids: pd.Series, known: set[str]) -> pd.Series:
+    """Each VinDr ``image_id``'s file below the cohort folder: ``train/ID.dicom`` (the release's layout), or
+    ``ID.dicom``/``.dcm`` where that is what exists; ``train/ID.dicom`` when none does (then counted missing)."""
+
+    def key(image_id: str) -> str:
+        for candidate in (f"train/{image_id}.dicom", f"train/{image_id}.dcm", f"{image_id}.dicom", f"{image_id}.dcm"):
+            if candidate in known:
+                return candidate
+        return f"train/{image_id}.dicom"
+
+    return image_ids.map(key)
+
+
+def vindr_votes(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Per image: how many of its readers named each class (columns), and how many readers read it."""
+    frame = pd.DataFrame({"image": raw["image_id"].str.strip(), "reader": raw["rad_id"].str.strip(),
+                          "label": raw["class_name"].str.strip()})  # fmt: skip
+    readers = frame.groupby("image")["reader"].nunique()
+    votes = frame.drop_duplicates().groupby(["image", "label"]).size().unstack(fill_value=0)
+    return votes, readers
+
+
+def vindr_named(votes: pd.DataFrame, readers: pd.Series, label: str, consensus: str) -> pd.Series:
+    """Images whose readers named ``label``: by one of them (``any``) or by more than half (``majority``)."""
+    count = votes[label] if label in votes else pd.Series(0, index=votes.index)
+    needed = 1 if consensus == "any" else readers.reindex(votes.index) // 2 + 1
+    return count >= needed
+
+
+def vindr(
+    read: Reader, files: pd.DataFrame, read_headers: Callable[[pd.DataFrame], pd.DataFrame], consensus: str
+) -> Cohort:
+    """VinDr-CXR (Nguyen et al. 2022), as released on Kaggle: ``train.csv`` (one row per reader and finding, three
+    readers an image, boxes in pixels) and DICOMs ``train/IMAGE_ID.dicom`` (many MONOCHROME1, read through their
+    LUTs like any DICOM). A finding is the image's when its readers name it by ``consensus`` (``any`` reader, or
+    a ``majority``). VinDr-CXR publishes no patient identity: each film is its own patient. Sex and age come from
+    the DICOM headers where they hold them (``read_headers``: the files' ``rel`` and header fields).
+    """
+    raw = read(VINDR_TABLE)
+    require_columns(raw, VINDR_COLUMNS, VINDR_TABLE, "vindr")
+    votes, readers = vindr_votes(raw)
+    positive = pd.DataFrame({finding: vindr_named(votes, readers, label, consensus)
+                             for label, finding in VINDR_TO_NIH.items()}, index=votes.index)  # fmt: skip
+    other = pd.concat([vindr_named(votes, readers, label, consensus) for label in VINDR_OTHER], axis=1).any(axis=1)
+    image_ids = pd.Series(votes.index, index=votes.index)
+    keys = vindr_keys(image_ids, set(files["rel"]))
+    headers = read_headers(files[files["rel"].isin(set(keys))])
+    header = headers.set_index("rel") if len(headers) else pd.DataFrame(columns=["PatientSex", "PatientAge"])
+    sex = keys.map(header.get("PatientSex", pd.Series(dtype=str))).fillna("").str.strip().str.upper()
+    sex = sex.where(sex.isin(["M", "F"]), "")
+    age = keys.map(header.get("PatientAge", pd.Series(dtype=str))).fillna("").str.extract(r"^0*(\d+)Y?$")[0]
+    view = keys.map(header.get("ViewPosition", pd.Series(dtype=str))).fillna("").str.strip().str.upper()
+    view = view.where(view != "", "PA")  # VinDr-CXR's films are posteroanterior; a header that says otherwise wins
+    table = _assemble(keys, image_ids, pd.Series("0", index=keys.index), age.fillna(""), sex, view, positive,
+                      other=other & ~positive.any(axis=1))  # fmt: skip
+    policy = {"consensus": consensus, "readers_per_image": {str(k): int(v) for k, v in readers.value_counts().items()}}
+    return Cohort(table.reset_index(drop=True), image_index(keys, files), {}, None, policy)
+
+
+def vindr_boxes(raw: pd.DataFrame, known: set[str]) -> pd.DataFrame:
+    """The readers' boxes as ``image_index, finding, x, y, w, h`` (NIH's box list columns, NIH finding names),
+    one box per image and finding: the box that holds every reader's box of it."""
+    frame = raw[raw["class_name"].str.strip().isin(VINDR_TO_NIH)].copy()
+    for column in ("x_min", "y_min", "x_max", "y_max"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame = frame.dropna(subset=["x_min", "y_min", "x_max", "y_max"])
+    frame["finding"] = frame["class_name"].str.strip().map(VINDR_TO_NIH)
+    frame["image_id"] = frame["image_id"].str.strip()
+    box = frame.groupby(["image_id", "finding"]).agg(x0=("x_min", "min"), y0=("y_min", "min"), x1=("x_max", "max"),
+                                                      y1=("y_max", "max")).reset_index()  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_index": vindr_keys(box["image_id"], known),
+            "finding": box["finding"],
+            "x": box["x0"],
+            "y": box["y0"],
+            "w": box["x1"] - box["x0"],
+            "h": box["y1"] - box["y0"],
+        }
+    )
 
 
 # ---- a hospital's export: a CSV of file and labels -----------------------------------------------

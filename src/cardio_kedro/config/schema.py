@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cardio_kedro.cohort.findings import parse_target_findings
-from cardio_kedro.cohort.layouts import CHEXPERT_TO_NIH, LAYOUTS, UNCERTAIN_POLICIES
+from cardio_kedro.cohort.layouts import CHEXPERT_TO_NIH, LAYOUTS, UNCERTAIN_POLICIES, VINDR_CONSENSUS
 from cardio_kedro.cohort.nih import DRAWABLE_FINDINGS, NIH_FINDINGS
 
 Finding = Literal[NIH_FINDINGS]
@@ -104,13 +104,16 @@ class CohortTableParams(Group):
 class CohortParams(Group):
     """``cohort``: how the folder at ``cohort_dir`` is laid out (docs/data.md has one section per layout)."""
 
-    layout: Literal[LAYOUTS] = Field(description="nih | chexpert | mimic_cxr_jpg | padchest | csv | dicom")
+    layout: Literal[LAYOUTS] = Field(description="nih | chexpert | mimic_cxr_jpg | padchest | vindr | csv | dicom")
     uncertain: Literal[UNCERTAIN_POLICIES] | dict[str, Literal[UNCERTAIN_POLICIES]] = Field(
         description="chexpert, mimic_cxr_jpg: per finding (Atelectasis, Cardiomegaly, Consolidation, Edema, Effusion, "
         "Pneumonia, Pneumothorax), a -1 (uncertain) label is positive (uones), negative (uzeros), or leaves the image "
         "out of that finding's target (ignore); one word sets every finding"
     )
     include_lateral: bool = Field(description="chexpert, mimic_cxr_jpg, padchest: keep lateral films (as view LATERAL)")
+    vindr_consensus: Literal[VINDR_CONSENSUS] = Field(
+        description="vindr: a finding is the image's when any of its readers names it, or a majority of them"
+    )
     mimic_labeler: Literal["chexpert", "negbio"] = Field(
         description="mimic_cxr_jpg: the label file, mimic-cxr-2.0.0-chexpert.csv or -negbio.csv"
     )

@@ -20,7 +20,7 @@ from kedro.io import AbstractDataset, DatasetError
 
 from cardio_kedro.cohort import storage
 from cardio_kedro.cohort.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_path, read_header
-from cardio_kedro.cohort.layouts import Cohort
+from cardio_kedro.cohort.layouts import VINDR_COLUMNS, VINDR_TABLE, Cohort, vindr_boxes
 from cardio_kedro.cohort.nih import (
     BOX_COLUMNS,
     LABEL_TABLE_COLUMNS,
@@ -163,13 +163,30 @@ class LabelTableDataset(_CohortFile):
 
 
 class BoxListDataset(_CohortFile):
-    """``BBox_List_2017.csv`` as ``image_index, finding, x, y, w, h`` (empty when the cohort has none)."""
+    """``BBox_List_2017.csv`` as ``image_index, finding, x, y, w, h`` (empty when the cohort has none). A VinDr-CXR
+    folder has no such file: its readers' boxes in ``train.csv`` are read instead (``layouts.vindr_boxes``)."""
 
     def _load(self) -> pd.DataFrame:
         if not self._is_file():
+            vindr = None if self._remote else self._vindr_boxes()
+            if vindr is not None:
+                logger.info("Boxes from the VinDr-CXR readers (train.csv): %d images", vindr["image_index"].nunique())
+                return vindr
             logger.info("No %s in the cohort: attention localization is skipped", str(self._filepath).rsplit("/")[-1])
             return pd.DataFrame(columns=list(BOX_COLUMNS))
         return read_box_list(self._filepath, self._storage_options)
+
+    def _vindr_boxes(self) -> pd.DataFrame | None:
+        folder = self._filepath.parent
+        table = next((p for p in (folder / VINDR_TABLE, folder / f"{VINDR_TABLE}.gz") if p.is_file()), None)
+        if table is None:
+            return None
+        header = pd.read_csv(table, dtype=str, keep_default_na=False, nrows=0)
+        if not set(VINDR_COLUMNS) <= set(header.columns):
+            return None
+        raw = pd.read_csv(table, dtype=str, keep_default_na=False)
+        known = {(f / n).relative_to(folder).as_posix() for f, n in walk_files(folder)}
+        return vindr_boxes(raw, known)
 
 
 class OfficialSplitDataset(_RemoteAware, AbstractDataset[None, dict]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,18 +36,22 @@ CHUNK_BYTES = 64 * 2**20  # decoded pixels handed to the cache per save (bounds 
 
 
 def _layout_cohort(folder: CohortFolder, config: CohortParams, workers: int | None) -> layouts.Cohort:
+    """The cohort folder read in its layout (``cohort.layout``)."""
     if config.layout == "nih":
         return folder.nih()
     files, read = folder.files(), folder.read_csv
-    if config.layout == "chexpert":
-        return layouts.chexpert(read, files, config.uncertain, config.include_lateral)
-    if config.layout == "mimic_cxr_jpg":
-        return layouts.mimic_cxr_jpg(read, files, config.mimic_labeler, config.uncertain, config.include_lateral)
-    if config.layout == "padchest":
-        return layouts.padchest(read, files, config.include_lateral)
-    if config.layout == "csv":
-        return layouts.csv_table(read, files, config.table)
-    return layouts.dicom_folder(read, files, folder.dicom_headers(files, workers), config.table)
+    headers = partial(folder.dicom_headers, workers=workers)
+    readers = {
+        "chexpert": lambda: layouts.chexpert(read, files, config.uncertain, config.include_lateral),
+        "mimic_cxr_jpg": lambda: layouts.mimic_cxr_jpg(
+            read, files, config.mimic_labeler, config.uncertain, config.include_lateral
+        ),
+        "padchest": lambda: layouts.padchest(read, files, config.include_lateral),
+        "vindr": lambda: layouts.vindr(read, files, headers, config.vindr_consensus),
+        "csv": lambda: layouts.csv_table(read, files, config.table),
+        "dicom": lambda: layouts.dicom_folder(read, files, headers(files), config.table),
+    }
+    return readers[config.layout]()
 
 
 def read_cohort(
