@@ -2,6 +2,7 @@
 
 Checks every dataset the training pipeline saves (the HTML report, every plot, metrics, the model) exists in the
 catalog, the model and its service are registered, and the MLflow run of the demo FINISHED.
+Usage: check_demo.py PROJECT [PARAMS] (PARAMS as `make run PARAMS=...` had them).
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import yaml
 from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.io import MemoryDataset
 
 
-def main(project: Path) -> list[str]:
+def main(project: Path, params: dict) -> list[str]:
     problems = []
     bootstrap_project(project)
-    with KedroSession.create(project_path=project) as session:
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
         catalog = session.load_context().catalog
         outputs = sorted(pipelines["training"].all_outputs())
         saved, logged = [], []  # files on disk; metrics logged to the MLflow run (checked in its store below)
@@ -58,8 +60,15 @@ def main(project: Path) -> list[str]:
     return problems
 
 
+def _params(text: str) -> dict:
+    """``make run PARAMS=...`` as the run had them (``k=v,k.sub=v``): the catalog's paths depend on some."""
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in text.split(",") if item)}
+
+
 if __name__ == "__main__":
-    found = main(Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve())
+    found = main(
+        Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve(), _params(sys.argv[2] if len(sys.argv) > 2 else "")
+    )
     for problem in found:
         print(f"DEMO CHECK FAILED: {problem}", file=sys.stderr)
     sys.exit(1 if found else 0)
