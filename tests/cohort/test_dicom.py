@@ -21,9 +21,12 @@ from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStor
 from cardio_kedro.cohort.imaging import (
     ImageError,
     decode_bytes,
+    decode_dataset,
     decode_dicom,
     is_dicom_path,
     load_gray,
+    read_dataset,
+    read_header,
     resize_gray,
     try_load_gray,
 )
@@ -172,11 +175,58 @@ def test_a_file_without_an_extension_and_dicom_bytes_are_read(tmp_path, real_gra
     np.testing.assert_array_equal(decode_bytes(path.read_bytes(), 64), pixels)  # the HTTP service's path
 
 
+def _as_radiograph(name: str) -> np.ndarray:
+    """A pydicom test file's pixels as the decoder gives them, its Modality (MR) read as DX."""
+    ds = read_dataset(get_testdata_file(name))
+    ds.Modality = "DX"
+    return decode_dataset(ds).pixels
+
+
 def test_pydicom_test_files_decode_alike_across_transfer_syntaxes():
-    reference = decode_dicom(get_testdata_file("MR_small.dcm")).pixels
+    reference = _as_radiograph("MR_small.dcm")
     for name in ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"):
-        np.testing.assert_array_equal(decode_dicom(get_testdata_file(name)).pixels, reference, err_msg=name)
+        np.testing.assert_array_equal(_as_radiograph(name), reference, err_msg=name)
     assert np.unique(reference).size > 100
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"])
+def test_cross_sections_are_refused_by_their_modality_before_decoding(name, monkeypatch):
+    import pydicom.dataset
+
+    decoded = []
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(lambda ds: decoded.append(1)))
+    with pytest.raises(ImageError, match="is not a projection radiograph") as caught:
+        decode_dicom(get_testdata_file(name))
+    assert caught.value.reason == "not_radiograph" and not decoded  # no pixel was decoded
+    assert read_header(get_testdata_file(name))["Modality"] in ("CT", "MR")
+
+
+@pytest.mark.parametrize(("implicit", "little"), [(True, True), (False, True), (False, False)])
+def test_a_file_without_preamble_and_file_meta_decodes_as_the_part_10_file(tmp_path, real_gray, implicit, little):
+    from pydicom import dcmwrite
+
+    ds = _dicom(real_gray, bits_stored=8)
+    reference = decode_dicom(_save(ds, tmp_path / "part10.dcm")).pixels
+    del ds.file_meta
+    raw = tmp_path / "acr_nema.dcm"
+    dcmwrite(raw, ds, implicit_vr=implicit, little_endian=little, enforce_file_format=False)
+    assert raw.read_bytes()[128:132] != b"DICM"  # no preamble, no file meta: as older CR systems write
+    np.testing.assert_array_equal(decode_dicom(raw).pixels, reference)
+    assert read_header(raw)["PatientID"] == "P042" and read_header(raw)["Modality"] == "DX"
+
+
+def test_pydicom_files_without_file_meta_are_read_not_called_corrupt():
+    for name in ("ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm"):  # RT plans, read and then refused as such
+        with pytest.raises(ImageError, match="Modality RTPLAN holds no radiograph"):
+            decode_dicom(get_testdata_file(name))
+
+
+def test_a_web_page_saved_as_dcm_is_named_not_a_dicom_file(tmp_path):
+    page = tmp_path / "study.dcm"
+    page.write_text("<!DOCTYPE html><html><head><title>PACS viewer</title></head><body>Log in</body></html>")
+    pixels, _, error = try_load_gray(str(page), 32)
+    assert pixels is None and error.reason == "not_dicom" and "not a DICOM file" in error.detail
+    assert read_header(str(page))["error"] == "not a DICOM file"
 
 
 @pytest.mark.parametrize(

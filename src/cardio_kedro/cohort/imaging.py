@@ -13,8 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,16 @@ DICM_MAGIC = b"DICM"  # bytes 128-131 of a DICOM Part 10 file
 PERCENTILE_WINDOW = (0.5, 99.5)  # the window where the header gives none
 # Storage classes that are never a radiograph's pixels (PS3.4 B.5): documents, reports, overlays.
 NOT_IMAGE_MODALITIES = {"SR", "SEG", "PR", "KO", "DOC", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "ECG", "AU"}
-HEADER_FIELDS = ("PatientID", "StudyDate", "ViewPosition", "PatientSex", "PatientAge", "SOPInstanceUID")
+# Modalities whose images are not projection radiographs of the chest (PS3.3 C.7.3.1.1.1): cross-sections,
+# ultrasound, nuclear medicine, mammography, angiography and fluoroscopy, dental, photographs. A chest film is CR
+# or DX (older systems: RG, DR); a header without a Modality, or OT, is left to the quality guard.
+NOT_RADIOGRAPH_MODALITIES = {
+    "CT", "MR", "US", "NM", "PT", "MG", "XA", "RF", "IO", "PX", "ES", "OP", "OPT", "OCT", "IVUS", "SM", "XC", "GM",
+    "BMD", "DG", "TG", "RTIMAGE", "OPM", "OAM", "LS", "HD",
+}  # fmt: skip
+HEADER_FIELDS = ("PatientID", "StudyDate", "ViewPosition", "PatientSex", "PatientAge", "SOPInstanceUID", "Modality")
+# a few elements every DICOM image has; a file parsed with ``force`` that has none of them is not DICOM
+DICOM_IMAGE_ELEMENTS = ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "Columns", "PixelData", "StudyDate")
 
 
 @dataclass(frozen=True)
@@ -225,12 +235,35 @@ class DicomImage:
 
 
 def read_dataset(source: str | Path | bytes):
-    """Parse a DICOM file or its bytes with pydicom (``force`` for files without the Part 10 preamble)."""
+    """Parse a DICOM file or its bytes with pydicom: with ``force``, so that a file without the Part 10 preamble
+    and file meta (ACR-NEMA style, as older CR systems and some PACS exports write it) is read too, its transfer
+    syntax inferred from how it parsed; a file that is no DICOM at all is named as such."""
     name = "the DICOM data" if isinstance(source, bytes) else str(source)
     try:
-        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, force=True)
+        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, force=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure is a data-quality entry
         raise ImageError("corrupt", f"{name}: not a readable DICOM file ({exc})") from None
+    if not any(element in ds for element in DICOM_IMAGE_ELEMENTS):
+        if getattr(ds, "preamble", None) is not None:  # the DICM magic, then nothing readable
+            raise ImageError("corrupt", f"{name}: a DICOM preamble but none of the elements of a DICOM image")
+        raise ImageError("not_dicom", f"{name}: not a DICOM file (none of the elements every DICOM image has)")
+    _infer_transfer_syntax(ds)
+    return ds
+
+
+def _infer_transfer_syntax(ds) -> None:
+    """Give a dataset read without file meta (or without its Transfer Syntax UID) the syntax it parsed with:
+    implicit or explicit VR, little or big endian (such files are never compressed)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        implicit, little = True, True  # pydicom's own default for a raw dataset
+    syntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
 
 
 def header_fields(ds) -> dict[str, str]:
@@ -243,15 +276,21 @@ def read_header(source: str | Path | bytes) -> dict[str, str]:
     try:
         data = io.BytesIO(source) if isinstance(source, bytes) else source
         ds = pydicom.dcmread(data, force=True, stop_before_pixels=True)
+        if not any(element in ds for element in DICOM_IMAGE_ELEMENTS if element != "PixelData"):
+            return {**dict.fromkeys(HEADER_FIELDS, ""), "error": "not a DICOM file"}
         return {**header_fields(ds), "error": ""}
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a data-quality entry
         return {**dict.fromkeys(HEADER_FIELDS, ""), "error": f"not a readable DICOM file ({exc})"}
 
 
 def _reject_non_radiographs(ds, name: str) -> None:
-    modality = str(ds.get("Modality", "") or "").upper()
+    modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality in NOT_IMAGE_MODALITIES:
         raise ImageError("not_radiograph", f"{name}: Modality {modality} holds no radiograph")
+    if modality in NOT_RADIOGRAPH_MODALITIES:
+        raise ImageError(
+            "not_radiograph", f"{name}: Modality {modality} is not a projection radiograph (a chest film is CR or DX)"
+        )
     if "PixelData" not in ds:
         kinds = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         what = f"{kinds[0]} only" if kinds else "no Pixel Data element"

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from cardio_kedro.cohort.imaging import NOT_IMAGE_MODALITIES, NOT_RADIOGRAPH_MODALITIES
 from cardio_kedro.cohort.nih import NIH_FINDINGS, NO_FINDING, OTHER_FINDING, REQUIRED_LABEL_COLUMNS
 from cardio_kedro.common.errors import UserDatasetError
 
@@ -673,10 +674,16 @@ def dicom_folder(read: Reader, files: pd.DataFrame, headers: pd.DataFrame, spec)
     PatientID is refused with the file's name.
     """
     unreadable = headers["error"] != ""
-    if unreadable.any():
-        logger.warning("%d file(s) are not readable DICOM and are left out, e.g. %s: %s", int(unreadable.sum()),
-                       headers.loc[unreadable, "rel"].iloc[0], headers.loc[unreadable, "error"].iloc[0])  # fmt: skip
-        headers = headers[~unreadable]
+    modality = headers.get("Modality", pd.Series("", index=headers.index)).fillna("").str.strip().str.upper()
+    not_radiograph = ~unreadable & modality.isin(NOT_RADIOGRAPH_MODALITIES | NOT_IMAGE_MODALITIES)
+    reason = pd.Series("", index=headers.index).mask(unreadable, "not_dicom").mask(not_radiograph, "not_radiograph")
+    detail = headers["error"].where(unreadable, "Modality " + modality)
+    out = reason != ""
+    left_out = left_out_rows(headers.loc[out, "rel"], reason[out], detail[out])
+    if out.any():
+        logger.warning("%d file(s) are not readable DICOM radiographs and are left out, e.g. %s: %s", int(out.sum()),
+                       headers.loc[out, "rel"].iloc[0], detail[out].iloc[0])  # fmt: skip
+    headers = headers[~out]
     raw = read(spec.file)
     require_columns(raw, [spec.image_column], spec.file, "dicom")
     positive = table_positive(raw, spec.findings, spec.file, "dicom").assign(_key=raw[spec.image_column].str.strip())
@@ -706,4 +713,4 @@ def dicom_folder(read: Reader, files: pd.DataFrame, headers: pd.DataFrame, spec)
         view,
         merged[list(spec.findings)],
     )
-    return Cohort(table, image_index(merged["rel"], files), {})
+    return Cohort(table, image_index(merged["rel"], files), {}, left_out, {"labels": f"the columns of {spec.file}"})
