@@ -118,3 +118,13 @@ def test_a_chunk_of_another_size_is_refused(tmp_path):
     dataset = PixelCacheDataset(str(tmp_path / "cache"), image_size=16)
     with pytest.raises(Exception, match="32px chunk cannot go into the 16px pixel cache"):
         dataset.save(DecodedChunk.empty(32))
+
+
+def test_the_index_is_as_readable_as_the_pixels(tmp_path):
+    cache = PixelCacheDataset(str(tmp_path / "cache"), image_size=8)
+    n = 2
+    cache.save(
+        DecodedChunk(8, ["a.png", "b.png"], np.zeros((n, 8, 8), np.uint8), np.full((n, 2), 8), np.ones((n, 2), int))
+    )
+    files = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    assert len(set(files.values())) == 1 and files[next(iter(files))] & 0o044, files  # one mode, readable by others

@@ -10,14 +10,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[str]:
-    """Yield a temporary name next to ``path``; it becomes ``path`` only if the block succeeds."""
+    """Yield a temporary name next to ``path``; it becomes ``path`` only if the block succeeds, with the mode a
+    plain ``open`` gives (``mkstemp`` makes it 0600: an index unreadable beside its 0644 data)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
         yield tmp
+        if os.path.exists(tmp):
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
