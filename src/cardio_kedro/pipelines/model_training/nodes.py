@@ -749,7 +749,12 @@ def fit_site_recalibration(model_info: dict, predictions: pd.DataFrame, card: di
     try:
         intercept, slope = fit_recalibration(update["probability"].to_numpy(), y, config.recalibrate)
     except ValueError as exc:
-        raise UserValueError(f"external.recalibrate={config.recalibrate}: {exc}") from None
+        advice = (
+            f" The update part is {len(update)} films of {update['patient_id'].nunique()} patients "
+            f"(external.update_fraction={config.update_fraction}): raise update_fraction so that it holds positive "
+            "and negative films, or run with external.recalibrate=none (the model as it is)."
+        )
+        raise UserValueError(f"external.recalibrate={config.recalibrate}: {exc}.{advice}") from None
     model = recalibrated(model_info["model"], intercept, slope)
     record.update(
         intercept=intercept,
