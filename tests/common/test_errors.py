@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from kedro.io import DatasetError
 
-from cardio_kedro.common.errors import UserDatasetError, UserError, find_user_error, install_excepthook
+from cardio_kedro.common.errors import UserDatasetError, UserError, find_user_error, install_excepthook, plain_text
 
 
 def test_a_user_error_is_found_through_kedro_wrapping():
@@ -38,6 +38,20 @@ def test_the_hook_prints_the_message_and_logs_the_traceback(tmp_path, monkeypatc
     bug = RuntimeError("a bug")
     sys.excepthook(RuntimeError, bug, None)
     assert calls == [(RuntimeError, bug, None)]  # anything else keeps the full traceback
+
+
+def test_colour_codes_never_reach_a_message_a_tag_or_a_log(tmp_path, monkeypatch, capsys):
+    coloured = "\x1b[1mReceived SIGTERM\x1b[0m: the run was \x1b[31;1mstopped\x1b[0m"
+    assert plain_text(coloured) == "Received SIGTERM: the run was stopped"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: None)
+    install_excepthook()
+    try:
+        raise UserError(coloured)
+    except UserError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    err = capsys.readouterr().err
+    assert "Error: Received SIGTERM: the run was stopped" in err and "\x1b" not in err
 
 
 @pytest.mark.kedro_session

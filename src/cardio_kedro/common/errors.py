@@ -8,6 +8,7 @@ A run that stops on a ``UserError`` (a bad parameter, a missing cohort, a model 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from datetime import datetime
@@ -16,6 +17,7 @@ from pathlib import Path
 from kedro.io import DatasetError
 
 TRACEBACK_ENV = "CARDIO_TRACEBACK"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour and cursor codes (Keras wraps messages in bold)
 ERROR_LOG = Path("logs") / "last_error.log"
 
 
@@ -29,6 +31,11 @@ class UserDatasetError(UserError, DatasetError):
 
 class UserValueError(UserError, ValueError):
     """A node refusing its input (too few positives, a model without a threshold): a user error."""
+
+
+def plain_text(text: str) -> str:
+    """``text`` without terminal colour codes: for a message that goes to a log file, a tag or a pipe."""
+    return ANSI_ESCAPE.sub("", text)
 
 
 def find_user_error(exc: BaseException | None) -> UserError | None:
@@ -66,8 +73,9 @@ def install_excepthook() -> None:
                 return
         log = _write_log(exc_type, exc, tb)
         where = f"the full traceback is in {log}" if log else "the traceback could not be written"
+        message = plain_text(str(user_error))
         print(
-            f"\nError: {user_error}\n\n({type(user_error).__name__}; {where}; {TRACEBACK_ENV}=1 prints it here)",
+            f"\nError: {message}\n\n({type(user_error).__name__}; {where}; {TRACEBACK_ENV}=1 prints it here)",
             file=sys.stderr,
         )
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from cardio_kedro.common.errors import UserError, find_user_error
+from cardio_kedro.common.errors import UserError, find_user_error, plain_text
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +203,8 @@ class RunGuardHooks:
         client = mlflow.MlflowClient()
         found = find_user_error(error)  # a signal may surface wrapped, e.g. in the DatasetError of a save
         interrupted = found if isinstance(found, RunInterrupted) else None
-        first_line = (str(error).strip().splitlines() or [""])[0][:400]
-        reason = str(interrupted) if interrupted else f"{type(error).__name__}: {first_line}"
+        first_line = (plain_text(str(error)).strip().splitlines() or [""])[0][:400]
+        reason = plain_text(str(interrupted)) if interrupted else f"{type(error).__name__}: {first_line}"
         client.set_tag(self._run_id, "cardio.end_reason", reason)
         if interrupted:
             client.set_terminated(self._run_id, "KILLED")
