@@ -9,6 +9,7 @@ from cardio_kedro.datasets import ImageFileIndexDataset, LabelTableDataset, Pixe
 from cardio_kedro.pipelines.data_processing.nodes import (
     build_quality_report,
     check_disjoint_patients,
+    clean_metadata,
     decode_images,
     rebalance,
     resolve_image_files,
@@ -235,3 +236,23 @@ def test_several_findings_get_per_finding_weights_and_no_undersampling():
     # the rarer the finding, the heavier its positives
     ratio = {f: w["1"] / w["0"] for f, w in weights["class_weight"].items()}
     assert ratio["Edema"] > ratio["Cardiomegaly"] > ratio["Effusion"]
+
+
+def test_an_image_under_two_patients_is_counted_and_named(caplog):
+    labels = pd.DataFrame(
+        {
+            "Image Index": ["a.png", "b.png", "a.png", "b.png"],
+            "Finding Labels": ["Cardiomegaly", "No Finding", "Cardiomegaly", "No Finding"],
+            "Follow-up #": "0",
+            "Patient ID": ["1", "2", "7", "2"],
+            "Patient Age": "50",
+            "Patient Gender": "M",
+            "View Position": "PA",
+        }
+    )
+    nothing = pd.DataFrame({"image_index": [], "reason": [], "detail": []}, dtype=str)
+    clean, _, left_out = clean_metadata(labels, nothing, {"layout": "nih"}, "Cardiomegaly", PARAMS)
+    assert list(clean["image_index"]) == ["a.png", "b.png"] and list(clean["patient_id"]) == [1, 2]
+    assert list(left_out["reason"]) == ["duplicate_row", "duplicate_row"]
+    assert "under patient 7 (the first row's patient 1 is kept)" in left_out["detail"].iloc[0]
+    assert "1 under another patient than its first row, e.g. a.png" in caplog.text

@@ -145,10 +145,8 @@ def clean_metadata(
     target_finding = "|".join(findings)
     clean, uncertain, unsure_rows = _leave_out_uncertain(clean, labels, findings)
     duplicated = clean["image_index"].duplicated()
-    duplicate_rows = _dropped(clean.loc[duplicated, "image_index"], ["duplicate_row"] * int(duplicated.sum()),
-                              ["a second row of this image in the label table"] * int(duplicated.sum()))  # fmt: skip
+    duplicate_rows = _duplicate_rows(clean, duplicated)
     if duplicated.any():
-        logger.warning("Dropping %d duplicated image rows", int(duplicated.sum()))
         clean = clean[~duplicated].reset_index(drop=True)
     before_views = clean
     clean, view_filter = _keep_views(clean, config.views)
@@ -180,6 +178,25 @@ def clean_metadata(
         report["implausible_ages"],
     )
     return clean, report, left_out
+
+
+def _duplicate_rows(clean: pd.DataFrame, duplicated: pd.Series) -> pd.DataFrame:
+    """The second (third, ...) rows of an image, each with the patient its first row names; a warning says how many,
+    and names the images filed under two patients (the first row is kept: check the table)."""
+    first = clean.drop_duplicates("image_index").set_index("image_index")["patient_id"]
+    rows = clean[duplicated]
+    other = rows["patient_id"].to_numpy() != rows["image_index"].map(first).to_numpy()
+    details = [
+        f"a second row of this image, under patient {p} (the first row's patient {first[k]} is kept)"
+        if o
+        else "a second row of this image in the label table"
+        for k, p, o in zip(rows["image_index"], rows["patient_id"], other)
+    ]
+    if duplicated.any():
+        example = rows["image_index"][other].iloc[0] if other.any() else ""
+        under_two = f"; {int(other.sum())} under another patient than its first row, e.g. {example}" if example else ""
+        logger.warning("Dropping %d duplicated image row(s)%s: check the label table", len(rows), under_two)
+    return _dropped(rows["image_index"], ["duplicate_row"] * len(rows), details)
 
 
 def _leave_out_uncertain(
