@@ -24,3 +24,32 @@ def test_backbone_weights_file_is_checked_before_any_work(conf, tmp_path):
     keras.Model(inputs, keras.layers.Conv2D(3, 3)(inputs)).save_weights(other)
     with pytest.raises(ParameterError, match="does not load into a headless vgg16 at 64 px"):
         check(str(other))
+
+
+@pytest.mark.kedro_session
+def test_external_validation_on_a_fresh_project_stops_before_reading_the_cohort(tiny_project, phantom_cohort_dir):
+    import time
+
+    from cardio_kedro.common.errors import UserDatasetError
+    from tests.helpers import run_pipeline
+
+    start = time.monotonic()
+    with pytest.raises(UserDatasetError, match="No registered Cardiomegaly-classifier to score") as caught:
+        run_pipeline(
+            tiny_project, "external_validation", runtime_params={"external": {"cohort_dir": str(phantom_cohort_dir)}}
+        )
+    assert "kedro run --pipelines=training" in str(caught.value)
+    assert not (tiny_project / "data" / "02_intermediate" / "external").exists()  # no image of the cohort was read
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.kedro_session
+def test_inference_with_a_version_that_does_not_exist_stops_before_reading_images(tiny_project, phantom_cohort_dir):
+    from cardio_kedro.common.errors import UserDatasetError
+    from tests.helpers import run_pipeline
+
+    images = str(next(phantom_cohort_dir.glob("images_*/images")))
+    with pytest.raises(UserDatasetError, match="does not resolve"):
+        params = {"images_dir": images, "model_uri": "models:/Cardiomegaly-classifier/7"}
+        run_pipeline(tiny_project, "inference", runtime_params=params)
+    assert not list((tiny_project / "data" / "07_model_output").glob("inference_predictions*"))

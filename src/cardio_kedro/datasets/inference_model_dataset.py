@@ -119,6 +119,30 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
     def _describe(self) -> dict[str, Any]:
         return {"model_path": str(self._model_path), "model_uri": self._model_uri}
 
+    def check(self) -> str:
+        """Which model a load would give, found without loading it (a run checks this before it reads any data);
+        a ``UserDatasetError`` that says what to do where there is none."""
+        if self._model_uri or self._registered:
+            import mlflow
+            from mlflow.exceptions import MlflowException
+
+            uri = normalise_model_uri(self._model_uri) if self._model_uri else _newest_trained_version(self._registered)
+            try:
+                mlflow.models.get_model_info(uri)
+            except (MlflowException, OSError) as exc:
+                raise UserDatasetError(
+                    f"model_uri '{self._model_uri}' does not resolve: {str(exc).splitlines()[0]}. "
+                    f"{_registry_hint()} Accepted forms: {MODEL_URI_FORMS}"
+                ) from None
+            return uri
+        version = _latest_version(self._model_path)
+        if version is None:
+            raise UserDatasetError(
+                f"No trained model in {self._model_path}: run 'kedro run --pipelines=training' first "
+                "or pass --params=model_uri=models:/<finding>-classifier/<version>"
+            )
+        return str(version)
+
     def _load(self) -> dict:
         from cardio_kedro.modeling import operating_threshold
 

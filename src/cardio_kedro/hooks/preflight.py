@@ -86,6 +86,7 @@ class PreflightHooks:
         check_report_matches_targets(params, {node.name for node in pipeline.nodes})
         check_split_matches_pipeline(params, {node.name for node in pipeline.nodes})
         check_external_cohort(params, pipeline.inputs())
+        check_model_to_score(catalog, pipeline.inputs())
         if TRAINING_PARAMS in pipeline.inputs():
             check_accelerator(params, self._sources)
             check_backbone_weights(params, self._sources)
@@ -154,6 +155,29 @@ def check_external_cohort(params: ProjectParams, inputs: set[str]) -> None:
             "The external_validation pipeline scores a second cohort: give its folder with "
             "--params=external.cohort_dir=DIR (its layout: external.cohort.layout, nih by default; for an "
             "environment, set external_cohort_dir in conf/<env>/globals.yml)"
+        )
+
+
+MODELS_TO_SCORE = ("inference_model", "external_model")  # the catalog's models a run scores with
+TRAINING_COHORT = "model_input_table"  # external validation fits its pixel baseline on the training cohort
+
+
+def check_model_to_score(catalog, inputs: set[str]) -> None:
+    """Inference and external validation need a trained or registered model, and external validation the
+    training cohort its pixel baseline is fitted on: found (not loaded) before any image is read."""
+    from cardio_kedro.common.errors import UserDatasetError
+
+    for name in MODELS_TO_SCORE:
+        if name in inputs:
+            dataset = catalog.get(name)
+            dataset = getattr(dataset, "_dataset", dataset)  # a CachedDataset wraps it
+            if hasattr(dataset, "check"):
+                logger.info("Scoring with %s", dataset.check())
+    if "external_model" in inputs and TRAINING_COHORT in inputs and not catalog.exists(TRAINING_COHORT):
+        raise UserDatasetError(
+            "External validation sets the model beside a pixel baseline fitted on the training cohort, and this "
+            "project has none (no data/03_primary/model_input_table.parquet): run 'kedro run --pipelines=training' "
+            "(or cross_validation) here first, on the cohort the model was trained on."
         )
 
 
