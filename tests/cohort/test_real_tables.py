@@ -21,6 +21,8 @@ from cardio_kedro.pipelines.data_processing import create_pipeline
 from cardio_kedro.pipelines.data_processing.nodes import build_quality_report, read_cohort, split_by_patient
 from tests.helpers import SHARED_NIH, base_params
 
+pytestmark = pytest.mark.slow  # the full published tables (like the full NIH label table): not in make test-fast
+
 TABLES = SHARED_NIH.parent / "tables"
 PADCHEST = TABLES / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
 CHEXPERT = TABLES / "chexpert_train.csv.gz"
