@@ -276,3 +276,21 @@ def read_layout(folder, params, workers):
     from cardio_kedro.pipelines.data_processing.nodes import read_cohort
 
     return read_cohort(folder, params, workers)[:3]
+
+
+def data_processing_catalog(folder: Path, cache, image_size: int, **cohort):
+    """An in-memory catalog for data_processing from ``read_cohort`` on the cohort at ``folder`` (its layout in
+    ``cohort``), decoding into ``cache`` (a PixelCacheDataset), one worker, target Cardiomegaly."""
+    from kedro.io import DataCatalog
+
+    from cardio_kedro.datasets import CohortFolder
+
+    catalog = DataCatalog(datasets={"existing_pixel_cache": cache, "pixel_cache": cache})
+    catalog["cohort_folder"] = CohortFolder(str(folder))
+    catalog["cohort_storage"] = {}
+    catalog["params:cohort"] = base_params("cohort", **cohort)
+    catalog["params:data_processing"] = base_params("data_processing", workers=1)
+    catalog["params:data_processing.workers"] = 1
+    catalog["params:target_findings"] = "Cardiomegaly"
+    catalog["params:image_size"] = image_size
+    return catalog

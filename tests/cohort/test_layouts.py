@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -27,7 +26,7 @@ from cardio_kedro.cohort.imaging import load_gray, to_gray8
 from cardio_kedro.common.errors import UserDatasetError
 from cardio_kedro.datasets import CohortFolder, PixelCacheDataset
 from cardio_kedro.pipelines.data_processing import create_pipeline
-from tests.helpers import base_params, clean_rows, read_layout
+from tests.helpers import base_params, clean_rows, data_processing_catalog, read_layout
 
 SIDE = 128  # px of the written images (the shared PNGs are 1024 px: shrunk once, so that writing stays fast)
 DECODED = 32  # px the pipeline decodes to
@@ -59,14 +58,7 @@ def _expected(gray: np.ndarray) -> np.ndarray:
 def _decode(folder: Path, **cohort) -> dict:
     """data_processing from read_cohort to the model input table, on an in-memory catalog."""
     cache = PixelCacheDataset(str(folder.parent / f"cache-{folder.name}"), image_size=DECODED)
-    catalog = DataCatalog(datasets={"existing_pixel_cache": cache, "pixel_cache": cache})
-    catalog["cohort_folder"] = CohortFolder(str(folder))
-    catalog["cohort_storage"] = {}
-    catalog["params:cohort"] = base_params("cohort", **cohort)
-    catalog["params:data_processing"] = base_params("data_processing", workers=1)
-    catalog["params:data_processing.workers"] = 1
-    catalog["params:target_findings"] = "Cardiomegaly"
-    catalog["params:image_size"] = DECODED
+    catalog = data_processing_catalog(folder, cache, DECODED, **cohort)
     outputs = SequentialRunner().run(create_pipeline().to_nodes("select_decoded_images"), catalog)
     return {name: outputs[name].load() for name in ("model_input_table", "dropped_rows")} | {"cache": cache.load()}
 

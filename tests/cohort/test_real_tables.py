@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
 from cardio_kedro.cohort import layouts
@@ -19,7 +18,7 @@ from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.datasets import CohortFolder, PixelCacheDataset
 from cardio_kedro.pipelines.data_processing import create_pipeline
 from cardio_kedro.pipelines.data_processing.nodes import build_quality_report, read_cohort, split_by_patient
-from tests.helpers import SHARED_NIH, base_params
+from tests.helpers import SHARED_NIH, base_params, data_processing_catalog
 
 pytestmark = pytest.mark.slow  # the full published tables (like the full NIH label table): not in make test-fast
 
@@ -56,14 +55,7 @@ def _stand_ins(root, keys: list[str], suffix_encoding: str) -> None:
 def _data_processing(folder, cohort: dict) -> dict:
     """data_processing from read_cohort to the data-quality report, on an in-memory catalog (32 px)."""
     cache = PixelCacheDataset(str(folder.parent / "cache"), image_size=32)
-    catalog = DataCatalog(datasets={"existing_pixel_cache": cache, "pixel_cache": cache})
-    catalog["cohort_folder"] = CohortFolder(str(folder))
-    catalog["cohort_storage"] = {}
-    catalog["params:cohort"] = base_params("cohort", **cohort)
-    catalog["params:data_processing"] = base_params("data_processing", workers=1)
-    catalog["params:data_processing.workers"] = 1
-    catalog["params:target_findings"] = "Cardiomegaly"
-    catalog["params:image_size"] = 32
+    catalog = data_processing_catalog(folder, cache, 32, **cohort)
     outputs = SequentialRunner().run(create_pipeline().to_nodes("select_decoded_images"), catalog)
     result = {name: outputs[name].load() for name in ("model_input_table", "dropped_rows", "label_report")}
     report = build_quality_report(result["label_report"], result["dropped_rows"], result["model_input_table"])

@@ -243,12 +243,17 @@ def read_dataset(source: str | Path | bytes):
         ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, force=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure is a data-quality entry
         raise ImageError("corrupt", f"{name}: not a readable DICOM file ({exc})") from None
-    if not any(element in ds for element in DICOM_IMAGE_ELEMENTS):
+    if not _has_dicom_elements(ds):
         if getattr(ds, "preamble", None) is not None:  # the DICM magic, then nothing readable
             raise ImageError("corrupt", f"{name}: a DICOM preamble but none of the elements of a DICOM image")
         raise ImageError("not_dicom", f"{name}: not a DICOM file (none of the elements every DICOM image has)")
     _infer_transfer_syntax(ds)
     return ds
+
+
+def _has_dicom_elements(ds) -> bool:
+    """Whether a dataset parsed with ``force`` holds any element every DICOM image has (else it is no DICOM)."""
+    return any(element in ds for element in DICOM_IMAGE_ELEMENTS)
 
 
 def _infer_transfer_syntax(ds) -> None:
@@ -276,7 +281,7 @@ def read_header(source: str | Path | bytes) -> dict[str, str]:
     try:
         data = io.BytesIO(source) if isinstance(source, bytes) else source
         ds = pydicom.dcmread(data, force=True, stop_before_pixels=True)
-        if not any(element in ds for element in DICOM_IMAGE_ELEMENTS if element != "PixelData"):
+        if not _has_dicom_elements(ds):
             return {**dict.fromkeys(HEADER_FIELDS, ""), "error": "not a DICOM file"}
         return {**header_fields(ds), "error": ""}
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a data-quality entry

@@ -74,7 +74,6 @@ PADCHEST_COLUMNS = (
     "Projection",
     "Labels",
 )
-PADCHEST_FRONTAL = ("PA", "AP", "AP_horizontal")
 # PadChest's labels (Bustos et al. 2020, its UMLS-based tree) -> NIH findings; `normal` (none of
 # them) reads as No Finding.
 PADCHEST_TO_NIH = {
@@ -137,12 +136,15 @@ class Cohort(NamedTuple):
     label_policy: dict | None = None
 
 
-def left_out_rows(keys: pd.Series, reason: pd.Series | str, detail: pd.Series | str = "") -> pd.DataFrame:
-    """The rows a layout leaves out, one reason each (``keys`` their image keys)."""
-    frame = pd.DataFrame({"image_index": keys.astype(str).to_numpy()})
-    frame["reason"] = reason.to_numpy() if isinstance(reason, pd.Series) else reason
-    frame["detail"] = detail.to_numpy() if isinstance(detail, pd.Series) else detail
-    return frame
+def left_out_rows(keys, reason, detail="") -> pd.DataFrame:
+    """The rows a run leaves out (``image_index``, ``reason``, ``detail``): ``keys`` their image keys; ``reason``
+    and ``detail`` one word for all or one per key (a Series, a list)."""
+    keys = [str(k) for k in keys]
+
+    def column(value) -> list[str]:
+        return [value] * len(keys) if isinstance(value, str) else [str(v) for v in value]
+
+    return pd.DataFrame({"image_index": keys, "reason": column(reason), "detail": column(detail)}, dtype=object)
 
 
 def log_left_out(layout: str, left_out: pd.DataFrame) -> None:
@@ -514,7 +516,6 @@ VINDR_TO_NIH = {
 }
 # abnormal, with no NIH finding of the same meaning (Nodule/Mass is one class for two NIH findings)
 VINDR_OTHER = ("Aortic enlargement", "Calcification", "ILD", "Lung Opacity", "Nodule/Mass", "Other lesion")
-VINDR_NO_FINDING = "No finding"
 
 
 def vindr_keys(image_ids: pd.Series, known: set[str]) -> pd.Series:
@@ -571,7 +572,7 @@ def vindr(
     view = keys.map(header.get("ViewPosition", pd.Series(dtype=str))).fillna("").str.strip().str.upper()
     view = view.where(view != "", "PA")  # VinDr-CXR's films are posteroanterior; a header that says otherwise wins
     table = _assemble(keys, image_ids, pd.Series("0", index=keys.index), age.fillna(""), sex, view, positive,
-                      other=other & ~positive.any(axis=1))  # fmt: skip
+                      other=other)  # fmt: skip
     policy = {"consensus": consensus, "readers_per_image": {str(k): int(v) for k, v in readers.value_counts().items()}}
     return Cohort(table.reset_index(drop=True), image_index(keys, files), {}, None, policy)
 

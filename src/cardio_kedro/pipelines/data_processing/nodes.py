@@ -84,7 +84,7 @@ def read_cohort(
         if cohort.official_split
         else "",
     )
-    left_out = cohort.left_out if cohort.left_out is not None else _dropped([], [], [])
+    left_out = cohort.left_out if cohort.left_out is not None else layouts.left_out_rows([], [], [])
     policy = {"layout": config.layout, **(cohort.label_policy or {})}
     return cohort.table, cohort.images, cohort.official_split, left_out.reset_index(drop=True), policy
 
@@ -148,11 +148,8 @@ def clean_metadata(
     duplicate_rows = _duplicate_rows(clean, duplicated)
     if duplicated.any():
         clean = clean[~duplicated].reset_index(drop=True)
-    before_views = clean
-    clean, view_filter = _keep_views(clean, config.views)
-    filtered = before_views[~before_views["image_index"].isin(set(clean["image_index"]))]
-    view_rows = _dropped(filtered["image_index"], ["view_filter"] * len(filtered),
-                         ("view " + filtered["view"]).tolist())  # fmt: skip
+    clean, view_filter, filtered = _keep_views(clean, config.views)
+    view_rows = layouts.left_out_rows(filtered["image_index"], "view_filter", "view " + filtered["view"])
     left_out = pd.concat([cohort_left_out, unsure_rows, duplicate_rows, view_rows], ignore_index=True)
     report = {
         "target_finding": target_finding,
@@ -196,7 +193,7 @@ def _duplicate_rows(clean: pd.DataFrame, duplicated: pd.Series) -> pd.DataFrame:
         example = rows["image_index"][other].iloc[0] if other.any() else ""
         under_two = f"; {int(other.sum())} under another patient than its first row, e.g. {example}" if example else ""
         logger.warning("Dropping %d duplicated image row(s)%s: check the label table", len(rows), under_two)
-    return _dropped(rows["image_index"], ["duplicate_row"] * len(rows), details)
+    return layouts.left_out_rows(rows["image_index"], "duplicate_row", details)
 
 
 def _leave_out_uncertain(
@@ -204,12 +201,12 @@ def _leave_out_uncertain(
 ) -> tuple[pd.DataFrame, int, pd.DataFrame]:
     """Leave out the images labelled uncertain on a target finding (``cohort.uncertain``: ``ignore``)."""
     if layouts.UNCERTAIN_COLUMN not in labels:
-        return clean, 0, _dropped([], [], [])
+        return clean, 0, layouts.left_out_rows([], [], [])
     unsure = label_matrix(labels[layouts.UNCERTAIN_COLUMN].astype(str), findings).max(axis=1).astype(bool).to_numpy()
     if unsure.any():
         logger.info("Leaving out %d image(s) labelled uncertain on %s", int(unsure.sum()), "|".join(findings))
-    rows = _dropped(clean.loc[unsure, "image_index"], ["uncertain_label"] * int(unsure.sum()),
-                    ("uncertain: " + labels.loc[unsure, layouts.UNCERTAIN_COLUMN].astype(str)).tolist())  # fmt: skip
+    detail = "uncertain: " + labels.loc[unsure, layouts.UNCERTAIN_COLUMN].astype(str)
+    rows = layouts.left_out_rows(clean.loc[unsure, "image_index"], "uncertain_label", detail)
     return clean[~unsure].reset_index(drop=True), int(unsure.sum()), rows
 
 
@@ -217,10 +214,10 @@ def _positives(frame: pd.DataFrame, findings: tuple[str, ...]) -> dict[str, int]
     return {f: int(frame[col].sum()) for f, col in zip(findings, target_columns(findings))}
 
 
-def _keep_views(clean: pd.DataFrame, views: str | list[str]) -> tuple[pd.DataFrame, dict]:
-    """The rows of the kept view positions (``all``: every row) and what the filter removed, by view."""
+def _keep_views(clean: pd.DataFrame, views: str | list[str]) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """The rows of the kept view positions (``all``: every row), what the filter removed by view, and its rows."""
     if views == "all":
-        return clean, {"views": "all", "removed_images": 0, "removed_by_view": {}}
+        return clean, {"views": "all", "removed_images": 0, "removed_by_view": {}}, clean.iloc[:0]
     keep = clean["view"].isin(views)
     removed = clean.loc[~keep, "view"].value_counts()
     if not keep.any():
@@ -235,11 +232,7 @@ def _keep_views(clean: pd.DataFrame, views: str | list[str]) -> tuple[pd.DataFra
         "removed_images": int((~keep).sum()),
         "removed_by_view": {str(k): int(v) for k, v in removed.items()},
     }
-    return clean[keep].reset_index(drop=True), report
-
-
-def _dropped(image_index: pd.Series | list, reasons: list[str], details: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({"image_index": list(image_index), "reason": reasons, "detail": details})
+    return clean[keep].reset_index(drop=True), report, clean[~keep]
 
 
 def resolve_image_files(
@@ -259,7 +252,7 @@ def resolve_image_files(
         # decoding reads each object once and checks it then (no request per image here)
         stamps = image_files.set_index("path")[["nbytes", "mtime_ns"]]
         resolved = candidates.join(stamps, on="path").reset_index(drop=True)
-        return resolved, _dropped(missing, ["missing"] * len(missing), ["no file"] * len(missing))
+        return resolved, layouts.left_out_rows(missing, "missing", "no file")
     checks = list(
         imap_progress(
             check_file,
@@ -275,8 +268,10 @@ def resolve_image_files(
     failed = [e for e in errors if e is not None]
     problems = pd.concat(
         [
-            _dropped(missing, ["missing"] * len(missing), ["no file"] * len(missing)),
-            _dropped(candidates.loc[bad, "image_index"], [e.reason for e in failed], [e.detail for e in failed]),
+            layouts.left_out_rows(missing, "missing", "no file"),
+            layouts.left_out_rows(
+                candidates.loc[bad, "image_index"], [e.reason for e in failed], [e.detail for e in failed]
+            ),
         ],
         ignore_index=True,
     )
@@ -358,7 +353,7 @@ def select_decoded_images(
     cached = resolved["path"].isin(shapes.index)
     reasons = pixel_cache.failures.set_index("source")
     lost = resolved.loc[~cached]
-    failed = _dropped(
+    failed = layouts.left_out_rows(
         lost["image_index"],
         lost["path"].map(reasons["reason"]).fillna("not_decoded").tolist(),
         lost["path"].map(reasons["detail"]).fillna("").tolist(),
