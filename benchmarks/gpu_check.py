@@ -211,6 +211,7 @@ def frozen_part_rates(size: int, batch: int, steps: int, width: float) -> list[d
     import numpy as np
 
     from cardio_kedro.modeling import build_model, with_view_head
+    from cardio_kedro.modeling.fitting import compile_options
     from cardio_kedro.modeling.training import (
         EpochMonitor,
         averaged_weights,
@@ -237,15 +238,12 @@ def frozen_part_rates(size: int, batch: int, steps: int, width: float) -> list[d
         with_view = k >= FROZEN_PARTS.index("+ view head")
         trainer = with_view_head(model) if with_view else model
         averaging = config.weight_averaging if k >= FROZEN_PARTS.index("+ weight averaging") else None
-        compile_model(
-            trainer,
-            config.head.learning_rate,
-            config.loss,
-            config.jit_compile,
-            config.gradient_clipnorm if k >= 1 else None,
-            view_loss_weight=config.view_loss_weight if with_view else 0.0,
-            weight_averaging=averaging,
-        )
+        options = compile_options(config) | {
+            "clipnorm": config.gradient_clipnorm if k >= 1 else None,
+            "view_loss_weight": config.view_loss_weight if with_view else 0.0,
+            "weight_averaging": averaging,
+        }
+        compile_model(trainer, config.head.learning_rate, config.loss, **options)
         targets = (y, view) if with_view else y
         callbacks = averaged_weights(averaging)
         if k >= FROZEN_PARTS.index("+ epoch callbacks"):  # as train_model has them, on the validation AUC
@@ -279,6 +277,7 @@ def bare_train_rate(size: int, phase: str, batch: int, steps_per_execution: int,
     import numpy as np
 
     from cardio_kedro.modeling import build_model
+    from cardio_kedro.modeling.fitting import compile_options
     from cardio_kedro.modeling.training import compile_model, resolve_precision, set_trainable
 
     config = _nih_training_config(width)
@@ -286,9 +285,7 @@ def bare_train_rate(size: int, phase: str, batch: int, steps_per_execution: int,
     keras.utils.set_random_seed(0)
     model = build_model(size, **config.model.model_dump())
     set_trainable(model, 0 if phase == "head" else "all")
-    compile_model(
-        model, 1e-4, config.loss, config.jit_compile, config.gradient_clipnorm, steps_per_execution=steps_per_execution
-    )
+    compile_model(model, 1e-4, config.loss, **compile_options(config) | {"steps_per_execution": steps_per_execution})
     rng = np.random.default_rng(0)
     n = batch * steps
     x = rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)

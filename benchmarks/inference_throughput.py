@@ -63,8 +63,9 @@ def trained_layout(project: Path, size: int, model_overrides: dict | None = None
     threshold 0.5, saved where the catalog looks: ``(model, file)``; with ``save=False`` the model alone."""
     from cardio_kedro.config import ModelTrainingParams
     from cardio_kedro.modeling import build_model, calibrate
+    from cardio_kedro.settings import load_parameters  # Kedro's loader, the project's settings
 
-    params = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
+    params = load_parameters(str(ROOT / "conf"), env="base")["model_training"]
     params["model"].update(model_overrides or {})
     model = calibrate(build_model(size, **ModelTrainingParams.model_validate(params).model.model_dump()), 1.0, 0.0, 0.5)
     if not save:
@@ -123,7 +124,9 @@ def phantom_sources(folder: Path, count: int = 32, size: int = 1024) -> list[Pat
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    phantoms = yaml.safe_load((ROOT / "conf/base/parameters_phantom_cohort.yml").read_text())["phantoms"]
+    from cardio_kedro.settings import load_parameters  # Kedro's loader, the project's settings
+
+    phantoms = load_parameters(str(ROOT / "conf"), env="base")["phantoms"]
     drawing = {k: phantoms[k] for k in ("ap_fraction", "reader_sd", "ctr_spread", "drawn_findings")}
     for row in sample_cohort(count, 0.25, 0.0, seed=0, **drawing).head(count).to_dict("records"):
         path = folder / row["Image Index"]

@@ -70,7 +70,6 @@ def project_run(paths_file: str, cache_dir: str, size: int) -> None:
 
     import pandas as pd
     import psutil
-    import yaml
 
     from cardio_kedro.common.parallel import default_workers
     from cardio_kedro.datasets import PixelCacheDataset
@@ -96,7 +95,9 @@ def project_run(paths_file: str, cache_dir: str, size: int) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     paths = Path(paths_file).read_text().split()
-    params = yaml.safe_load((ROOT / "conf/base/parameters_data_processing.yml").read_text())["data_processing"]
+    from cardio_kedro.settings import load_parameters  # Kedro's loader, the project's settings
+
+    params = load_parameters(str(ROOT / "conf"), env="base")["data_processing"]
     names = [Path(p).name for p in paths]
     start = time.perf_counter()
     resolved, _ = resolve_image_files(

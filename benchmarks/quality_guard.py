@@ -57,11 +57,11 @@ def non_radiographs(rng: np.random.Generator, size: int) -> list[np.ndarray]:
 
 def phantom_films(size: int, seed: int) -> list[np.ndarray]:
     """40 patients' phantom films as the demo draws them (conf/base), at ``size`` px."""
-    import yaml
 
     from cardio_kedro.pipelines.phantom_cohort.nodes import generate_phantom_cohort
+    from cardio_kedro.settings import load_parameters  # Kedro's loader, the project's settings
 
-    params = yaml.safe_load((ROOT / "conf" / "base" / "parameters_phantom_cohort.yml").read_text())["phantoms"]
+    params = load_parameters(str(ROOT / "conf"), env="base")["phantoms"]
     images, _, _ = generate_phantom_cohort({**params, "n_patients": 40, "native_size": 256, "seed": seed, "workers": 1})
     return [cv2.resize(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE), (size, size),
                        interpolation=cv2.INTER_AREA) for _, png in images]  # fmt: skip

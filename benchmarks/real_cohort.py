@@ -8,7 +8,7 @@ out-of-fold ROC AUC with CIs, the paired difference with its CI, Brier against t
 Brier, ECE, calibration slope and wall time; then a Markdown table of them all.
 
     python benchmarks/real_cohort.py                                  # conf/small_real as it ships
-    python benchmarks/real_cohort.py --env base --params data_processing.split.method=kfold
+    python benchmarks/real_cohort.py --env base                       # conf/base's training settings
     python benchmarks/real_cohort.py --configs "" "model_training.fine_tune.learning_rate=3e-4"
 
 Each ``--configs`` entry is a ``--params`` string added to ``--params`` for one run. ``--seeds 42 7 1``

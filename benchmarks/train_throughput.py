@@ -114,9 +114,11 @@ def bare_throughput(args, n_train: int, n_val: int) -> dict[str, float]:
 
     from cardio_kedro.config import ModelTrainingParams
     from cardio_kedro.modeling import build_model, with_view_head
+    from cardio_kedro.modeling.fitting import compile_options
     from cardio_kedro.modeling.training import compile_model, resolve_precision, set_trainable
+    from cardio_kedro.settings import load_parameters  # Kedro's loader, the project's settings
 
-    params = yaml.safe_load((ROOT / "conf/base/parameters_model_training.yml").read_text())["model_training"]
+    params = load_parameters(str(ROOT / "conf"), env="base")["model_training"]
     params["model"].update(model_params(args))
     config = ModelTrainingParams.model_validate(params)
     previous = keras.mixed_precision.dtype_policy()
@@ -128,11 +130,11 @@ def bare_throughput(args, n_train: int, n_val: int) -> dict[str, float]:
     if config.view_loss_weight > 0:
         model, y = with_view_head(model), (y, (rng.random(n_train) < 0.4).astype("float32"))
     val = (x[:n_val], tuple(t[:n_val] for t in y) if isinstance(y, tuple) else y[:n_val])
-    compiled = (config.jit_compile, config.gradient_clipnorm, config.view_loss_weight, config.weight_averaging)
+    compiled = compile_options(config)  # what a run compiles with (conf/base: weight averaging, clipping, ...)
     out = {}
     for phase, unfreeze in (("head", 0), ("fine_tune", "all")):
         set_trainable(model, unfreeze)
-        compile_model(model, 1e-4, config.loss, *compiled)
+        compile_model(model, 1e-4, config.loss, **compiled)
         model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, validation_data=val)  # compile + warm-up
         start = time.perf_counter()
         model.fit(x, y, batch_size=args.batch, epochs=args.epochs - 1 or 1, verbose=0, validation_data=val)

@@ -95,9 +95,21 @@ def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
         external = json.loads(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/pipelines/external_validation", timeout=30).read()
         )
-        drawn = {n["name"] for n in external["nodes"]}
-        assert {"score_external_cohort", "fit_site_recalibration", "external_validation_report"} <= drawn
-        assert "external" in external["modular_pipelines"]  # the external cohort's data_processing, folded
+        drawn = " ".join(n["name"] for n in external["nodes"])
+        for name in ("score_external_cohort", "fit_site_recalibration", "report", "cohort_folder"):
+            assert name in drawn, name
+        assert "external" in external["modular_pipelines"]  # every node and dataset of it, one group
+        folds = json.loads(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/pipelines/cross_validation", timeout=30).read()
+        )
+        groups = set(folds["modular_pipelines"])
+        n_folds = len([g for g in groups if g.startswith("cross_validation.fold_")])
+        assert "cross_validation" in groups and n_folds == 5, sorted(groups)  # conf/base: 5 folds, a group each
+        assert "train_fold_model" in " ".join(n["name"] for n in folds["nodes"])
+        page.goto(f"http://127.0.0.1:{port}/?pid=cross_validation", wait_until="networkidle")
+        page.get_by_text("cross_validation", exact=False).first.wait_for(timeout=60_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "kedro-viz-cross-validation.png"))
         roc = next(n for n in graph["nodes"] if n["name"] == "roc_plot")
         details = json.loads(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/nodes/{roc['id']}", timeout=30).read()

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from cardio_kedro.config import ParameterError
 from cardio_kedro.evaluation.calibration import apply_recalibration
 from cardio_kedro.modeling import ensemble_members, load_model, operating_threshold
-from cardio_kedro.pipelines.reporting.pipeline import EXTERNAL_FIGURES
+from cardio_kedro.pipelines.external_validation.pipeline import FIGURES as EXTERNAL_FIGURES
 from tests.helpers import make_phantom_cohort, make_tiny_project, run_pipeline
 
 pytestmark = pytest.mark.kedro_session
@@ -63,10 +63,7 @@ def _client(project: Path) -> MlflowClient:
 def phantom_project(tmp_path_factory) -> Path:
     """A tiny model cross-validated on phantoms (3 folds), each fold model and the final model an ensemble of two
     networks (cross_validation.members): its internal figures are out of fold."""
-    kfold = {
-        "data_processing": {"split": {"method": "kfold", "n_folds": 3}},
-        "model_training": {"cross_validation": {"members": 2}},
-    }
+    kfold = {"cross_validation": {"n_folds": 3, "members": 2}}  # --params shape the fold groups too
     return _trained(tmp_path_factory.mktemp("external"), "cross_validation", kfold)
 
 

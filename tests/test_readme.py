@@ -46,7 +46,7 @@ TINY = {
 MULTILABEL_TINY = {
     k: v for k, v in TINY.items() if not k.startswith("phantoms.")
 }  # all 14: rare ones need the full cohort
-CV_TINY = {**TINY, "data_processing.split.n_folds": 3}
+CV_TINY = {**TINY, "cross_validation.n_folds": 3}  # --params shape the fold groups
 OFFLINE = {"model_training.model.backbone_weights": "null"}  # ImageNet weights cannot be fetched here
 PLACEHOLDERS = {"/data/nih": "{nih}", "/data/my_cohort": "{cohort}", "/data/site_b": "{site}",
                 "/path/to/images": "{images}"}  # fmt: skip

@@ -45,5 +45,14 @@ CONFIG_LOADER_ARGS = {
     # an environment (nih, local) overrides single keys, not whole parameter groups
     "merge_strategy": {"parameters": "soft", "catalog": "soft"},
     "custom_resolvers": {"env": _env, "findings_name": _findings_name},
-    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},  # kedro-mlflow's, read by hooks.py too
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},  # kedro-mlflow's, read by hooks/ too
 }
+
+
+def load_parameters(conf_source: str, env: str | None = None, runtime_params: dict | None = None) -> dict:
+    """Every parameter of the project as a run reads them: this project's config loader on ``conf_source``,
+    ``env`` merged over base key by key, ``runtime_params`` (``--params``) over both. Benchmarks measure
+    ``env="base"`` (the shipped settings, no conf/local)."""
+    loader = CONFIG_LOADER_CLASS(conf_source=str(conf_source), env=env, runtime_params=runtime_params or {},
+                                 **CONFIG_LOADER_ARGS)  # fmt: skip
+    return dict(loader["parameters"])

@@ -103,3 +103,20 @@ def test_a_film_whose_own_view_says_lateral_is_flagged(view, expected):
     from cardio_kedro.cohort.quality import view_problem
 
     assert view_problem(view) == expected
+
+
+def test_one_verdict_for_every_scorer():
+    """The quality verdict the inference pipeline, the external validation and the service give: the view first,
+    then the guard, ``unchecked`` without one; ``ok`` and ``unchecked`` are the verdicts that get a label."""
+    import pandas as pd
+
+    from cardio_kedro.cohort.quality import PASSING, UNCHECKED, passing, verdict
+
+    blank = np.full((32, 32), 128, np.uint8)
+    assert verdict(None, blank, (32, 32), "LL") == "lateral"
+    assert verdict(None, blank, (32, 32), "PA") == UNCHECKED
+    guard = QualityGuard(template=np.zeros((32, 32)), min_correlation=0.3, min_side=64, blank_std=2.0,
+                         saturated_share=0.5)  # fmt: skip
+    assert verdict(guard, blank, (1024, 1024), None) == guard.check(blank, (1024, 1024)) != OK
+    assert list(passing(pd.Series([OK, UNCHECKED, "blank", "lateral"]))) == [True, True, False, False]
+    assert set(PASSING) == {OK, UNCHECKED}

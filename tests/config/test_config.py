@@ -47,7 +47,7 @@ def test_base_and_nih_configurations_validate(conf):
 def test_small_real_doubles_the_augmentation_and_keeps_the_rest_of_base(conf):
     """conf/small_real changes a few keys of model_training; soft merging keeps every other base key."""
     base, small = _validate(conf), _validate(conf, env="small_real")
-    assert small.data_processing.split.method == "kfold" and small.model_training.keep_weights == "last"
+    assert small.cross_validation.n_folds == 5 and small.model_training.keep_weights == "last"
     doubled = {k: 2 * v for k, v in base.model_training.model.augmentation.model_dump().items()}
     assert small.model_training.model.augmentation.model_dump() == doubled
     assert small.model_training.model.dense_units == base.model_training.model.dense_units

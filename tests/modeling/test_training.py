@@ -80,7 +80,9 @@ def _one_step(weight_decay: float, shift: float) -> tuple[dict[str, np.ndarray],
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="out")(x))
     for variable in model.trainable_variables:
         variable.assign(variable + shift)  # non-zero biases and offsets: a decay of them would show
-    compile_model(model, 0.1, "binary_crossentropy", jit_compile=False, clipnorm=None, weight_decay=weight_decay)
+    compile_model(model, 0.1, "binary_crossentropy", jit_compile=False, clipnorm=None, view_loss_weight=0.0,
+                  weight_averaging=None, auxiliary_loss_weight=0.0, steps_per_execution=1, label_smoothing=0.0,
+                  finding_weights=None, best_epoch_findings=None, weight_decay=weight_decay)  # fmt: skip
     before = {v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
     rng = np.random.default_rng(0)
     model.train_on_batch(rng.normal(size=(8, 3)).astype("float32"), (rng.random((8, 1)) > 0.5).astype("float32"))

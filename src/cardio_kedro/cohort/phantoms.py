@@ -19,10 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-from cardio_kedro.cohort.nih import DRAWABLE_FINDINGS, NIH_MARGINAL_RATES
+from cardio_kedro.cohort.nih import DRAWABLE_FINDINGS
 
-# The other findings are assigned at NIH's rates, with nothing drawn for them.
-OTHER_FINDING_RATES = {k: v for k, v in NIH_MARGINAL_RATES.items() if k != "Cardiomegaly"}
 # Share of NIH ChestX-ray14 images with each other finding among Cardiomegaly images and among the
 # rest (Data_Entry_2017, 112,120 images): the labels co-occur with Cardiomegaly as NIH's do (Effusion
 # on 38% of Cardiomegaly images, 11% of the others).

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import pandas as pd
 
 OK = "ok"
 LATERAL = "lateral"
@@ -133,3 +134,20 @@ def fit_quality_guard(
         "held_out_flags": {r: int(sum(f == r for f in flags)) for r in REASONS if r in flags},
     }
     return guard, report
+
+
+UNCHECKED = "unchecked"  # the verdict on an image scored by a model without a quality guard
+PASSING = (OK, UNCHECKED)  # the verdicts of an image that gets a label
+
+
+def verdict(
+    guard: QualityGuard | None, image: np.ndarray, source_shape: tuple[int, int] | None, view: str | None
+) -> str:
+    """The quality verdict on one image: a film the model is not for by its own view (layout metadata, DICOM
+    header), else the guard on its pixels; ``unchecked`` when the model has no guard."""
+    return view_problem(view) or (guard.check(image, source_shape) if guard is not None else UNCHECKED)
+
+
+def passing(quality: pd.Series) -> pd.Series:
+    """Which verdicts of a predictions table let the image be labelled (``ok`` or ``unchecked``)."""
+    return quality.isin(PASSING)

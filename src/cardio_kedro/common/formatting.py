@@ -22,6 +22,12 @@ def fmt_interval(low: float | None, high: float | None) -> str:
     return f"{fmt(low)} to {fmt(high)}" if min(low, high) < 0 else f"{fmt(low)}-{fmt(high)}"
 
 
+def fmt_paired(paired: dict) -> str:
+    """A paired AUC difference (model minus baseline) with its 95% CI: ``+0.041 (95% CI 0.012-0.070)``."""
+    value = paired["difference"]
+    return "n/a" if value is None else f"{value:+.3f} (95% CI {fmt_interval(paired['ci_low'], paired['ci_high'])})"
+
+
 def short_key(key: str, width: int = 30) -> str:
     """An image key short enough for a plot title: NIH's file name as is; a long relative path
     (``train/patient00001/study1/view1_frontal.jpg``) as ``…`` and its last ``width`` characters."""

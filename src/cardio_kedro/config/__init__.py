@@ -11,16 +11,18 @@ May import: ``common``, ``cohort`` (the NIH facts and finding names), pydantic, 
 never kedro's session, keras or mlflow.
 """
 
-from cardio_kedro.config.runtime import deep_merge, parse_runtime_params
+from cardio_kedro.config.runtime import RunConf, deep_merge, parse_runtime_params, record_run_conf, run_conf
 from cardio_kedro.config.schema import (
     BaselineParams,
     CohortParams,
+    CrossValidationParams,
     DataProcessingParams,
     ExternalParams,
     InferenceParams,
     ModelTrainingParams,
     PhantomParams,
     ProjectParams,
+    QualityGuardParams,
     RebalanceParams,
     ReportingParams,
     SplitParams,
@@ -32,6 +34,7 @@ from cardio_kedro.config.sources import ConfigSources, ParameterError, has_param
 __all__ = [
     "BaselineParams",
     "CohortParams",
+    "CrossValidationParams",
     "ConfigSources",
     "DataProcessingParams",
     "ExternalParams",
@@ -40,12 +43,16 @@ __all__ = [
     "ParameterError",
     "PhantomParams",
     "ProjectParams",
+    "QualityGuardParams",
     "RebalanceParams",
     "ReportingParams",
     "SplitParams",
     "SweepDimension",
     "SweepParams",
+    "RunConf",
     "deep_merge",
+    "record_run_conf",
+    "run_conf",
     "has_parameter",
     "parse_runtime_params",
     "validate_parameters",

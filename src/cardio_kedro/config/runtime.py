@@ -3,6 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunConf:
+    """Where the session's configuration comes from: its conf source, environment and ``--params``."""
+
+    conf_source: Path
+    env: str | None
+    runtime_params: dict = field(default_factory=dict)
+
+
+_RUN_CONF: list[RunConf] = []  # the current session's (PreflightHooks.after_context_created records it)
+
+
+def record_run_conf(conf: RunConf | None) -> None:
+    """Record the configuration of the session that starts (before it builds its pipelines); ``None`` forgets it."""
+    _RUN_CONF[:] = [conf] if conf else []
+
+
+def run_conf() -> RunConf | None:
+    """The recorded configuration of the current session; ``None`` outside a session (``kedro registry``)."""
+    return _RUN_CONF[0] if _RUN_CONF else None
 
 
 def deep_merge(into: dict, other: Mapping) -> dict:

@@ -37,6 +37,7 @@ GROUP_FILES = {
     "cohort": "parameters_data_processing.yml",
     "data_processing": "parameters_data_processing.yml",
     "model_training": "parameters_model_training.yml",
+    "cross_validation": "parameters_cross_validation.yml",
     "reporting": "parameters_reporting.yml",
     "inference": "parameters_inference.yml",
     "external": "parameters_external_validation.yml",
@@ -156,12 +157,11 @@ class SplitFractions(Group):
 class SplitParams(Group):
     """``data_processing.split``: the patient-wise split."""
 
-    method: Literal["random", "official", "kfold"] = Field(
-        description="random (patient-wise, stratified), official (the data set's own test list), or kfold "
-        "(n_folds patient-wise folds for the cross_validation pipeline: every image scored out of fold)"
+    method: Literal["random", "official"] = Field(
+        description="random (patient-wise, stratified) or official (the data set's own test list); k folds are "
+        "the cross_validation pipeline's (its own parameters: cross_validation.n_folds)"
     )
     fractions: SplitFractions
-    n_folds: int = Field(ge=2, le=20, description="kfold: folds (by patient, stratified on the target findings)")
     seed: Seed
 
 
@@ -320,7 +320,15 @@ class ThresholdParams(Group):
 
 
 class CrossValidationParams(Group):
-    """``model_training.cross_validation``: how each fold's model (and the final one) holds out its validation."""
+    """``cross_validation``: the folds, and how each fold's model (and the final one) holds out its validation."""
+
+    n_folds: int = Field(
+        ge=2,
+        le=20,
+        description="patient-wise folds, stratified on the target finding; each a namespace of the pipeline "
+        "(fold_1, ...), built from the run's conf, --env and --params",
+    )
+    seed: Seed
 
     validation_fraction: float = Field(
         gt=0, lt=0.5, description="share of a fold's training patients held out for its best epoch and calibration"
@@ -364,7 +372,6 @@ class ModelTrainingParams(Group):
     batch_size: int = Field(ge=1, description="images per batch")
     head: HeadPhaseParams
     fine_tune: FineTuneParams
-    cross_validation: CrossValidationParams
     quality_guard: QualityGuardParams
     loss: Literal["binary_crossentropy", "focal"] = Field(description="training loss")
     label_smoothing: float = Field(
@@ -596,6 +603,7 @@ class ProjectParams(Group):
     cohort: CohortParams
     data_processing: DataProcessingParams
     model_training: ModelTrainingParams
+    cross_validation: CrossValidationParams
     reporting: ReportingParams
     inference: InferenceParams
     external: ExternalParams

@@ -9,9 +9,16 @@ validation split cannot push the slope to infinity. Pure numpy/scipy.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, logit
+
+from .decision import choose_threshold
+
+logger = logging.getLogger(__name__)
 
 EPS = 1e-7
 MAX_STEP = 1.0  # largest Newton step (log-odds) of the calibration fits
@@ -201,3 +208,53 @@ def observed_expected(y: np.ndarray, p: np.ndarray) -> float | None:
     (1: the model predicts as many cases as there are; below 1: it over-predicts)."""
     expected = float(np.sum(p))
     return float(np.sum(y)) / expected if expected > 0 else None
+
+
+def _calibration_map(
+    scores: np.ndarray, target: np.ndarray, prevalence: dict, calibration
+) -> tuple[float, float, float]:
+    """``(slope, intercept, prior-shift offset)`` of the calibration asked for (``model_training.calibration``)."""
+    offset = prior_shift_offset(prevalence["trained"], prevalence["natural"])
+    method = calibration.method
+    if method == "platt":
+        return (*fit_platt(scores, target, offset, calibration.shrinkage), offset)
+    return (1.0, offset, offset) if method == "prior_shift" else (1.0, 0.0, offset)
+
+
+def calibration_entry(
+    y: np.ndarray, raw: np.ndarray, prevalence: dict, calibration, threshold, bins: int, name: str = ""
+) -> dict[str, Any]:
+    """One finding's calibration and threshold, fitted on labelled scores at their natural prevalence
+    (a validation split): the report entry. ``calibration`` and ``threshold`` are the parameter groups
+    ``model_training.calibration`` and ``model_training.threshold``."""
+    slope, intercept, offset = _calibration_map(raw, y, prevalence, calibration)
+    calibrated = apply_calibration(raw, slope, intercept)
+    t = threshold
+    chosen = choose_threshold(y, calibrated, t.method, t.target_sensitivity, t.target_ppv)
+    logger.info(
+        "Calibration%s (%s): slope %.3f, intercept %.3f (prior shift %.3f); threshold %.3f (%s)%s",
+        f" of {name}" if name else "",
+        calibration.method,
+        slope,
+        intercept,
+        offset,
+        chosen["value"],
+        t.method,
+        "; the validation split is separated: every threshold between the classes ties"
+        if chosen["validation_separated"]
+        else "",
+    )
+    return {
+        **calibration.model_dump(),
+        "prevalence": prevalence,
+        "prior_shift_offset": offset,
+        "slope": slope,
+        "intercept": intercept,
+        "threshold": {**chosen, **t.model_dump(), "chosen_on": "validation", "scale": "calibrated"},
+        "validation": {
+            "n_images": int(len(y)),
+            "n_positive": int(y.sum()),
+            "ece_raw": expected_calibration_error(y, raw, bins),
+            "ece_calibrated": expected_calibration_error(y, calibrated, bins),
+        },
+    }

@@ -19,11 +19,18 @@ from cardio_kedro.cohort.findings import findings_name
 
 logger = logging.getLogger(__name__)
 
-MODEL_DATASET = "classifier"  # the calibrated classifier: registered as <finding>-classifier(-service) when saved
-RECALIBRATED_DATASET = "recalibrated_classifier"  # a site's recalibrated classifier: a new version of the same name
-MODEL_CARD_DATASET = "external_model_card"  # the scored model and cohort of an external validation run: run tags
-FOLD_HISTORY_DATASET = "fold_training_history"  # each fold model's epochs: the fold's nested run logs them
-CV_METRICS_DATASET = "cross_validation_metrics"  # its per-fold figures: one nested MLflow run per fold
+MODEL_DATASETS = (
+    "classifier",
+    "cross_validation.classifier",
+)  # registered as <finding>-classifier(-service) when saved
+RECALIBRATED_DATASET = (
+    "external.recalibrated_classifier"  # a site's recalibrated classifier: a new version of the same name
+)
+MODEL_CARD_DATASET = "external.model_card"  # the scored model and cohort of an external validation run: run tags
+FOLD_HISTORY_DATASET = (
+    "cross_validation.fold_training_history"  # each fold model's epochs: the fold's nested run logs them
+)
+CV_METRICS_DATASET = "cross_validation.metrics"  # its per-fold figures: one nested MLflow run per fold
 FOLD_FIGURES = ("auc", "baseline_auc", "threshold", "n_images", "n_patients", "n_positive")
 TRAINING_PARAMS = "params:model_training"
 
@@ -123,7 +130,7 @@ class MlflowTagHooks:
 
         if mlflow.active_run() is None:
             return
-        if dataset_name == MODEL_DATASET:
+        if dataset_name in MODEL_DATASETS:
             self._register_model(data)
             self._register_service(data)
         elif dataset_name == MODEL_CARD_DATASET:

@@ -8,7 +8,14 @@ from pathlib import Path
 from kedro.framework.hooks import hook_impl
 
 from cardio_kedro.common.errors import install_excepthook
-from cardio_kedro.config import ConfigSources, ParameterError, ProjectParams, validate_parameters
+from cardio_kedro.config import (
+    ConfigSources,
+    ParameterError,
+    ProjectParams,
+    RunConf,
+    record_run_conf,
+    validate_parameters,
+)
 from cardio_kedro.hooks.mlflow_tags import TRAINING_PARAMS
 from cardio_kedro.hooks.process import keep_arrays_on_the_heap
 
@@ -79,12 +86,16 @@ class PreflightHooks:
             base_env=loader.base_env,
             runtime_params=dict(loader.runtime_params or {}),
         )
+        # read by pipelines shaped by conf (cross_validation's folds), which Kedro builds after this hook
+        record_run_conf(RunConf(Path(loader.conf_source), context.env or loader.default_run_env,
+                                dict(loader.runtime_params or {})))  # fmt: skip
 
     @hook_impl(tryfirst=True)
-    def before_pipeline_run(self, pipeline, catalog) -> None:
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         params = validate_parameters(catalog.load("parameters"), self._sources)
-        check_report_matches_targets(params, {node.name for node in pipeline.nodes})
-        check_split_matches_pipeline(params, {node.name for node in pipeline.nodes})
+        names = set(run_params.get("pipeline_names") or ["__default__"])
+        check_report_matches_targets(params, names)
+        check_folds_match_pipeline(params, names, pipeline)
         check_external_cohort(params, pipeline.inputs())
         check_model_to_score(catalog, pipeline.inputs())
         if TRAINING_PARAMS in pipeline.inputs():
@@ -110,47 +121,52 @@ class PreflightHooks:
         SequentialRunner().run(pipelines["phantom_cohort"], catalog)
 
 
-BINARY_REPORT, MULTILABEL_REPORT = "build_report", "build_multilabel_report"
+BINARY_PIPELINES = {"__default__", "training", "demo", "reporting", "cross_validation", "external_validation"}
+MULTILABEL_PIPELINES = {"multilabel", "multilabel_reporting"}
+FOLD_NAMESPACE = "cross_validation.fold_"  # the cross_validation pipeline's fold groups: fold_1, fold_2, ...
 
 
-def check_report_matches_targets(params: ProjectParams, node_names: set[str]) -> None:
-    """Stop before any work when the run's report cannot read its model: the binary report with
-    several target findings, or the multi-label report with one."""
+def check_report_matches_targets(params: ProjectParams, pipeline_names: set[str]) -> None:
+    """Stop before any work when the run's pipelines cannot read its model: a binary one (training,
+    cross_validation, external_validation) with several target findings, or the multi-label one with one."""
     n = len(params.findings)
-    if n > 1 and BINARY_REPORT in node_names:
+    binary = sorted(pipeline_names & BINARY_PIPELINES)
+    if n > 1 and binary:
         raise ParameterError(
-            f"target_findings {params.target_findings!r} names {n} findings: train and report them with the "
-            "multilabel pipeline (kedro run --pipelines=multilabel; the demo: kedro run --env=multilabel "
-            "--pipelines=multilabel). The training and reporting pipelines are for one finding."
+            f"target_findings {params.target_findings!r} names {n} findings and the {', '.join(binary)} pipeline "
+            "is for one: train and report several with the multilabel pipeline (kedro run --pipelines=multilabel; "
+            "the demo: kedro run --env=multilabel --pipelines=multilabel)."
         )
-    if n == 1 and MULTILABEL_REPORT in node_names:
+    if n == 1 and pipeline_names & MULTILABEL_PIPELINES:
         raise ParameterError(
             f"target_findings {params.target_findings!r} is one finding: the multilabel pipeline needs several "
             "(e.g. --params='target_findings=Cardiomegaly|Effusion', or all); for one, run the training pipeline."
         )
 
 
-def check_split_matches_pipeline(params: ProjectParams, node_names: set[str]) -> None:
-    """Stop before any work when the split method and the pipeline disagree: ``kfold`` is for the
-    cross_validation pipeline, and that pipeline needs ``kfold``."""
-    method = params.data_processing.split.method
-    if "assign_folds" in node_names and method != "kfold":
+def check_folds_match_pipeline(params: ProjectParams, pipeline_names: set[str], pipeline) -> None:
+    """The cross_validation pipeline has one group per fold, built from conf when the pipeline was built;
+    stop before any work when the run's ``cross_validation.n_folds`` (a ``--params`` or another
+    environment) differs from it."""
+    if "cross_validation" not in pipeline_names:
+        return
+    built = {
+        node.namespace.split(".")[1] for node in pipeline.nodes if (node.namespace or "").startswith(FOLD_NAMESPACE)
+    }
+    wanted = params.cross_validation.n_folds
+    if built and len(built) != wanted:
         raise ParameterError(
-            f"The cross_validation pipeline needs data_processing.split.method=kfold (it is '{method}'): add "
-            "--params=data_processing.split.method=kfold, or run with --env=small_real"
+            f"cross_validation.n_folds is {wanted} for this run but the cross_validation pipeline was built with "
+            f"{len(built)} fold groups (the pipeline was built before this run's configuration was known, as "
+            "'kedro registry' or a second run in one process builds it): run it with 'kedro run "
+            f"--pipelines=cross_validation', or set cross_validation.n_folds: {wanted} in "
+            "conf/base/parameters_cross_validation.yml."
         )
-    if "split_by_patient" in node_names and method == "kfold":
-        raise ParameterError(
-            "data_processing.split.method=kfold is for the cross_validation pipeline: "
-            "kedro run --pipelines=cross_validation (or set the method to random or official)"
-        )
-    if "assign_folds" in node_names and len(params.findings) > 1:
-        raise ParameterError(f"Cross-validation is for one target finding, not {params.target_findings!r}")
 
 
 def check_external_cohort(params: ProjectParams, inputs: set[str]) -> None:
     """The external_validation pipeline needs its cohort's folder before anything is read."""
-    if "external_cohort_folder" in inputs and not params.external.cohort_dir:
+    if "external.cohort_folder" in inputs and not params.external.cohort_dir:
         raise ParameterError(
             "The external_validation pipeline scores a second cohort: give its folder with "
             "--params=external.cohort_dir=DIR (its layout: external.cohort.layout, nih by default; for an "
@@ -158,7 +174,7 @@ def check_external_cohort(params: ProjectParams, inputs: set[str]) -> None:
         )
 
 
-MODELS_TO_SCORE = ("inference_model", "external_model")  # the catalog's models a run scores with
+MODELS_TO_SCORE = ("inference_model", "external.model")  # the catalog's models a run scores with
 TRAINING_COHORT = "model_input_table"  # external validation fits its pixel baseline on the training cohort
 
 
@@ -173,7 +189,7 @@ def check_model_to_score(catalog, inputs: set[str]) -> None:
             dataset = getattr(dataset, "_dataset", dataset)  # a CachedDataset wraps it
             if hasattr(dataset, "check"):
                 logger.info("Scoring with %s", dataset.check())
-    if "external_model" in inputs and TRAINING_COHORT in inputs and not catalog.exists(TRAINING_COHORT):
+    if "external.model" in inputs and TRAINING_COHORT in inputs and not catalog.exists(TRAINING_COHORT):
         raise UserDatasetError(
             "External validation sets the model beside a pixel baseline fitted on the training cohort, and this "
             "project has none (no data/03_primary/model_input_table.parquet): run 'kedro run --pipelines=training' "

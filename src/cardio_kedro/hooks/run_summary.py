@@ -9,11 +9,17 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from cardio_kedro.common.formatting import fmt, fmt_auc
-from cardio_kedro.hooks.mlflow_tags import MODEL_DATASET
+from cardio_kedro.hooks.mlflow_tags import MODEL_DATASETS
 from cardio_kedro.hooks.run_guard import versioned_filepath
 
 # the saved files the end-of-run summary names, where the run wrote them (catalog entries)
-SUMMARY_FILES = {MODEL_DATASET: "model", "evaluation_report": "report", "inference_predictions": "predictions"}
+SUMMARY_FILES = {
+    **dict.fromkeys(MODEL_DATASETS, "model"),
+    "evaluation_report": "report",
+    "cross_validation.report": "report",
+    "external.report": "report",
+    "inference_predictions": "predictions",
+}
 
 logger = logging.getLogger(__name__)
 

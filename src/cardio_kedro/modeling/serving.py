@@ -30,7 +30,7 @@ from cardio_kedro.cohort.imaging import (
     is_dicom_bytes,
     resize_gray,
 )
-from cardio_kedro.cohort.quality import OK, view_problem
+from cardio_kedro.cohort.quality import PASSING, verdict
 
 MAX_IMAGE_BYTES = 64 * 2**20
 # What a logged model needs to be loaded and served (the code it carries imports these), pinned to the
@@ -141,10 +141,9 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
         probability = np.asarray(self.model.predict_on_batch(np.stack(pixels)[..., None])).astype(float)
         out = finding_outputs(probability, self.threshold, self.findings)
         quality = [  # a lateral DICOM by its header, else the guard's verdict on the pixels
-            view_problem(view) or (self.guard.check(image, shape) if self.guard else "unchecked")
-            for image, shape, view in zip(pixels, shapes, views)
+            verdict(self.guard, image, shape, view) for image, shape, view in zip(pixels, shapes, views)
         ]
-        flagged = np.array([q not in (OK, "unchecked") for q in quality])
+        flagged = np.array([q not in PASSING for q in quality])
         out = out.astype(object)
         out.loc[flagged, :] = None  # no label, no probability for what is not a frontal chest film
         return out.assign(quality=quality)

@@ -113,6 +113,22 @@ MULTI_HOST_ENV = (
 )
 
 
+@contextlib.contextmanager
+def keras_state(precision: str, clear_after: bool = False):
+    """Keras's global state for a block of work: the dtype policy of ``precision`` (``resolve_precision``)
+    inside it; after it (also on failure) the previous policy and no distribution, and with
+    ``clear_after`` a cleared session (a fold model's graph is not kept beside the next one's)."""
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(resolve_precision(precision))
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+        keras.distribution.set_distribution(None)
+        if clear_after:
+            keras.backend.clear_session()
+
+
 def initialize_multi_host() -> tuple[int, int]:
     """Join the JAX distributed runtime (``keras.distribution.initialize``) once; ``(process id, count)``.
 
@@ -262,16 +278,17 @@ def compile_model(
     model: keras.Model,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
     loss: str,
+    *,
     jit_compile,
     clipnorm: float | None,
-    view_loss_weight: float = 0.0,
-    weight_averaging: float | None = None,
-    auxiliary_loss_weight: float = 0.0,
-    steps_per_execution: int = 1,
-    label_smoothing: float = 0.0,
-    finding_weights: dict[str, dict[str, float]] | None = None,
-    best_epoch_findings: list[str] | None = None,
-    weight_decay: float = 0.0,
+    view_loss_weight: float,
+    weight_averaging: float | None,
+    auxiliary_loss_weight: float,
+    steps_per_execution: int,
+    label_smoothing: float,
+    finding_weights: dict[str, dict[str, float]] | None,
+    best_epoch_findings: list[str] | None,
+    weight_decay: float,
 ) -> None:
     """Adam at ``learning_rate`` (a number or a schedule), the named loss, AUC as the metric.
 

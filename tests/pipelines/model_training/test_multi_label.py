@@ -91,8 +91,10 @@ def test_the_multi_label_model_trains_saves_and_reloads_under_jax(tmp_path):
         findings = ("Cardiomegaly", "Effusion")
         augmentation = base_params("model_training")["model"]["augmentation"]
         model = build_model(32, **{{**TINY_MODEL, "augmentation": augmentation}}, findings=findings)
-        compile_model(model, 1e-3, "binary_crossentropy", jit_compile=True, clipnorm=1.0,
-                      finding_weights={{f: {{"0": 1.0, "1": 2.0}} for f in findings}})
+        compile_model(model, 1e-3, "binary_crossentropy", jit_compile=True, clipnorm=1.0, view_loss_weight=0.0,
+                      weight_averaging=None, auxiliary_loss_weight=0.0, steps_per_execution=1, label_smoothing=0.0,
+                      finding_weights={{f: {{"0": 1.0, "1": 2.0}} for f in findings}}, best_epoch_findings=None,
+                      weight_decay=0.0)
         x = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 1)).astype(np.uint8)
         y = (np.random.default_rng(1).random((16, 2)) < 0.5).astype("float32")
         logs = model.fit(x, y, epochs=1, verbose=0).history

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from cardio_kedro.evaluation.calibration import apply_calibration
+from cardio_kedro.modeling.fitting import auxiliary_labels
 from cardio_kedro.pipelines.model_training.nodes import (
-    auxiliary_labels,
     calibrate_classifier,
     epoch_metrics,
     score_validation,

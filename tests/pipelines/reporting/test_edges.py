@@ -12,7 +12,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from cardio_kedro.pipelines.reporting import nodes, plots  # noqa: E402
+from cardio_kedro.config import ReportingParams  # noqa: E402
+from cardio_kedro.evaluation import plots  # noqa: E402
+from cardio_kedro.evaluation.predictions import subgroup_auc  # noqa: E402
+from cardio_kedro.pipelines.reporting import nodes  # noqa: E402
 from tests.helpers import base_params  # noqa: E402
 
 PARAMS = base_params("reporting", n_bootstrap=30, roc_band_max_resamples=30)
@@ -121,8 +124,8 @@ def test_a_subgroup_of_one_patient_and_one_beside_its_estimate_are_drawn_and_mar
         for figure in figures:
             plt.close(figure)
     # one patient with enough films of both classes: every resample is that patient, the interval its point
-    one = {"sex": {"F": nodes._subgroup_auc(_predictions(targets[:40], np.zeros(40, int), np.full(40, "F")),
-                                             nodes.ReportingParams.model_validate(PARAMS))}}  # fmt: skip
+    one = {"sex": {"F": subgroup_auc(_predictions(targets[:40], np.zeros(40, int), np.full(40, "F")),
+                                             ReportingParams.model_validate(PARAMS))}}  # fmt: skip
     assert one["sex"]["F"]["ci_low"] == one["sex"]["F"]["auc"] == one["sex"]["F"]["ci_high"]
     # an interval beside its estimate (percentile intervals need not hold it): drawn, never a negative bar
     flagged = {"n_images": 30, "auc": 0.95, "ci_low": 0.80, "ci_high": 0.90, "contains_estimate": False}

@@ -235,7 +235,7 @@ def test_cross_validation_metrics_pair_the_baseline_and_score_the_base_rate():
     import numpy as np
     import pandas as pd
 
-    from cardio_kedro.pipelines.reporting.nodes import _prevalence_only_brier, cross_validation_metrics
+    from cardio_kedro.pipelines.cross_validation.nodes import _prevalence_only_brier, cross_validation_metrics
     from tests.helpers import base_params
 
     rng = np.random.default_rng(0)
@@ -275,7 +275,7 @@ def test_cross_validation_metrics_rank_the_pool_by_the_aligned_scores():
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from cardio_kedro.pipelines.reporting.nodes import cross_validation_metrics
+    from cardio_kedro.pipelines.cross_validation.nodes import cross_validation_metrics
     from tests.helpers import base_params
 
     rng = np.random.default_rng(1)

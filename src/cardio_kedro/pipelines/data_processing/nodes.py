@@ -13,7 +13,6 @@ import pandas as pd
 from cardio_kedro.cohort import layouts
 from cardio_kedro.cohort.findings import (
     TargetFindings,
-    balanced_patient_folds,
     label_matrix,
     parse_target_findings,
     stratified_patient_split,
@@ -25,7 +24,7 @@ from cardio_kedro.cohort.sampling import balanced_weights, rebalance_binary
 from cardio_kedro.cohort.storage import image_loader
 from cardio_kedro.common.errors import UserDatasetError, UserValueError
 from cardio_kedro.common.parallel import imap_progress
-from cardio_kedro.config import CohortParams, DataProcessingParams, ExternalParams, RebalanceParams, SplitParams
+from cardio_kedro.config import CohortParams, DataProcessingParams, RebalanceParams, SplitParams
 from cardio_kedro.datasets import CohortFolder, DecodedChunk, PixelCache
 
 logger = logging.getLogger(__name__)
@@ -437,11 +436,6 @@ def split_by_patient(
     by patient into train and validation.
     """
     config = SplitParams.model_validate(params)
-    if config.method == "kfold":
-        raise UserValueError(
-            "data_processing.split.method kfold is for the cross_validation pipeline: "
-            "kedro run --pipelines=cross_validation (or set method random or official for this one)"
-        )
     findings = parse_target_findings(target_findings)
     fractions = [config.fractions.train, config.fractions.validation, config.fractions.test]
     rng = np.random.default_rng(config.seed)
@@ -547,81 +541,3 @@ def _multi_label_weights(
     )
     prevalence = {"natural": natural, "trained": dict.fromkeys(findings, 0.5)}
     return shuffled, validation, {"strategy": "class_weight", "class_weight": weights, "prevalence": prevalence}
-
-
-def assign_folds(decoded: pd.DataFrame, target_findings: TargetFindings, params: dict[str, Any]) -> pd.DataFrame:
-    """``data_processing.split.method: kfold``: every image in one of ``n_folds`` folds (a ``fold``
-    column, 0..n-1), no patient in two, each fold holding its share of the positive patients and,
-    as near as whole patients allow, of the positive images (``balanced_patient_folds``; seeded)."""
-    config = SplitParams.model_validate(params)
-    if config.method != "kfold":
-        raise UserValueError(
-            f"The cross_validation pipeline needs data_processing.split.method=kfold (it is '{config.method}'): "
-            "--params=data_processing.split.method=kfold, or --env=small_real"
-        )
-    findings = parse_target_findings(target_findings)
-    if len(findings) > 1:
-        raise UserValueError(
-            f"Cross-validation is for one target finding; target_findings names {len(findings)}: {list(findings)}"
-        )
-    patient_labels = decoded.groupby("patient_id")["target"].agg(["max", "sum", "size"])
-    n_pos = int(patient_labels["max"].sum())
-    if n_pos < config.n_folds or len(patient_labels) - n_pos < config.n_folds:
-        raise UserValueError(
-            f"{config.n_folds} folds need at least {config.n_folds} positive and negative patients; the cohort has "
-            f"{n_pos} positive of {len(patient_labels)}. Lower data_processing.split.n_folds."
-        )
-    rng = np.random.default_rng(config.seed)
-    codes = balanced_patient_folds(
-        patient_labels["size"].to_numpy(), patient_labels["sum"].to_numpy(), config.n_folds, rng
-    )
-    folds = decoded.assign(fold=decoded["patient_id"].map(pd.Series(codes, index=patient_labels.index)).astype(int))
-    for k, part in folds.groupby("fold"):
-        logger.info(
-            "Fold %d: %d images, %d patients, %d %s",
-            k + 1, len(part), part["patient_id"].nunique(), int(part["target"].sum()), findings[0],
-        )  # fmt: skip
-    return folds
-
-
-def assign_update_part(decoded: pd.DataFrame, target_findings: TargetFindings, params: dict[str, Any]) -> pd.DataFrame:
-    """An external cohort's images with the part each one serves (a ``part`` column).
-
-    ``external.recalibrate: none``: every image ``evaluation``. Otherwise ``external.update_fraction``
-    of the patients (stratified by whether a patient has a positive image, seeded) are ``update``, the
-    part the recalibration is fitted on, and the rest ``evaluation``, where it is judged; no patient
-    is in both.
-    """
-    config = ExternalParams.model_validate(params)
-    findings = parse_target_findings(target_findings)
-    if len(findings) > 1:
-        raise UserValueError(
-            f"External validation is for a binary classifier (one target finding); target_findings names "
-            f"{len(findings)}: {list(findings)}"
-        )
-    if decoded.empty:
-        raise UserDatasetError(
-            f"The external cohort at {config.cohort_dir} has no decodable image with a label: see its data quality "
-            "report (data/08_reporting/external_data_quality_report.json)"
-        )
-    if config.recalibrate == "none":
-        return decoded.assign(part="evaluation")
-    patients = decoded.groupby("patient_id")[["target"]].max()
-    n_pos = int(patients["target"].sum())
-    if n_pos < 2 or len(patients) - n_pos < 2:
-        raise UserValueError(
-            f"external.recalibrate={config.recalibrate} needs at least 2 positive and 2 negative patients (one of "
-            f"each to fit on, one to evaluate); the external cohort has {n_pos} positive of {len(patients)}. "
-            "Use external.recalibrate=none"
-        )
-    codes = stratified_patient_split(
-        patients, [config.update_fraction, 1 - config.update_fraction], np.random.default_rng(config.seed)
-    )
-    part = pd.Series(np.asarray(["update", "evaluation"])[codes], index=patients.index)
-    out = decoded.assign(part=decoded["patient_id"].map(part))
-    for name, frame in out.groupby("part"):
-        logger.info(
-            "External %s part: %d images, %d patients, %d %s",
-            name, len(frame), frame["patient_id"].nunique(), int(frame["target"].sum()), findings[0],
-        )  # fmt: skip
-    return out

@@ -3,8 +3,6 @@
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
-    assign_folds,
-    assign_update_part,
     build_quality_report,
     clean_metadata,
     decode_images,
@@ -15,7 +13,11 @@ from .nodes import (
     split_by_patient,
 )
 
-EXTERNAL = "external"  # the namespace of the external_validation pipeline's cohort
+
+def create_cohort_pipeline() -> Pipeline:
+    """The cohort read, cleaned, checked and decoded: up to ``model_input_table``, the pixel cache and the
+    data-quality report (what the cross_validation and external_validation pipelines reuse)."""
+    return create_pipeline().to_nodes("select_decoded_images", "build_quality_report")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -98,42 +100,4 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="rebalance",
             ),
         ]
-    )
-
-
-def create_cross_validation_pipeline(**kwargs) -> Pipeline:
-    """data_processing up to the model input table, then the folds (``split.method: kfold``)."""
-    decoded = create_pipeline().to_nodes("select_decoded_images", "build_quality_report")
-    return decoded + Pipeline(
-        [
-            Node(
-                assign_folds,
-                inputs=["model_input_table", "params:target_findings", "params:data_processing.split"],
-                outputs="cv_folds",
-                name="assign_folds",
-            )
-        ]
-    )
-
-
-def create_external_validation_pipeline(**kwargs) -> Pipeline:
-    """A second cohort read and decoded as the training cohort is (its layout: ``external.cohort``), then
-    each patient's part (recalibration fitting or evaluation): kedro viz shows the nodes under the
-    ``external`` namespace; the folder and what later stages read keep plain names (``external_cohort_folder``,
-    ``external_cohort``, ``external_pixel_cache``, ``external_data_quality_report``)."""
-    decoded = create_pipeline().to_nodes("select_decoded_images", "build_quality_report")
-    parts = Node(
-        assign_update_part,
-        inputs=["model_input_table", "params:target_findings", "params:external"],
-        outputs="cohort_parts",
-        name="assign_update_part",
-    )
-    shared = ("target_findings", "data_processing", "data_processing.workers", "image_size", "external")
-    return Pipeline(
-        decoded + Pipeline([parts]),
-        namespace=EXTERNAL,
-        parameters={name: name for name in shared} | {"cohort": f"{EXTERNAL}.cohort"},
-        inputs={name: f"{EXTERNAL}_{name}" for name in ("cohort_folder", "cohort_storage", "existing_pixel_cache")},
-        outputs={name: f"{EXTERNAL}_{name}" for name in ("pixel_cache", "data_quality_report")}
-        | {"cohort_parts": f"{EXTERNAL}_cohort"},
     )

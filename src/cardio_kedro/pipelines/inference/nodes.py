@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cardio_kedro.cohort.imaging import is_dicom_path, read_header
-from cardio_kedro.cohort.quality import OK, view_problem
+from cardio_kedro.cohort.quality import PASSING, passing, verdict
 from cardio_kedro.cohort.storage import image_loader, is_remote
 from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.common.parallel import imap_progress
@@ -26,7 +26,6 @@ from cardio_kedro.modeling import (
 )
 
 logger = logging.getLogger(__name__)
-UNCHECKED = "unchecked"  # the quality of an image scored by a model without a quality guard
 
 
 def _batches(
@@ -107,7 +106,7 @@ def _row(
 ) -> dict:  # fmt: skip
     """One output row: the binary model's columns, or a probability, label, threshold and score per finding.
     A flagged image (``quality`` not ``ok``) gets no label, and its probability only with ``score_flagged``."""
-    labelled = error is None and quality in (OK, UNCHECKED)
+    labelled = error is None and quality in PASSING
     scored = error is None and (labelled or score_flagged)
     if not findings:
         columns = {
@@ -169,7 +168,7 @@ def score_images(
             if error is not None:
                 quality = None
             else:  # a lateral DICOM by its header, else the guard's verdict on the pixels
-                quality = view_problem(dicom_view(paths[file])) or (guard.check(pixels, shape) if guard else UNCHECKED)
+                quality = verdict(guard, pixels, shape, dicom_view(paths[file]))
             row = _row(file, probability, score, thresholds, findings, error, quality, config.score_flagged)
             rows.append({**row, "model_version": version})
     table = pd.DataFrame(rows)
@@ -178,7 +177,7 @@ def score_images(
     table = table[[c for c in table.columns if c not in ("model_version", "error")] + ["model_version", "error"]]
     n_err = int(table["error"].notna().sum())
     flagged = table["quality"].dropna()
-    flagged = flagged[~flagged.isin([OK, UNCHECKED])].value_counts()
+    flagged = flagged[~passing(flagged)].value_counts()
     logger.info(
         "Scored %d image(s) with model %s (threshold %s): %s positive, %d unreadable, %d flagged by the quality "
         "guard%s",

@@ -7,25 +7,14 @@ from .nodes import (
     attention_heatmaps,
     attention_localization,
     baseline_predictions,
-    build_cross_validation_report,
-    build_external_validation_report,
     build_report,
     cohort_plots,
-    cross_validation_headline_metrics,
-    cross_validation_metrics,
-    cross_validation_plots,
     decision_curve,
     evaluation_metrics,
     evaluation_plots,
     example_images,
-    external_baseline_predictions,
-    external_decision_curve,
-    external_headline_metrics,
-    external_validation_metrics,
-    external_validation_plots,
     headline_metrics,
     predict_split,
-    score_external_cohort,
     training_curves_plot,
 )
 
@@ -150,130 +139,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 },
                 "evaluation_report",
                 name="build_report",
-            ),
-        ]
-    )
-
-
-CROSS_VALIDATION_FIGURES = ("cv_roc", "cv_fold_auc", "cv_calibration")
-
-
-def create_cross_validation_pipeline(**kwargs) -> Pipeline:
-    """The out-of-fold metrics (with the paired comparison to the baseline), their plots and report."""
-    return Pipeline(
-        [
-            Node(
-                cross_validation_metrics,
-                ["out_of_fold_predictions", "calibration", "params:reporting"],
-                "cross_validation_metrics",
-                name="cross_validation_metrics",
-            ),
-            Node(
-                cross_validation_headline_metrics,
-                "cross_validation_metrics",
-                "cross_validation_headline_metrics",
-                name="cross_validation_headline_metrics",
-            ),
-            Node(
-                cross_validation_plots,
-                ["out_of_fold_predictions", "cross_validation_metrics", "params:reporting"],
-                [f"{name}_plot" for name in CROSS_VALIDATION_FIGURES],
-                name="cross_validation_plots",
-            ),
-            Node(
-                build_cross_validation_report,
-                {
-                    "metrics": "cross_validation_metrics",
-                    "quality": "data_quality_report",
-                    "target_finding": "params:target_findings",
-                    "image_size": "params:image_size",
-                    "model_params": "params:model_training",
-                    **{name: f"{name}_plot" for name in CROSS_VALIDATION_FIGURES},
-                },
-                "cross_validation_report",
-                name="build_cross_validation_report",
-            ),
-        ]
-    )
-
-
-EXTERNAL_FIGURES = ("external_roc", "external_calibration", "external_decision_curve", "external_subgroup_auc")
-
-
-def create_external_validation_pipeline(**kwargs) -> Pipeline:
-    """The external cohort scored by the model and by the pixel baseline; its figures beside the model's
-    internal ones, calibration before and after recalibration, plots and one report."""
-    return Pipeline(
-        [
-            Node(
-                score_external_cohort,
-                ["external_model", "external_cohort", "external_pixel_cache", "params:external", "params:reporting"],
-                ["external_predictions", "external_model_card"],
-                name="score_external_cohort",
-            ),
-            Node(
-                external_baseline_predictions,
-                [
-                    "model_input_table",
-                    "pixel_cache",
-                    "external_cohort",
-                    "external_pixel_cache",
-                    "params:data_processing.rebalance",
-                    "params:reporting",
-                ],
-                "external_baseline_predictions",
-                name="external_baseline_predictions",
-            ),
-            Node(
-                external_validation_metrics,
-                [
-                    "external_predictions",
-                    "external_baseline_predictions",
-                    "external_recalibration",
-                    "external_model_card",
-                    "params:external",
-                    "params:reporting",
-                ],
-                "external_validation_metrics",
-                name="external_validation_metrics",
-            ),
-            Node(
-                external_headline_metrics,
-                "external_validation_metrics",
-                "external_headline_metrics",
-                name="external_headline_metrics",
-            ),
-            Node(
-                external_decision_curve,
-                ["external_predictions", "params:external"],
-                "external_decision_curve",
-                name="external_decision_curve",
-            ),
-            Node(
-                external_validation_plots,
-                [
-                    "external_predictions",
-                    "external_baseline_predictions",
-                    "external_validation_metrics",
-                    "external_decision_curve",
-                    "external_recalibration",
-                    "params:external",
-                    "params:reporting",
-                ],
-                [f"{name}_plot" for name in EXTERNAL_FIGURES],
-                name="external_validation_plots",
-            ),
-            Node(
-                build_external_validation_report,
-                {
-                    "metrics": "external_validation_metrics",
-                    "quality": "external_data_quality_report",
-                    "target_finding": "params:target_findings",
-                    "image_size": "params:image_size",
-                    **{name: f"{name}_plot" for name in EXTERNAL_FIGURES},
-                },
-                "external_validation_report",
-                name="build_external_validation_report",
             ),
         ]
     )

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from cardio_kedro.common.errors import UserValueError
-from cardio_kedro.pipelines.model_training.nodes import fit_site_recalibration
+from cardio_kedro.pipelines.external_validation.nodes import fit_site_recalibration
 from tests.helpers import base_params
 
 

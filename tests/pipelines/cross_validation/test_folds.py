@@ -1,11 +1,11 @@
-"""k-fold assignment: patient-disjoint, stratified, seeded; the wrong method or too few positives refused."""
+"""k-fold assignment: patient-disjoint, stratified, seeded; several findings or too few positives refused."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cardio_kedro.common.errors import UserValueError
-from cardio_kedro.pipelines.data_processing.nodes import assign_folds
+from cardio_kedro.pipelines.cross_validation.nodes import assign_folds
 from tests.helpers import base_params
 
 
@@ -21,7 +21,7 @@ def _cohort(n_patients=300, rate=0.1, seed=0) -> pd.DataFrame:
 
 
 def _split(**overrides):
-    return base_params("data_processing")["split"] | {"method": "kfold", **overrides}
+    return base_params("cross_validation") | overrides
 
 
 def test_folds_are_patient_disjoint_and_stratified():
@@ -59,10 +59,8 @@ def test_a_patient_with_many_positive_films_does_not_crowd_one_fold():
     assert images.max() - images.min() <= 20, images.to_dict()
 
 
-def test_wrong_method_several_findings_and_too_few_positives_are_refused():
+def test_several_findings_and_too_few_positives_are_refused():
     cohort = _cohort()
-    with pytest.raises(UserValueError, match="split.method=kfold"):
-        assign_folds(cohort, "Cardiomegaly", _split(method="random"))
     with pytest.raises(UserValueError, match="one target finding"):
         assign_folds(cohort, ["Cardiomegaly", "Effusion"], _split())
     few = _cohort(n_patients=30, rate=0.05, seed=3)

@@ -3,9 +3,9 @@
 import pytest
 
 from cardio_kedro.common.errors import UserValueError
-from cardio_kedro.pipelines.data_processing.nodes import assign_update_part
+from cardio_kedro.pipelines.external_validation.nodes import assign_update_part
 from tests.helpers import base_params
-from tests.pipelines.data_processing.test_folds import _cohort
+from tests.pipelines.cross_validation.test_folds import _cohort
 
 
 def _external(**overrides):

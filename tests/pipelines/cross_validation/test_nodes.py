@@ -1,12 +1,15 @@
-"""Cross-validation: each fold scored by a model that never saw it; the final model calibrated out of fold."""
+"""Cross-validation: each fold scored by a model that never saw it (one node a fold, pooled after); the final model
+calibrated out of fold."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cardio_kedro.modeling import model_quality_guard, operating_threshold
-from cardio_kedro.pipelines.data_processing.nodes import assign_folds
-from cardio_kedro.pipelines.model_training import nodes
+from cardio_kedro.common.errors import UserValueError
+from cardio_kedro.config import ModelTrainingParams
+from cardio_kedro.evaluation.calibration import calibration_entry
+from cardio_kedro.modeling import fitting, model_quality_guard, operating_threshold
+from cardio_kedro.pipelines.cross_validation import nodes
 from tests.helpers import base_params, tiny_params
 
 BINS = 10
@@ -17,14 +20,13 @@ def toy_folds(toy_cache):
     """The 96 toy images in 3 folds; a patient has up to 2 images (patient ids shared in pairs)."""
     table = pd.concat([toy_cache["train"], toy_cache["validation"]], ignore_index=True)
     table["patient_id"] = table.index // 2
-    split = base_params("data_processing")["split"] | {"method": "kfold", "n_folds": 3}
-    return assign_folds(table, "Cardiomegaly", split)
+    return nodes.assign_folds(table, "Cardiomegaly", base_params("cross_validation", n_folds=3))
 
 
 @pytest.mark.slow
 def test_every_image_is_scored_by_the_model_of_the_other_folds(toy_cache, toy_folds, monkeypatch):
     trained_on = []
-    original = nodes.train_model
+    original = fitting.train_classifier
 
     def recording(train, validation, *args, **kwargs):
         trained_on.append(set(train["patient_id"]) | set(validation["patient_id"]))
@@ -37,12 +39,21 @@ def test_every_image_is_scored_by_the_model_of_the_other_folds(toy_cache, toy_fo
         calibrated_on.append((pd.concat(validation_scores)["patient_id"], held_patients))
         return shared(validation_scores, held_patients, *args)
 
-    monkeypatch.setattr(nodes, "train_model", recording)
+    monkeypatch.setattr(fitting, "train_classifier", recording)
     monkeypatch.setattr(nodes, "shared_fold_calibration", recording_calibration)
-    params = tiny_params(fine_tune={"epochs": 1}, cross_validation={"fold_calibration": "aligned"})
+    params = tiny_params(fine_tune={"epochs": 1})
+    settings = base_params("cross_validation", n_folds=3, fold_calibration="aligned")
     rebalance = base_params("data_processing")["rebalance"]
     baseline = base_params("reporting")["baseline"]
-    oof, history = nodes.cross_validate(toy_folds, toy_cache["cache"], rebalance, params, baseline, BINS)
+    parts = {}
+    for fold in (1, 2, 3):  # the fold nodes, each on its own
+        held_out, validation, calibration, fold_history = nodes.train_fold_model(
+            toy_folds, toy_cache["cache"], rebalance, params, settings, baseline, BINS, fold=fold
+        )
+        assert set(held_out["fold"]) == {fold - 1} and set(fold_history["fold"]) == {fold - 1}
+        parts |= {f"fold_{fold}_held_out": held_out, f"fold_{fold}_validation_scores": validation,
+                  f"fold_{fold}_calibration": calibration, f"fold_{fold}_history": fold_history}  # fmt: skip
+    oof, history = nodes.pool_out_of_fold(params, settings, BINS, **parts)
     # aligned: each fold's scores moved by a monotone map of its own (the ranking within a fold is kept)
     for _, part in oof.groupby("fold"):
         order = np.argsort(part["raw_score"].to_numpy(), kind="stable")
@@ -68,7 +79,7 @@ def test_every_image_is_scored_by_the_model_of_the_other_folds(toy_cache, toy_fo
     assert oof["probability"].between(0, 1).all() and oof["baseline_probability"].between(0, 1).all()
     assert oof.groupby("fold")["fold_threshold"].nunique().eq(1).all()  # one threshold per fold model
 
-    model, _, rebalancing = nodes.train_final_model(toy_folds, toy_cache["cache"], rebalance, params, BINS)
+    model, _, rebalancing = nodes.train_final_model(toy_folds, toy_cache["cache"], rebalance, params, settings, BINS)
     guard = nodes.fit_quality_guard_on_folds(toy_folds, toy_cache["cache"], params)
     classifier, calibration = nodes.calibrate_from_out_of_fold(
         model, oof, rebalancing, params, BINS, guard, toy_cache["cache"]
@@ -104,21 +115,30 @@ def test_a_shared_fold_calibration_pools_the_validation_parts_less_the_scored_fo
     ]
     for part in parts:
         part["score"] = np.clip(part["score"] * 0.5 + 0.5 * part["target"], 0.01, 0.99)
-    config = nodes.ModelTrainingParams.model_validate(tiny_params())
+    config = ModelTrainingParams.model_validate(tiny_params())
     prevalence = {"natural": 0.3, "trained": 0.3}
     held = set(range(40, 60)) | {100}  # half of the second part and one patient of the third
     entry = nodes.shared_fold_calibration(parts, held, prevalence, config, BINS)
     kept = pd.concat(parts)
     kept = kept[~kept["patient_id"].isin(held)]
-    by_hand = nodes._calibrate_one(kept["target"].to_numpy(), kept["score"].to_numpy(), prevalence, config, BINS)
+    by_hand = calibration_entry(
+        kept["target"].to_numpy(), kept["score"].to_numpy(), prevalence, config.calibration, config.threshold, BINS
+    )
     assert entry["validation"]["n_images"] == 120 - 21
     assert (entry["slope"], entry["intercept"]) == pytest.approx((by_hand["slope"], by_hand["intercept"]))
-    own = nodes._calibrate_one(parts[0]["target"].to_numpy(), parts[0]["score"].to_numpy(), prevalence, config, BINS)
+    own = calibration_entry(
+        parts[0]["target"].to_numpy(),
+        parts[0]["score"].to_numpy(),
+        prevalence,
+        config.calibration,
+        config.threshold,
+        BINS,
+    )
     assert entry["slope"] != pytest.approx(own["slope"])  # not one part's own map
 
 
 def test_held_out_validation_is_patient_wise_and_stratified(toy_folds):
-    train, held = nodes._hold_out_patients(toy_folds, 0.25, np.random.default_rng(0))
+    train, held = fitting.hold_out_patients(toy_folds, 0.25, np.random.default_rng(0))
     assert not set(train["patient_id"]) & set(held["patient_id"])
     assert len(train) + len(held) == len(toy_folds)
     assert abs(held.groupby("patient_id")["target"].max().sum() - 0.25 * 32) <= 1  # 32 positive patients
@@ -173,7 +193,7 @@ def test_members_share_the_validation_part_and_differ_in_negatives_and_seed(toy_
         calls.append((set(train["image_index"]), set(validation["patient_id"]), params["seed"]))
         return original(train, validation, pixel_cache, rebalancing, params)
 
-    monkeypatch.setattr(nodes, "train_model", recording)
+    monkeypatch.setattr(fitting, "train_classifier", recording)
     params = tiny_params(head={"epochs": 0}, fine_tune={"epochs": 1}, cross_validation={"members": 2})
     rebalance = base_params("data_processing")["rebalance"] | {"neg_per_pos": 1}  # kept negatives: a draw
     from cardio_kedro.config import RebalanceParams
@@ -202,3 +222,22 @@ def test_members_share_the_validation_part_and_differ_in_negatives_and_seed(toy_
         pool, toy_cache["cache"], RebalanceParams.model_validate(rebalance), single, BINS, 11
     )
     assert calls[0] == (train_a, validated_a, seed_a)
+
+
+def test_the_pool_names_a_missing_fold(toy_folds):
+    with pytest.raises(ValueError, match="fold_2_history"):
+        nodes.pool_out_of_fold(
+            tiny_params(),
+            base_params("cross_validation"),
+            BINS,
+            **{f"fold_{k}_{part}": None for k in (1, 2) for part in nodes.FOLD_PARTS if (k, part) != (2, "history")}
+            | {"fold_3_held_out": None},
+        )
+
+
+def test_a_fold_the_folds_table_lacks_says_where_n_folds_is_set(toy_folds):
+    rebalance, baseline = base_params("data_processing")["rebalance"], base_params("reporting")["baseline"]
+    with pytest.raises(UserValueError, match="cross_validation.n_folds shapes the pipeline"):
+        nodes.train_fold_model(
+            toy_folds, None, rebalance, tiny_params(), base_params("cross_validation"), baseline, BINS, fold=4
+        )

@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cardio_kedro.pipelines.reporting import plots  # noqa: E402
+from cardio_kedro.evaluation import plots  # noqa: E402
 
 
 def _history(loss_offset: float) -> pd.DataFrame:
