@@ -117,7 +117,10 @@ def test_a_shifted_site_is_reported_recalibrated_and_registered(phantom_project,
     )
 
     # the registered model is the ensemble the fold models were: two networks averaged
-    assert [m.name for m in ensemble_members(load_model(_newest(phantom_project, "06_models/classifier.keras")))] == [
+    assert [
+        m.name
+        for m in ensemble_members(load_model(_newest(phantom_project, "06_models/cross_validation/classifier.keras")))
+    ] == [
         "member_0",
         "member_1",
     ]

@@ -53,3 +53,35 @@ def test_inference_with_a_version_that_does_not_exist_stops_before_reading_image
         params = {"images_dir": images, "model_uri": "models:/Cardiomegaly-classifier/7"}
         run_pipeline(tiny_project, "inference", runtime_params=params)
     assert not list((tiny_project / "data" / "07_model_output").glob("inference_predictions*"))
+
+
+def test_nodes_get_the_parameter_groups_validated_once_before_the_run():
+    """Each ``params:`` group a node takes is the object validated before the run (not a mapping each node
+    validates again); single values stay as they are; kedro-mlflow, called with the same inputs, still sees
+    the mappings it logs as MLflow params."""
+    from cardio_kedro.config import ModelTrainingParams, ProjectParams, RebalanceParams, as_params
+    from cardio_kedro.hooks.preflight import PreflightHooks
+    from cardio_kedro.settings import load_parameters
+    from tests.helpers import PROJECT_ROOT
+
+    tree = load_parameters(str(PROJECT_ROOT / "conf"), env="base")
+    hooks = PreflightHooks()
+    assert hooks.before_node_run(node=None, inputs={"params:model_training": {}}) is None  # no run: nothing swapped
+    hooks._params = ProjectParams.model_validate(tree)
+    inputs = {
+        "params:model_training": tree["model_training"],
+        "params:data_processing.rebalance": tree["data_processing"]["rebalance"],
+        "params:reporting.calibration_bins": 10,
+        "params:external.cohort": tree["external"]["cohort"],
+        "pixel_cache": object(),
+    }
+    swapped = hooks.before_node_run(node=None, inputs=inputs)
+    assert set(swapped) == {"params:model_training", "params:data_processing.rebalance", "params:external.cohort"}
+    assert swapped["params:model_training"] is hooks._params.model_training
+    assert isinstance(swapped["params:data_processing.rebalance"], RebalanceParams)
+    assert isinstance(inputs["params:model_training"], dict)  # the run's own inputs are untouched
+    # a node takes either: the validated object as it is, a mapping (a direct call) validated
+    assert as_params(ModelTrainingParams, swapped["params:model_training"]) is swapped["params:model_training"]
+    assert as_params(ModelTrainingParams, tree["model_training"]) == hooks._params.model_training
+    hooks.after_pipeline_run()
+    assert hooks.before_node_run(node=None, inputs=inputs) is None

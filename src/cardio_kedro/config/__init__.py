@@ -11,7 +11,14 @@ May import: ``common``, ``cohort`` (the NIH facts and finding names), pydantic, 
 never kedro's session, keras or mlflow.
 """
 
-from cardio_kedro.config.runtime import RunConf, deep_merge, parse_runtime_params, record_run_conf, run_conf
+from cardio_kedro.config.runtime import (
+    RunConf,
+    as_params,
+    deep_merge,
+    parse_runtime_params,
+    record_run_conf,
+    run_conf,
+)
 from cardio_kedro.config.schema import (
     BaselineParams,
     CohortParams,
@@ -50,6 +57,7 @@ __all__ = [
     "SweepDimension",
     "SweepParams",
     "RunConf",
+    "as_params",
     "deep_merge",
     "record_run_conf",
     "run_conf",

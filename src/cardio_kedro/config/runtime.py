@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+G = TypeVar("G", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,10 @@ def parse_runtime_params(text: str) -> dict:
     if bad:
         raise ValueError(f"--params items must be key=value, got {bad}")
     return OmegaConf.to_container(OmegaConf.from_dotlist(items))
+
+
+def as_params(group: type[G], value: G | Mapping) -> G:
+    """A node's parameter group as the validated object: what a run hands the node (``ParameterHooks``
+    swaps each ``params:`` input for its part of the parameters validated once before the run), or a
+    mapping validated here (a node called directly: a test, a notebook)."""
+    return value if isinstance(value, group) else group.model_validate(value)

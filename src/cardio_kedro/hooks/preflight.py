@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
+from pydantic import BaseModel
 
 from cardio_kedro.common.errors import install_excepthook
 from cardio_kedro.config import (
@@ -70,10 +71,14 @@ class PreflightHooks:
     """Checks before anything is read or an MLflow run is opened; generates the demo cohort if missing.
 
     ``tryfirst``: these run before kedro-mlflow opens its run, so a bad parameter leaves no run behind.
+    The parameters are validated once, here, and each node gets its groups as the validated objects
+    (``before_node_run``); kedro-mlflow, which logs a node's ``params:`` inputs as MLflow params, sees
+    them as the catalog holds them (mappings, flattened into ``model_training.seed``, ...).
     """
 
     def __init__(self) -> None:
         self._sources = ConfigSources(Path("conf"))  # replaced by the session's in after_context_created
+        self._params: ProjectParams | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -92,7 +97,7 @@ class PreflightHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        params = validate_parameters(catalog.load("parameters"), self._sources)
+        params = self._params = validate_parameters(catalog.load("parameters"), self._sources)
         names = set(run_params.get("pipeline_names") or ["__default__"])
         check_report_matches_targets(params, names)
         check_folds_match_pipeline(params, names, pipeline)
@@ -104,6 +109,28 @@ class PreflightHooks:
         reads_demo_cohort = "cohort_folder" in pipeline.inputs() and params.cohort.layout == "nih"
         if reads_demo_cohort and not catalog.exists("cohort_labels"):
             self._generate_demo_cohort(params, catalog)
+
+    @hook_impl
+    def before_node_run(self, node, inputs: dict) -> dict | None:
+        """The node's parameter groups (``params:model_training``, ``params:data_processing.rebalance``, ...) as
+        the objects validated before the run, in place of the catalog's mappings; single values stay."""
+        if self._params is None:
+            return None
+        swapped = {}
+        for name in inputs:
+            if name.startswith("params:"):
+                value = validated_group(self._params, name.removeprefix("params:"))
+                if value is not None:
+                    swapped[name] = value
+        return swapped or None
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._params = None
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._params = None
 
     @staticmethod
     def _generate_demo_cohort(params, catalog) -> None:
@@ -119,6 +146,15 @@ class PreflightHooks:
             params.phantoms.n_patients,
         )
         SequentialRunner().run(pipelines["phantom_cohort"], catalog)
+
+
+def validated_group(params: ProjectParams, key: str) -> BaseModel | None:
+    """The validated parameter group at ``key`` (``model_training``, ``data_processing.rebalance``), or
+    ``None`` where ``key`` names a single value or no group."""
+    value: object = params
+    for part in key.split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, BaseModel) and value is not params else None
 
 
 BINARY_PIPELINES = {"__default__", "training", "demo", "reporting", "cross_validation", "external_validation"}

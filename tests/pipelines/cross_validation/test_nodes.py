@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from cardio_kedro.common.errors import UserValueError
-from cardio_kedro.config import ModelTrainingParams
+from cardio_kedro.config import CrossValidationParams, ModelTrainingParams
 from cardio_kedro.evaluation.calibration import calibration_entry
 from cardio_kedro.modeling import fitting, model_quality_guard, operating_threshold
 from cardio_kedro.pipelines.cross_validation import nodes
@@ -187,20 +187,21 @@ def test_members_share_the_validation_part_and_differ_in_negatives_and_seed(toy_
     from cardio_kedro.modeling import ensemble_members
 
     calls = []
-    original = nodes.train_model
+    original = fitting.train_classifier
 
-    def recording(train, validation, pixel_cache, rebalancing, params):
-        calls.append((set(train["image_index"]), set(validation["patient_id"]), params["seed"]))
-        return original(train, validation, pixel_cache, rebalancing, params)
+    def recording(train, validation, pixel_cache, rebalancing, config):
+        calls.append((set(train["image_index"]), set(validation["patient_id"]), config.seed))
+        return original(train, validation, pixel_cache, rebalancing, config)
 
     monkeypatch.setattr(fitting, "train_classifier", recording)
-    params = tiny_params(head={"epochs": 0}, fine_tune={"epochs": 1}, cross_validation={"members": 2})
+    params = ModelTrainingParams.model_validate(tiny_params(head={"epochs": 0}, fine_tune={"epochs": 1}))
+    settings = CrossValidationParams.model_validate(base_params("cross_validation", members=2))
     rebalance = base_params("data_processing")["rebalance"] | {"neg_per_pos": 1}  # kept negatives: a draw
     from cardio_kedro.config import RebalanceParams
 
     pool = toy_folds[toy_folds["fold"] != 0]
-    model, history, _, kept, _, scores = nodes._fit_with_held_out_validation(
-        pool, toy_cache["cache"], RebalanceParams.model_validate(rebalance), params, BINS, 11
+    model, history, _, kept, _, scores = fitting.fit_with_held_out_validation(
+        pool, toy_cache["cache"], RebalanceParams.model_validate(rebalance), params, settings, BINS, 11
     )
     assert len(calls) == 2 and len(kept) == 2
     (train_a, validated_a, seed_a), (train_b, validated_b, seed_b) = calls
@@ -216,10 +217,10 @@ def test_members_share_the_validation_part_and_differ_in_negatives_and_seed(toy_
     member_scores = [np.asarray(n.predict(pixels, verbose=0)[0]).reshape(-1) for n in networks]
     np.testing.assert_allclose(logit(scores["score"]), np.mean([logit(s) for s in member_scores], 0), atol=1e-4)
     # one member: the single network, drawn as before (its negatives and seed are member 0's)
-    single = tiny_params(head={"epochs": 0}, fine_tune={"epochs": 1})
+    single = CrossValidationParams.model_validate(base_params("cross_validation", members=1))
     calls.clear()
-    nodes._fit_with_held_out_validation(
-        pool, toy_cache["cache"], RebalanceParams.model_validate(rebalance), single, BINS, 11
+    fitting.fit_with_held_out_validation(
+        pool, toy_cache["cache"], RebalanceParams.model_validate(rebalance), params, single, BINS, 11
     )
     assert calls[0] == (train_a, validated_a, seed_a)
 

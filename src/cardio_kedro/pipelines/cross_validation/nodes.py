@@ -25,6 +25,7 @@ from cardio_kedro.config import (
     ModelTrainingParams,
     RebalanceParams,
     ReportingParams,
+    as_params,
 )
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation import plots
@@ -52,7 +53,7 @@ def assign_folds(decoded: pd.DataFrame, target_findings: TargetFindings, params:
     """Every image in one of ``cross_validation.n_folds`` folds (a ``fold``
     column, 0..n-1), no patient in two, each fold holding its share of the positive patients and,
     as near as whole patients allow, of the positive images (``balanced_patient_folds``; seeded)."""
-    config = CrossValidationParams.model_validate(params)
+    config = as_params(CrossValidationParams, params)
     findings = parse_target_findings(target_findings)
     if len(findings) > 1:
         raise UserValueError(
@@ -100,12 +101,12 @@ def train_fold_model(
     fold model's calibration with the prevalences it was trained at, and its training history.
     """
     config, settings = (
-        ModelTrainingParams.model_validate(params),
-        CrossValidationParams.model_validate(cross_validation),
+        as_params(ModelTrainingParams, params),
+        as_params(CrossValidationParams, cross_validation),
     )
     rebalance, baseline = (
-        RebalanceParams.model_validate(rebalance_params),
-        BaselineParams.model_validate(baseline_params),
+        as_params(RebalanceParams, rebalance_params),
+        as_params(BaselineParams, baseline_params),
     )
     k = fold - 1  # the fold column counts from 0
     held, pool = folds[folds["fold"] == k], folds[folds["fold"] != k]
@@ -198,8 +199,8 @@ def pool_out_of_fold(
     every image), else the probabilities. Per-fold calibrations fitted without the scored fold shift
     folds rich in positives down (their calibration data are poor in them), which reorders the pool.
     """
-    config = ModelTrainingParams.model_validate(params)
-    cross_validation = CrossValidationParams.model_validate(cross_validation)
+    config = as_params(ModelTrainingParams, params)
+    cross_validation = as_params(CrossValidationParams, cross_validation)
     folded = _fold_parts(parts)
     predictions, validation_scores = folded["held_out"], folded["validation_scores"]
     entries = [part["calibration"] for part in folded["calibration"]]
@@ -258,12 +259,12 @@ def train_final_model(
     """The model to deploy: trained on every fold (its validation part held out the same way), an
     ensemble of ``cross_validation.members`` networks as each fold model is; it is calibrated from the
     out-of-fold predictions (``calibrate_from_out_of_fold``)."""
-    config = ModelTrainingParams.model_validate(params)
-    rebalance = RebalanceParams.model_validate(rebalance_params)
+    config = as_params(ModelTrainingParams, params)
+    rebalance = as_params(RebalanceParams, rebalance_params)
     logger.info("Final model: training on all %d images", len(folds))
     with keras_state(config.mixed_precision, clear_after=True):
         model, history, rebalancing, *_ = fit_with_held_out_validation(
-            folds, pixel_cache, rebalance, config, CrossValidationParams.model_validate(cross_validation),
+            folds, pixel_cache, rebalance, config, as_params(CrossValidationParams, cross_validation),
             calibration_bins, config.seed,
         )  # fmt: skip
     return model, history, rebalancing
@@ -289,7 +290,7 @@ def calibrate_from_out_of_fold(
     (``align_scores``: its ranking, no label, decides), and the out-of-fold calibration then applies;
     the alignment folds into the ``Calibration`` layer and is recorded as ``score_alignment``.
     """
-    config = ModelTrainingParams.model_validate(params)
+    config = as_params(ModelTrainingParams, params)
     y, oof = out_of_fold["target"].to_numpy(), out_of_fold["score"].to_numpy()
     rows = pixel_cache.rows(out_of_fold["path"])
     _, final = predict_cached(classifier, pixel_cache.pixels(), rows, config.batch_size)
@@ -326,7 +327,7 @@ def epoch_metrics(history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
 
 def fit_quality_guard_on_folds(folds: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]) -> dict:
     """The quality guard of the final model: the template from folds 2..n, the threshold from fold 1."""
-    config = ModelTrainingParams.model_validate(params).quality_guard
+    config = as_params(ModelTrainingParams, params).quality_guard
     return fit_guard(folds[folds["fold"] != 0], folds[folds["fold"] == 0], pixel_cache, config)
 
 
@@ -344,7 +345,7 @@ def cross_validation_metrics(out_of_fold: pd.DataFrame, calibration: dict, param
     the prevalence-only Brier, ECE and calibration slope; each image's call at its own fold model's
     threshold; the pixel baseline's pooled AUC on the same folds and the **paired** difference
     (model minus baseline, patient bootstrap); per-fold AUCs; the final model's calibration."""
-    config = ReportingParams.model_validate(params)
+    config = as_params(ReportingParams, params)
     y = out_of_fold["target"].to_numpy()
     p, raw = out_of_fold["probability"].to_numpy(), out_of_fold["raw_score"].to_numpy()
     ranked, groups = out_of_fold["ranking_score"].to_numpy(), out_of_fold["patient_id"].to_numpy()
@@ -437,7 +438,7 @@ def cross_validation_headline_metrics(metrics: dict) -> dict[str, dict[str, floa
 
 def cross_validation_plots(out_of_fold: pd.DataFrame, metrics: dict, params: dict[str, Any]):
     """Out-of-fold ROC of the model and the baseline, per-fold AUCs, and the reliability diagram."""
-    config = ReportingParams.model_validate(params)
+    config = as_params(ReportingParams, params)
     y = out_of_fold["target"].to_numpy()
     pooled = metrics["out_of_fold"]
     return (
@@ -471,8 +472,8 @@ def build_cross_validation_report(
     **figures: bytes,
 ) -> str:
     """The cross-validation report: the out-of-fold figures where a test split would be, and a fold table."""
-    model = ModelTrainingParams.model_validate(model_params)
-    folds = CrossValidationParams.model_validate(cross_validation)
+    model = as_params(ModelTrainingParams, model_params)
+    folds = as_params(CrossValidationParams, cross_validation)
     return render_report(
         "cross_validation.html.j2",
         figures,

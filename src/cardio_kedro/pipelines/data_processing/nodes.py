@@ -24,7 +24,7 @@ from cardio_kedro.cohort.sampling import balanced_weights, rebalance_binary
 from cardio_kedro.cohort.storage import image_loader
 from cardio_kedro.common.errors import UserDatasetError, UserValueError
 from cardio_kedro.common.parallel import imap_progress
-from cardio_kedro.config import CohortParams, DataProcessingParams, RebalanceParams, SplitParams
+from cardio_kedro.config import CohortParams, DataProcessingParams, RebalanceParams, SplitParams, as_params
 from cardio_kedro.datasets import CohortFolder, DecodedChunk, PixelCache
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def read_cohort(
 
     A file the layout needs and the folder lacks stops the run, naming the file and the layout.
     """
-    config = CohortParams.model_validate(params)
+    config = as_params(CohortParams, params)
     try:
         cohort = _layout_cohort(folder, config, workers)
     except FileNotFoundError as exc:
@@ -121,7 +121,7 @@ def clean_metadata(
     row left out so far with its reason: the layout's (``cohort_left_out``) and this node's (a view that
     ``views`` filters out, an uncertain label on a target finding, a duplicated row).
     """
-    config = DataProcessingParams.model_validate(params)
+    config = as_params(DataProcessingParams, params)
     findings = parse_target_findings(target_findings)
     age, implausible = _ages(labels["Patient Age"], config.max_plausible_age)
     finding_labels = labels["Finding Labels"].astype(str).str.strip()
@@ -242,7 +242,7 @@ def resolve_image_files(
     Returns the rows with ``path``, ``nbytes`` and ``mtime_ns`` columns, and a table of dropped
     rows with the reason (``missing``, ``not_an_image``, ``truncated``, ``corrupt``, ``too_large``).
     """
-    config = DataProcessingParams.model_validate(params)
+    config = as_params(DataProcessingParams, params)
     paths = metadata["image_index"].map(image_files.set_index("image_index")["path"])
     found = paths.notna()
     missing = metadata.loc[~found, "image_index"]
@@ -321,7 +321,7 @@ def decode_images(
     run keeps its progress. Files already cached from the same size and mtime are not decoded again.
     ``storage_options`` (the catalog's ``cohort_storage``) open a cohort in object storage.
     """
-    config = DataProcessingParams.model_validate(params)
+    config = as_params(DataProcessingParams, params)
     if int(image_size) != existing.size:
         raise UserValueError(
             f"image_size is {image_size} in the parameters but the pixel cache entry is for {existing.size} px: "
@@ -435,7 +435,7 @@ def split_by_patient(
     ``method: official`` takes NIH's ``test_list.txt`` as test and splits ``train_val_list.txt``
     by patient into train and validation.
     """
-    config = SplitParams.model_validate(params)
+    config = as_params(SplitParams, params)
     findings = parse_target_findings(target_findings)
     fractions = [config.fractions.train, config.fractions.validation, config.fractions.test]
     rng = np.random.default_rng(config.seed)
@@ -510,7 +510,7 @@ def rebalance(
     negative for another), so only ``class_weight`` is accepted: every finding gets its own pair of
     weights, and ``class_weight``, ``prevalence.natural`` and ``prevalence.trained`` are dicts by finding.
     """
-    config = RebalanceParams.model_validate(params)
+    config = as_params(RebalanceParams, params)
     findings = parse_target_findings(target_findings)
     if len(findings) > 1:
         return _multi_label_weights(train, validation, findings, config)

@@ -16,7 +16,7 @@ from cardio_kedro.cohort.quality import passing, verdict
 from cardio_kedro.cohort.sampling import undersample
 from cardio_kedro.common.errors import UserDatasetError, UserValueError
 from cardio_kedro.common.formatting import fmt, fmt_auc, fmt_interval, fmt_paired
-from cardio_kedro.config import ExternalParams, RebalanceParams, ReportingParams
+from cardio_kedro.config import ExternalParams, RebalanceParams, ReportingParams, as_params
 from cardio_kedro.datasets import RECALIBRATED_TAG, PixelCache
 from cardio_kedro.evaluation import plots
 from cardio_kedro.evaluation.baseline import pixel_baseline_probability
@@ -45,7 +45,7 @@ def assign_update_part(decoded: pd.DataFrame, target_findings: TargetFindings, p
     part the recalibration is fitted on, and the rest ``evaluation``, where it is judged; no patient
     is in both.
     """
-    config = ExternalParams.model_validate(params)
+    config = as_params(ExternalParams, params)
     findings = parse_target_findings(target_findings)
     if len(findings) > 1:
         raise UserValueError(
@@ -112,7 +112,7 @@ def score_external_cohort(
     """Every image of the external cohort scored by the model: calibrated probability, raw score and the
     verdict of the model's quality guard (``quality``). Also the model card of the run: which model
     (registered name, version, training run), its threshold and internal figures, and the cohort."""
-    config, reporting = ExternalParams.model_validate(external), ReportingParams.model_validate(params)
+    config, reporting = as_params(ExternalParams, external), as_params(ReportingParams, params)
     model = model_info["model"]
     if model_findings(model):
         raise UserValueError(
@@ -175,7 +175,7 @@ def external_baseline_predictions(
     rebalanced as the model's training images were (``data_processing.rebalance``), and scored on the
     external cohort. A single-split model trained on part of that cohort; a cross-validated final model on
     all of it: the baseline gets at least the images the model had, never an external one."""
-    config, balance = ReportingParams.model_validate(params).baseline, RebalanceParams.model_validate(rebalance)
+    config, balance = as_params(ReportingParams, params).baseline, as_params(RebalanceParams, rebalance)
     if balance.strategy == "undersample":
         internal = undersample(internal, balance.neg_per_pos, np.random.default_rng(balance.seed), match="sex")
     probability = pixel_baseline_probability(
@@ -231,7 +231,7 @@ def external_validation_metrics(
     subgroups by view, sex and age band; the pixel baseline on the same images with the paired difference;
     the model's internal figures beside them; and, with ``external.recalibrate``, the evaluation part
     before and after the recalibration fitted on the update part."""
-    config, ext = ReportingParams.model_validate(params), ExternalParams.model_validate(external)
+    config, ext = as_params(ReportingParams, params), as_params(ExternalParams, external)
     scored = _scored(predictions, ext.include_flagged)
     if scored["target"].nunique() < 2:
         raise UserValueError(
@@ -345,7 +345,7 @@ def external_headline_metrics(metrics: dict) -> dict[str, dict[str, float]]:
 
 def external_decision_curve(predictions: pd.DataFrame, external: dict[str, Any]) -> pd.DataFrame:
     """Net benefit of the model on the external images it scores, of treating all and of treating none."""
-    return net_benefit_table(_scored(predictions, ExternalParams.model_validate(external).include_flagged))
+    return net_benefit_table(_scored(predictions, as_params(ExternalParams, external).include_flagged))
 
 
 def external_validation_plots(
@@ -359,7 +359,7 @@ def external_validation_plots(
 ):
     """ROC of the model and the baseline, the reliability diagram (and after recalibration), the decision
     curve and the subgroup AUCs, on the external cohort."""
-    config, ext = ReportingParams.model_validate(params), ExternalParams.model_validate(external)
+    config, ext = as_params(ReportingParams, params), as_params(ExternalParams, external)
     scored = _scored(predictions, ext.include_flagged)
     y, p, _ = labels_and_scores(scored)
     base = baseline.set_index("image_index").loc[scored["image_index"], "probability"].to_numpy()
@@ -439,7 +439,7 @@ def fit_site_recalibration(model_info: dict, predictions: pd.DataFrame, card: di
     fitted on) and ``{"model": the recalibrated classifier or None, "tags": ...}``: the hooks register it
     as a new version of the model's registered name, tagged with the cohort; the scored model is untouched.
     """
-    config = ExternalParams.model_validate(params)
+    config = as_params(ExternalParams, params)
     record = {"method": config.recalibrate, "intercept": 0.0, "slope": 1.0, "threshold": card["threshold"]}
     if config.recalibrate == "none":
         return record, {"model": None, "tags": {}}

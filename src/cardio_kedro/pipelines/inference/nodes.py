@@ -16,7 +16,7 @@ from cardio_kedro.cohort.quality import PASSING, passing, verdict
 from cardio_kedro.cohort.storage import image_loader, is_remote
 from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.common.parallel import imap_progress
-from cardio_kedro.config import InferenceParams
+from cardio_kedro.config import InferenceParams, as_params
 from cardio_kedro.modeling import (
     encode_png,
     model_findings,
@@ -142,7 +142,7 @@ def score_images(
     threshold), ``threshold.<finding>`` and ``score.<finding>`` columns, and one overlay per finding,
     ``file.<finding>.png``.
     """
-    config = InferenceParams.model_validate(params)
+    config = as_params(InferenceParams, params)
     if images.empty:
         raise UserValueError("The images folder holds no PNG, JPEG or DICOM file: nothing to score")
     model, version = model_info["model"], model_info["version"]

@@ -11,7 +11,7 @@ import keras
 import pandas as pd
 
 from cardio_kedro.cohort.findings import SCORE_PREFIX, TARGET_PREFIX
-from cardio_kedro.config import ModelTrainingParams
+from cardio_kedro.config import ModelTrainingParams, as_params
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation.calibration import calibration_entry
 from cardio_kedro.modeling import calibrate
@@ -34,7 +34,7 @@ def train_model(
 ) -> tuple[keras.Model, pd.DataFrame]:
     """Train the attention classifier in two phases on the rebalanced split (``train_classifier``):
     the uncalibrated model with its best epoch's weights, and its per-epoch history."""
-    return train_classifier(train, validation, pixel_cache, rebalancing, ModelTrainingParams.model_validate(params))
+    return train_classifier(train, validation, pixel_cache, rebalancing, as_params(ModelTrainingParams, params))
 
 
 def score_validation(
@@ -42,7 +42,7 @@ def score_validation(
 ) -> pd.DataFrame:
     """The trained network's raw score for every image of the validation split (natural prevalence);
     a multi-label model's as one ``score.<finding>`` column per finding, beside its ``target.<finding>``."""
-    return score_images(classifier, validation, pixel_cache, ModelTrainingParams.model_validate(params).batch_size)
+    return score_images(classifier, validation, pixel_cache, as_params(ModelTrainingParams, params).batch_size)
 
 
 def fit_quality_guard(
@@ -51,7 +51,7 @@ def fit_quality_guard(
     """The image check saved with the model (``cardio_kedro.cohort.quality``): the template from the
     training films, the correlation threshold from held-out training films (the validation split).
     Returns ``{"guard": its config, "report": what it flags among the held-out films}``."""
-    return fit_guard(train, held_out, pixel_cache, ModelTrainingParams.model_validate(params).quality_guard)
+    return fit_guard(train, held_out, pixel_cache, as_params(ModelTrainingParams, params).quality_guard)
 
 
 def calibrate_classifier(
@@ -71,7 +71,7 @@ def calibrate_classifier(
     A multi-label model gets one calibration and one threshold per finding; the report then holds
     ``findings`` and one entry per finding under ``by_finding``.
     """
-    config = ModelTrainingParams.model_validate(params)
+    config = as_params(ModelTrainingParams, params)
     guard = None if quality_guard is None else quality_guard["guard"]
     findings = frame_findings(validation_scores)
     if findings is None:

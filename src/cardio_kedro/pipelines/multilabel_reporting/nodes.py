@@ -18,7 +18,7 @@ from cardio_kedro.cohort.findings import PROBABILITY_PREFIX, SCORE_PREFIX, TARGE
 from cardio_kedro.cohort.nih import NIH_FINDINGS
 from cardio_kedro.common.errors import UserValueError
 from cardio_kedro.common.formatting import fmt, fmt_auc
-from cardio_kedro.config import ModelTrainingParams, PhantomParams, ReportingParams
+from cardio_kedro.config import ModelTrainingParams, PhantomParams, ReportingParams, as_params
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation.calibration import expected_calibration_error
 from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, boxes_in_cache_frame, localization_scores
@@ -67,7 +67,7 @@ def _findings_of(classifier) -> list[str]:
 def predict_findings(classifier, split: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]) -> pd.DataFrame:
     """Every image's calibrated probability and raw score per finding: ``probability.<finding>``,
     ``score.<finding>`` beside its ``target.<finding>`` labels."""
-    config = ReportingParams.model_validate(params)
+    config = as_params(ReportingParams, params)
     findings = _findings_of(classifier)
     probability, score = predict_cached(
         classifier, pixel_cache.pixels(), pixel_cache.rows(split["path"]), config.batch_size
@@ -107,7 +107,7 @@ def _one_finding(frame: pd.DataFrame, threshold: float, config: ReportingParams)
 def finding_metrics(test_predictions: pd.DataFrame, calibration: dict, params: dict[str, Any]) -> dict:
     """Per-finding test metrics at each finding's own threshold (chosen on validation, saved with the
     model), the mean AUC over the findings that have both classes in test, and CheXNet's AUCs."""
-    config = ReportingParams.model_validate(params)
+    config = as_params(ReportingParams, params)
     findings = calibration["findings"]
     by_finding = {}
     for finding in findings:
@@ -228,7 +228,7 @@ def finding_plots(test_predictions: pd.DataFrame, metrics: dict, clean_metadata:
 
 def finding_attention_grid(classifier, test_predictions: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]):
     """Rows: findings; columns: the test images that finding scores highest, with that finding's own map."""
-    n = ReportingParams.model_validate(params).heatmaps_per_group
+    n = as_params(ReportingParams, params).heatmaps_per_group
     rows = {}
     for j, finding in enumerate(_findings_of(classifier)):
         top = test_predictions.nlargest(n, PROBABILITY_PREFIX + finding)
@@ -259,8 +259,8 @@ def build_multilabel_report(
     """One self-contained HTML report of a multi-label run (figures embedded). On the offline phantom
     cohort (generated when missing, no ``cohort_dir`` given at run time) it says which findings the
     images draw."""
-    phantoms = PhantomParams.model_validate(phantom_params)
-    model = ModelTrainingParams.model_validate(model_params)
+    phantoms = as_params(PhantomParams, phantom_params)
+    model = as_params(ModelTrainingParams, model_params)
     drawn = list(phantoms.drawn_findings) if phantoms.generate_if_missing and not cohort_dir else None
     return render_report(
         "multilabel_report.html.j2",

@@ -12,7 +12,7 @@ import pandas as pd
 from cardio_kedro.cohort.nih import REQUIRED_LABEL_COLUMNS
 from cardio_kedro.cohort.phantoms import finding_box, render_phantom, sample_cohort
 from cardio_kedro.common.parallel import imap_progress
-from cardio_kedro.config import PhantomParams
+from cardio_kedro.config import PhantomParams, as_params
 
 
 def _render_png(row: dict, size: int) -> bytes:
@@ -66,7 +66,7 @@ def generate_phantom_cohort(params: dict[str, Any]) -> tuple[Iterator[tuple[str,
     it, so memory stays flat. The label table is saved last: a cohort whose generation failed
     has no label table and counts as missing.
     """
-    config = PhantomParams.model_validate(params)
+    config = as_params(PhantomParams, params)
     drawn = sample_cohort(
         n_patients=config.n_patients,
         prevalence=config.prevalence,

@@ -11,7 +11,7 @@ import pandas as pd
 
 from cardio_kedro.cohort.sampling import undersample
 from cardio_kedro.common.formatting import fmt, fmt_auc, short_key
-from cardio_kedro.config import ModelTrainingParams, ReportingParams
+from cardio_kedro.config import ModelTrainingParams, ReportingParams, as_params
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation import plots
 from cardio_kedro.evaluation.baseline import pixel_baseline_probability
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 def predict_split(classifier, split: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]) -> pd.DataFrame:
     """The calibrated probability and the raw score of every image of a split (no augmentation)."""
-    config = ReportingParams.model_validate(params)
+    config = as_params(ReportingParams, params)
     rows = pixel_cache.rows(split["path"])
     probability, score = predict_cached(classifier, pixel_cache.pixels(), rows, config.batch_size)
     return split[PREDICTION_COLUMNS].assign(probability=probability, score=score)
@@ -51,7 +51,7 @@ def baseline_predictions(
 
     A network that does not beat this has not learnt more than global pixel statistics.
     """
-    config = ReportingParams.model_validate(params).baseline
+    config = as_params(ReportingParams, params).baseline
     probability = pixel_baseline_probability(
         pixel_cache.images(train["path"]),
         train["target"].to_numpy(),
@@ -108,7 +108,7 @@ def evaluation_metrics(
     """Test metrics at natural prevalence and at the model's own threshold (chosen on validation,
     saved with the model): rates, calibration before and after, the baseline, a 3:1 test set as
     the original used, and subgroup AUCs (sex, view position, age band)."""
-    config = ReportingParams.model_validate(params)
+    config = as_params(ReportingParams, params)
     threshold = calibration["threshold"]["value"]
 
     def run(frame: pd.DataFrame) -> dict:
@@ -200,7 +200,7 @@ def headline_metrics(metrics: dict, localization: dict) -> dict[str, dict[str, f
 def evaluation_plots(test_predictions: pd.DataFrame, metrics: dict, curve: pd.DataFrame, params: dict[str, Any]):
     """ROC (with band and operating point), confusion matrix, classification report, PR, calibration
     before and after, decision curve, subgroups."""
-    config = ReportingParams.model_validate(params)
+    config = as_params(ReportingParams, params)
     y, p, groups = _scores(test_predictions)
     test = metrics["test"]
     band = roc_band(y, p, groups, min(config.n_bootstrap, config.roc_band_max_resamples), config.seed)
@@ -235,7 +235,7 @@ def cohort_plots(
 
 def example_images(train: pd.DataFrame, pixel_cache: PixelCache, params: dict[str, Any]):
     """Example positive and negative training images, as the model sees them."""
-    n = ReportingParams.model_validate(params).examples_per_class
+    n = as_params(ReportingParams, params).examples_per_class
     picks = pd.concat([train[train["target"] == 1].head(n), train[train["target"] == 0].head(n)])
     titles = [
         f"{'positive' if t else 'negative'}: {short_key(i)}" for t, i in zip(picks["target"], picks["image_index"])
@@ -285,7 +285,7 @@ def attention_heatmaps(
     classifier, test_predictions: pd.DataFrame, pixel_cache: PixelCache, metrics: dict, params: dict[str, Any]
 ):
     """Heat-map grid: a row each of true positives, false positives, false negatives, true negatives."""
-    n = ReportingParams.model_validate(params).heatmaps_per_group
+    n = as_params(ReportingParams, params).heatmaps_per_group
     threshold = metrics["threshold"]["value"]
     images, titles, colors = [], [], []
     for name, frame in _heatmap_groups(test_predictions, threshold, n).items():
@@ -348,7 +348,7 @@ def build_report(
     **figures: bytes,
 ) -> str:
     """One self-contained HTML report (figures embedded) with a model card section."""
-    model = ModelTrainingParams.model_validate(model_params)
+    model = as_params(ModelTrainingParams, model_params)
     by_view = metrics.get("by_view", {})  # reports before the per-view breakdown have none
     return render_report(
         "report.html.j2",
