@@ -247,3 +247,14 @@ def test_node_functions_take_every_value_from_the_catalog():
         if p.default is not inspect.Parameter.empty and name not in bound
     ]
     assert not defaults, f"node functions with defaults hidden in code: {defaults}"
+
+
+def test_every_node_is_wired_by_keyword():
+    """``pipeline.py`` names each input by the node function's argument (a dict), never by position."""
+    by_position = sorted(
+        node.name
+        for pipeline in registered_pipelines().values()
+        for node in pipeline.nodes
+        if node._inputs is not None and not isinstance(node._inputs, dict)
+    )
+    assert not by_position, f"nodes wired by position: {by_position}"

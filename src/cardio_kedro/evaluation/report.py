@@ -72,3 +72,8 @@ def render_report(template: str, figures: dict[str, bytes], **context: Any) -> s
 
 
 _TEMPLATES = report_templates()
+
+
+def dropped_summary(quality: dict) -> str:
+    """The data-quality report's dropped rows by reason, one line: ``no_file: 3, lateral: 12`` (``none``)."""
+    return ", ".join(f"{k}: {v['count']}" for k, v in quality["dropped_by_reason"].items()) or "none"

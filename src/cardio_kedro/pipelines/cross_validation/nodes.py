@@ -30,6 +30,7 @@ from cardio_kedro.config import (
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation import plots
 from cardio_kedro.evaluation.calibration import align_scores, apply_calibration, calibration_entry
+from cardio_kedro.evaluation.headline import OUT_OF_FOLD, headline
 from cardio_kedro.evaluation.metrics import (
     auc_or_none,
     bootstrap_auc,
@@ -38,7 +39,7 @@ from cardio_kedro.evaluation.metrics import (
     paired_auc_difference,
     rates_at,
 )
-from cardio_kedro.evaluation.report import render_report
+from cardio_kedro.evaluation.report import dropped_summary, render_report
 from cardio_kedro.modeling import calibrate
 from cardio_kedro.modeling.feeds import predict_cached
 from cardio_kedro.modeling.fitting import ensemble_baseline, fit_guard, fit_with_held_out_validation, history_metrics
@@ -340,6 +341,25 @@ def _prevalence_only_brier(out_of_fold: pd.DataFrame) -> float:
     return float(np.mean((rate - y) ** 2))
 
 
+def _fold_rows(out_of_fold: pd.DataFrame) -> list[dict]:
+    """Each fold's size, AUC (model and baseline, its own probabilities) and threshold: the report's fold table."""
+    rows = []
+    for k, part in out_of_fold.groupby("fold"):
+        yk = part["target"].to_numpy()
+        rows.append(
+            {
+                "fold": int(k) + 1,
+                "n_images": int(len(part)),
+                "n_patients": int(part["patient_id"].nunique()),
+                "n_positive": int(yk.sum()),
+                "auc": auc_or_none(yk, part["probability"].to_numpy()),
+                "baseline_auc": auc_or_none(yk, part["baseline_probability"].to_numpy()),
+                "threshold": float(part["fold_threshold"].iloc[0]),
+            }
+        )
+    return rows
+
+
 def cross_validation_metrics(out_of_fold: pd.DataFrame, calibration: dict, params: dict[str, Any]) -> dict:
     """The pooled out-of-fold figures: the model's ROC AUC (patient-level CI), PR AUC, Brier against
     the prevalence-only Brier, ECE and calibration slope; each image's call at its own fold model's
@@ -370,20 +390,7 @@ def cross_validation_metrics(out_of_fold: pd.DataFrame, calibration: dict, param
     pooled["prevalence_only_brier"] = _prevalence_only_brier(out_of_fold)
     paired = paired_auc_difference(y, ranked, base, groups, n_boot, seed)
     beats = paired["ci_low"] is not None and paired["ci_low"] > 0
-    folds = []
-    for k, part in out_of_fold.groupby("fold"):
-        yk = part["target"].to_numpy()
-        folds.append(
-            {
-                "fold": int(k) + 1,
-                "n_images": int(len(part)),
-                "n_patients": int(part["patient_id"].nunique()),
-                "n_positive": int(yk.sum()),
-                "auc": auc_or_none(yk, part["probability"].to_numpy()),
-                "baseline_auc": auc_or_none(yk, part["baseline_probability"].to_numpy()),
-                "threshold": float(part["fold_threshold"].iloc[0]),
-            }
-        )
+    folds = _fold_rows(out_of_fold)
     if beats:
         logger.info("Out of fold, the model beats the pixel baseline: paired AUC difference %s", fmt_paired(paired))
     else:
@@ -409,19 +416,21 @@ def cross_validation_headline_metrics(metrics: dict) -> dict[str, dict[str, floa
     """The cross-validation figures as MLflow metrics (``cv_*``, step 0; per fold: step = fold)."""
     pooled, paired = metrics["out_of_fold"], metrics["paired_difference"]
     calibrated = pooled["calibration"]["calibrated"]
-    flat = {
-        "cv_auc": pooled["roc_auc"]["auc"],
-        "cv_auc_ci_low": pooled["roc_auc"]["ci_low"],
-        "cv_auc_ci_high": pooled["roc_auc"]["ci_high"],
-        "cv_pr_auc": pooled["pr_auc"],
-        "cv_brier": pooled["brier"],
+    figures = {
+        "auc": pooled["roc_auc"]["auc"],
+        "auc_ci_low": pooled["roc_auc"]["ci_low"],
+        "auc_ci_high": pooled["roc_auc"]["ci_high"],
+        "pr_auc": pooled["pr_auc"],
+        "brier": pooled["brier"],
+        "ece": calibrated["ece"]["value"],
+        "calibration_slope": calibrated["calibration_slope"]["value"],
+        "calibration_intercept": calibrated["calibration_intercept"]["value"],
+        "sensitivity": pooled["sensitivity"],
+        "specificity": pooled["specificity"],
+        "baseline_auc": metrics["baseline"]["roc_auc"]["auc"],
+    }
+    flat = headline(OUT_OF_FOLD, figures) | {
         "cv_prevalence_only_brier": pooled["prevalence_only_brier"],
-        "cv_ece": calibrated["ece"]["value"],
-        "cv_calibration_slope": calibrated["calibration_slope"]["value"],
-        "cv_calibration_intercept": calibrated["calibration_intercept"]["value"],
-        "cv_sensitivity": pooled["sensitivity"],
-        "cv_specificity": pooled["specificity"],
-        "cv_baseline_auc": metrics["baseline"]["roc_auc"]["auc"],
         "cv_auc_difference": paired["difference"],
         "cv_auc_difference_ci_low": paired["ci_low"],
         "cv_auc_difference_ci_high": paired["ci_high"],
@@ -482,7 +491,7 @@ def build_cross_validation_report(
         metrics=metrics,
         quality=quality,
         paired=fmt_paired(metrics["paired_difference"]),
-        dropped=", ".join(f"{k}: {v['count']}" for k, v in quality["dropped_by_reason"].items()) or "none",
+        dropped=dropped_summary(quality),
         model=model.model.model_dump(),
         batch_size=model.batch_size,
         keep_weights=model.keep_weights,

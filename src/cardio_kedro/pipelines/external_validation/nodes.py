@@ -21,6 +21,7 @@ from cardio_kedro.datasets import RECALIBRATED_TAG, PixelCache
 from cardio_kedro.evaluation import plots
 from cardio_kedro.evaluation.baseline import pixel_baseline_probability
 from cardio_kedro.evaluation.calibration import apply_recalibration, fit_recalibration, observed_expected
+from cardio_kedro.evaluation.headline import internal_figures
 from cardio_kedro.evaluation.metrics import (
     bootstrap_auc,
     calibration_metrics,
@@ -30,7 +31,7 @@ from cardio_kedro.evaluation.metrics import (
     rates_at,
 )
 from cardio_kedro.evaluation.predictions import PREDICTION_COLUMNS, labels_and_scores, net_benefit_table, subgroups
-from cardio_kedro.evaluation.report import render_report
+from cardio_kedro.evaluation.report import dropped_summary, render_report
 from cardio_kedro.modeling import model_findings, model_quality_guard, operating_threshold, recalibrated
 from cardio_kedro.modeling.feeds import predict_cached
 
@@ -80,32 +81,6 @@ def assign_update_part(decoded: pd.DataFrame, target_findings: TargetFindings, p
     return out
 
 
-# The internal figures of the model's training run, as its MLflow metrics name them: the test split's
-# (training) or the pooled out-of-fold ones (cross_validation).
-INTERNAL_METRICS = {
-    "internal test split": {
-        "auc": "test_auc", "auc_ci_low": "test_auc_ci_low", "auc_ci_high": "test_auc_ci_high",
-        "pr_auc": "test_pr_auc", "brier": "test_brier", "ece": "test_ece",
-        "calibration_slope": "test_calibration_slope", "calibration_intercept": "test_calibration_intercept",
-        "sensitivity": "test_sensitivity", "specificity": "test_specificity", "baseline_auc": "baseline_auc",
-    },
-    "internal out of fold": {
-        "auc": "cv_auc", "auc_ci_low": "cv_auc_ci_low", "auc_ci_high": "cv_auc_ci_high",
-        "pr_auc": "cv_pr_auc", "brier": "cv_brier", "ece": "cv_ece",
-        "calibration_slope": "cv_calibration_slope", "calibration_intercept": "cv_calibration_intercept",
-        "sensitivity": "cv_sensitivity", "specificity": "cv_specificity", "baseline_auc": "cv_baseline_auc",
-    },
-}  # fmt: skip
-
-
-def _internal_figures(run_metrics: dict[str, float]) -> dict:
-    """The model's own evaluation (its training run's metrics), or ``{"where": None}`` when unknown."""
-    for where, names in INTERNAL_METRICS.items():
-        if names["auc"] in run_metrics:
-            return {"where": where, **{key: run_metrics.get(name) for key, name in names.items()}}
-    return {"where": None}
-
-
 def score_external_cohort(
     model_info: dict, cohort: pd.DataFrame, pixel_cache: PixelCache, external: dict[str, Any], params: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict]:
@@ -152,7 +127,7 @@ def score_external_cohort(
         "threshold": float(threshold),
         "image_size": size,
         "has_quality_guard": guard is not None,
-        "internal": _internal_figures(model_info.get("run_metrics") or {}),
+        "internal": internal_figures(model_info.get("run_metrics") or {}),
         "cohort": {"name": name, "dir": str(config.cohort_dir), "layout": config.cohort.layout},
     }
     flagged = int((~passing(predictions["quality"])).sum())
@@ -426,7 +401,7 @@ def build_external_validation_report(
         comparison=rows,
         paired=fmt_paired(metrics["baseline"]["paired_difference"]),
         quality=quality,
-        dropped=", ".join(f"{k}: {v['count']}" for k, v in quality["dropped_by_reason"].items()) or "none",
+        dropped=dropped_summary(quality),
     )
 
 

@@ -10,7 +10,12 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 score_images,
-                inputs=["inference_images", "inference_model", "params:inference", "inference_storage"],
+                inputs={
+                    "images": "inference_images",
+                    "model_info": "inference_model",
+                    "params": "params:inference",
+                    "storage_options": "inference_storage",
+                },
                 outputs=["inference_predictions", "inference_heatmaps"],
                 name="score_images",
             )

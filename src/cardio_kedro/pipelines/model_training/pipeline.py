@@ -10,33 +10,51 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_model,
-                inputs=["train_balanced", "validation_balanced", "pixel_cache", "rebalancing", "params:model_training"],
+                inputs={
+                    "train": "train_balanced",
+                    "validation": "validation_balanced",
+                    "pixel_cache": "pixel_cache",
+                    "rebalancing": "rebalancing",
+                    "params": "params:model_training",
+                },
                 outputs=["uncalibrated_classifier", "training_history"],
                 name="train_model",
             ),
-            Node(epoch_metrics, inputs="training_history", outputs="training_metrics", name="epoch_metrics"),
+            Node(
+                epoch_metrics, inputs={"history": "training_history"}, outputs="training_metrics", name="epoch_metrics"
+            ),
             Node(
                 score_validation,
-                inputs=["uncalibrated_classifier", "validation_split", "pixel_cache", "params:model_training"],
+                inputs={
+                    "classifier": "uncalibrated_classifier",
+                    "validation": "validation_split",
+                    "pixel_cache": "pixel_cache",
+                    "params": "params:model_training",
+                },
                 outputs="validation_scores",
                 name="score_validation",
             ),
             Node(
                 fit_quality_guard,
-                inputs=["train_split", "validation_split", "pixel_cache", "params:model_training"],
+                inputs={
+                    "train": "train_split",
+                    "held_out": "validation_split",
+                    "pixel_cache": "pixel_cache",
+                    "params": "params:model_training",
+                },
                 outputs="quality_guard",
                 name="fit_quality_guard",
             ),
             Node(
                 calibrate_classifier,
-                inputs=[
-                    "uncalibrated_classifier",
-                    "validation_scores",
-                    "rebalancing",
-                    "params:model_training",
-                    "params:reporting.calibration_bins",
-                    "quality_guard",
-                ],
+                inputs={
+                    "classifier": "uncalibrated_classifier",
+                    "validation_scores": "validation_scores",
+                    "rebalancing": "rebalancing",
+                    "params": "params:model_training",
+                    "calibration_bins": "params:reporting.calibration_bins",
+                    "quality_guard": "quality_guard",
+                },
                 outputs=["classifier", "calibration"],
                 name="calibrate_classifier",
             ),

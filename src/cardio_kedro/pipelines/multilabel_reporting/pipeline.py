@@ -20,43 +20,67 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 predict_findings,
-                ["classifier", "test_split", "pixel_cache", "params:reporting"],
-                "finding_test_predictions",
+                inputs={
+                    "classifier": "classifier",
+                    "split": "test_split",
+                    "pixel_cache": "pixel_cache",
+                    "params": "params:reporting",
+                },
+                outputs="finding_test_predictions",
                 name="predict_findings",
             ),
             Node(
                 finding_metrics,
-                ["finding_test_predictions", "calibration", "params:reporting"],
-                "finding_metrics",
+                inputs={
+                    "test_predictions": "finding_test_predictions",
+                    "calibration": "calibration",
+                    "params": "params:reporting",
+                },
+                outputs="finding_metrics",
                 name="finding_metrics",
             ),
             Node(
                 finding_localization,
-                ["classifier", "finding_test_predictions", "pixel_cache", "cohort_boxes"],
-                "finding_localization",
+                inputs={
+                    "classifier": "classifier",
+                    "test_predictions": "finding_test_predictions",
+                    "pixel_cache": "pixel_cache",
+                    "boxes": "cohort_boxes",
+                },
+                outputs="finding_localization",
                 name="finding_localization",
             ),
             Node(
                 finding_headline_metrics,
-                ["finding_metrics", "finding_localization"],
-                "finding_headline_metrics",
+                inputs={"metrics": "finding_metrics", "localization": "finding_localization"},
+                outputs="finding_headline_metrics",
                 name="finding_headline_metrics",
             ),
             Node(
                 finding_plots,
-                ["finding_test_predictions", "finding_metrics", "clean_metadata", "training_history"],
-                ["finding_roc_grid_plot", "label_cooccurrence_plot", "finding_training_curves_plot"],
+                inputs={
+                    "test_predictions": "finding_test_predictions",
+                    "metrics": "finding_metrics",
+                    "clean_metadata": "clean_metadata",
+                    "history": "training_history",
+                },
+                outputs=["finding_roc_grid_plot", "label_cooccurrence_plot", "finding_training_curves_plot"],
                 name="finding_plots",
             ),
             Node(
                 finding_attention_grid,
-                ["classifier", "finding_test_predictions", "pixel_cache", "params:reporting"],
-                "finding_attention_grid_plot",
+                inputs={
+                    "classifier": "classifier",
+                    "test_predictions": "finding_test_predictions",
+                    "pixel_cache": "pixel_cache",
+                    "params": "params:reporting",
+                },
+                outputs="finding_attention_grid_plot",
                 name="finding_attention_grid",
             ),
             Node(
                 build_multilabel_report,
-                {
+                inputs={
                     "metrics": "finding_metrics",
                     "calibration_report": "calibration",
                     "localization": "finding_localization",
@@ -68,7 +92,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "cohort_dir": "params:cohort_dir",
                     **{name: f"{name}_plot" for name in FIGURES},
                 },
-                "multilabel_report",
+                outputs="multilabel_report",
                 name="build_multilabel_report",
             ),
         ]

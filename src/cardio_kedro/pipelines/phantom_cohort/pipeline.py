@@ -10,8 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 generate_phantom_cohort,
-                inputs="params:phantoms",
-                # saved in this order: the label table, which marks a complete cohort, comes last
+                inputs={"params": "params:phantoms"},
                 outputs=["cohort_images", "cohort_boxes", "cohort_labels"],
                 name="generate_phantom_cohort",
             )

@@ -15,6 +15,7 @@ from cardio_kedro.config import ModelTrainingParams, ReportingParams, as_params
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation import plots
 from cardio_kedro.evaluation.baseline import pixel_baseline_probability
+from cardio_kedro.evaluation.headline import SINGLE_SPLIT, headline
 from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, boxes_in_cache_frame, localization_scores
 from cardio_kedro.evaluation.metrics import (
     auc_or_none,
@@ -25,7 +26,7 @@ from cardio_kedro.evaluation.metrics import (
 )
 from cardio_kedro.evaluation.predictions import PREDICTION_COLUMNS, net_benefit_table, subgroups
 from cardio_kedro.evaluation.predictions import labels_and_scores as _scores
-from cardio_kedro.evaluation.report import best_epoch, render_report
+from cardio_kedro.evaluation.report import best_epoch, dropped_summary, render_report
 from cardio_kedro.modeling import (
     overlay,
     predict_with_attention,
@@ -155,22 +156,24 @@ def headline_metrics(metrics: dict, localization: dict) -> dict[str, dict[str, f
     """The evaluation numbers worth comparing across runs, as MLflow metrics (step 0)."""
     test = metrics["test"]
     calibrated = test["calibration"]["calibrated"]
-    flat = {
-        "test_auc": test["roc_auc"]["auc"],
-        "test_ece": calibrated["ece"]["value"],
-        "test_calibration_slope": calibrated["calibration_slope"]["value"],
-        "test_calibration_intercept": calibrated["calibration_intercept"]["value"],
+    figures = {
+        "auc": test["roc_auc"]["auc"],
+        "auc_ci_low": test["roc_auc"]["ci_low"],
+        "auc_ci_high": test["roc_auc"]["ci_high"],
+        "pr_auc": test["pr_auc"],
+        "brier": test["brier"],
+        "ece": calibrated["ece"]["value"],
+        "calibration_slope": calibrated["calibration_slope"]["value"],
+        "calibration_intercept": calibrated["calibration_intercept"]["value"],
+        "sensitivity": test["sensitivity"],
+        "specificity": test["specificity"],
+        "baseline_auc": metrics["baseline"]["roc_auc"]["auc"],
+    }
+    flat = headline(SINGLE_SPLIT, figures) | {
         "test_ece_raw_score": test["calibration"]["raw_score"]["ece"]["value"],
         "test_brier_raw_score": test["calibration"]["raw_score"]["brier"]["value"],
-        "baseline_auc": metrics["baseline"]["roc_auc"]["auc"],
         "baseline_auc_ci_low": metrics["baseline"]["roc_auc"]["ci_low"],
         "baseline_auc_ci_high": metrics["baseline"]["roc_auc"]["ci_high"],
-        "test_auc_ci_low": test["roc_auc"]["ci_low"],
-        "test_auc_ci_high": test["roc_auc"]["ci_high"],
-        "test_pr_auc": test["pr_auc"],
-        "test_brier": test["brier"],
-        "test_sensitivity": test["sensitivity"],
-        "test_specificity": test["specificity"],
         "test_ppv": test["ppv"],
         "test_npv": test["npv"],
         "test_f1": test["f1"],
@@ -367,7 +370,7 @@ def build_report(
         ],
         localization=localization,
         quality=quality,
-        dropped=", ".join(f"{k}: {v['count']}" for k, v in quality["dropped_by_reason"].items()) or "none",
+        dropped=dropped_summary(quality),
         best=best_epoch(history),
         model=model.model.model_dump(),
         batch_size=model.batch_size,
