@@ -106,10 +106,6 @@ def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
         n_folds = len([g for g in groups if g.startswith("cross_validation.fold_")])
         assert "cross_validation" in groups and n_folds == 5, sorted(groups)  # conf/base: 5 folds, a group each
         assert "train_fold_model" in " ".join(n["name"] for n in folds["nodes"])
-        page.goto(f"http://127.0.0.1:{port}/?pid=cross_validation", wait_until="networkidle")
-        page.get_by_text("cross_validation", exact=False).first.wait_for(timeout=60_000)
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "kedro-viz-cross-validation.png"))
         roc = next(n for n in graph["nodes"] if n["name"] == "roc_plot")
         details = json.loads(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/nodes/{roc['id']}", timeout=30).read()
@@ -121,6 +117,12 @@ def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
             assert pipeline in menu, pipeline
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "kedro-viz.png"))
+        # the cross_validation pipeline: its folds drawn as groups that fold away
+        page.goto(f"http://127.0.0.1:{port}/?pid=cross_validation", wait_until="networkidle")
+        page.get_by_text("Fold 1", exact=False).or_(page.get_by_text("fold_1")).first.wait_for(timeout=60_000)
+        shown = page.inner_text("body")
+        assert all(f"Fold {k}" in shown or f"fold_{k}" in shown for k in range(1, 6)), shown[-1500:]
+        page.screenshot(path=str(ARTIFACTS / "kedro-viz-cross-validation.png"))
         page.close()
 
 

@@ -407,7 +407,7 @@ def cross_validation_metrics(out_of_fold: pd.DataFrame, calibration: dict, param
             "calibration_slope": calibration["slope"],
             "calibration_intercept": calibration["intercept"],
             "threshold": calibration["threshold"]["value"],
-            "fitted_on": calibration.get("fitted_on", "validation"),
+            "fitted_on": calibration["fitted_on"],
         },
     }
 
