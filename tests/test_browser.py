@@ -118,10 +118,11 @@ def test_kedro_viz_shows_the_three_pipelines(trained_project, browser):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "kedro-viz.png"))
         # the cross_validation pipeline: its folds drawn as groups that fold away
-        page.goto(f"http://127.0.0.1:{port}/?pid=cross_validation", wait_until="networkidle")
-        page.get_by_text("Fold 1", exact=False).or_(page.get_by_text("fold_1")).first.wait_for(timeout=60_000)
-        shown = page.inner_text("body")
-        assert all(f"Fold {k}" in shown or f"fold_{k}" in shown for k in range(1, 6)), shown[-1500:]
+        page.goto(f"http://127.0.0.1:{port}/?pid=cross_validation&expandAllPipelines=true", wait_until="networkidle")
+        page.get_by_text("cross_validation.fold_1").first.wait_for(timeout=60_000)
+        shown = page.inner_text("body")  # the sidebar's tree: cross_validation > cross_validation.fold_k > its node
+        assert all(f"cross_validation.fold_{k}" in shown for k in range(1, 6)), shown[:1500]
+        assert shown.count("train_fold_model") >= 5
         page.screenshot(path=str(ARTIFACTS / "kedro-viz-cross-validation.png"))
         page.close()
 
