@@ -71,6 +71,7 @@ def test_mlflow_has_per_finding_metrics_in_one_run(multilabel_project):
     ("pipeline", "params", "message"),
     [
         ("training", MULTI, "train and report them with the multilabel pipeline"),
+        ("cross_validation", MULTI, "the cross_validation pipeline is for one"),
         ("multilabel", {}, "the multilabel pipeline needs several"),
         (
             "multilabel",

@@ -170,7 +170,7 @@ def check_report_matches_targets(params: ProjectParams, pipeline_names: set[str]
     if n > 1 and binary:
         raise ParameterError(
             f"target_findings {params.target_findings!r} names {n} findings and the {', '.join(binary)} pipeline "
-            "is for one: train and report several with the multilabel pipeline (kedro run --pipelines=multilabel; "
+            "is for one: train and report them with the multilabel pipeline (kedro run --pipelines=multilabel; "
             "the demo: kedro run --env=multilabel --pipelines=multilabel)."
         )
     if n == 1 and pipeline_names & MULTILABEL_PIPELINES:
