@@ -8,6 +8,7 @@ FIGURES = ("auc", "auc_ci_low", "auc_ci_high", "pr_auc", "brier", "ece", "calibr
            "calibration_intercept", "sensitivity", "specificity", "baseline_auc")  # fmt: skip
 SINGLE_SPLIT = {figure: f"test_{figure}" for figure in FIGURES} | {"baseline_auc": "baseline_auc"}
 OUT_OF_FOLD = {figure: f"cv_{figure}" for figure in FIGURES}
+EXTERNAL = {figure: f"external_{figure}" for figure in FIGURES}
 INTERNAL = {"internal test split": SINGLE_SPLIT, "internal out of fold": OUT_OF_FOLD}  # what a scored run logged
 
 
@@ -16,6 +17,24 @@ def headline(names: dict[str, str], figures: dict[str, float | None]) -> dict[st
     if set(figures) != set(FIGURES):
         raise ValueError(f"headline figures {sorted(set(FIGURES) ^ set(figures))} missing or unknown")
     return {names[figure]: value for figure, value in figures.items()}
+
+
+def evaluated_figures(evaluated: dict, calibration: dict, baseline_auc: float | None) -> dict[str, float | None]:
+    """``FIGURES`` of one evaluation: ``evaluated`` as ``metrics.evaluate`` gives it, ``calibration`` as
+    ``metrics.calibration_metrics`` gives it (the calibrated probabilities'), and the baseline's AUC."""
+    return {
+        "auc": evaluated["roc_auc"]["auc"],
+        "auc_ci_low": evaluated["roc_auc"]["ci_low"],
+        "auc_ci_high": evaluated["roc_auc"]["ci_high"],
+        "pr_auc": evaluated["pr_auc"],
+        "brier": evaluated["brier"],
+        "ece": calibration["ece"]["value"],
+        "calibration_slope": calibration["calibration_slope"]["value"],
+        "calibration_intercept": calibration["calibration_intercept"]["value"],
+        "sensitivity": evaluated["sensitivity"],
+        "specificity": evaluated["specificity"],
+        "baseline_auc": baseline_auc,
+    }
 
 
 def internal_figures(run_metrics: dict[str, float]) -> dict:

@@ -98,7 +98,7 @@ class PreflightHooks:
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         params = self._params = validate_parameters(catalog.load("parameters"), self._sources)
-        names = set(run_params.get("pipeline_names") or ["__default__"])
+        names = set(run_params["pipeline_names"] or ["__default__"])  # Kedro: None when none was named
         check_report_matches_targets(params, names)
         check_folds_match_pipeline(params, names, pipeline)
         check_external_cohort(params, pipeline.inputs())

@@ -30,7 +30,7 @@ from cardio_kedro.config import (
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation import plots
 from cardio_kedro.evaluation.calibration import align_scores, apply_calibration, calibration_entry
-from cardio_kedro.evaluation.headline import OUT_OF_FOLD, headline
+from cardio_kedro.evaluation.headline import OUT_OF_FOLD, evaluated_figures, headline
 from cardio_kedro.evaluation.metrics import (
     auc_or_none,
     bootstrap_auc,
@@ -416,19 +416,7 @@ def cross_validation_headline_metrics(metrics: dict) -> dict[str, dict[str, floa
     """The cross-validation figures as MLflow metrics (``cv_*``, step 0; per fold: step = fold)."""
     pooled, paired = metrics["out_of_fold"], metrics["paired_difference"]
     calibrated = pooled["calibration"]["calibrated"]
-    figures = {
-        "auc": pooled["roc_auc"]["auc"],
-        "auc_ci_low": pooled["roc_auc"]["ci_low"],
-        "auc_ci_high": pooled["roc_auc"]["ci_high"],
-        "pr_auc": pooled["pr_auc"],
-        "brier": pooled["brier"],
-        "ece": calibrated["ece"]["value"],
-        "calibration_slope": calibrated["calibration_slope"]["value"],
-        "calibration_intercept": calibrated["calibration_intercept"]["value"],
-        "sensitivity": pooled["sensitivity"],
-        "specificity": pooled["specificity"],
-        "baseline_auc": metrics["baseline"]["roc_auc"]["auc"],
-    }
+    figures = evaluated_figures(pooled, calibrated, metrics["baseline"]["roc_auc"]["auc"])
     flat = headline(OUT_OF_FOLD, figures) | {
         "cv_prevalence_only_brier": pooled["prevalence_only_brier"],
         "cv_auc_difference": paired["difference"],

@@ -21,7 +21,7 @@ from cardio_kedro.datasets import RECALIBRATED_TAG, PixelCache
 from cardio_kedro.evaluation import plots
 from cardio_kedro.evaluation.baseline import pixel_baseline_probability
 from cardio_kedro.evaluation.calibration import apply_recalibration, fit_recalibration, observed_expected
-from cardio_kedro.evaluation.headline import internal_figures
+from cardio_kedro.evaluation.headline import EXTERNAL, evaluated_figures, headline, internal_figures
 from cardio_kedro.evaluation.metrics import (
     bootstrap_auc,
     calibration_metrics,
@@ -285,21 +285,10 @@ def external_headline_metrics(metrics: dict) -> dict[str, dict[str, float]]:
     """The external figures as MLflow metrics (``external_*``, step 0)."""
     ext, base = metrics["external"], metrics["baseline"]
     cal, cil = ext["calibration"], ext["calibration"]["in_the_large"]
-    flat = {
-        "external_auc": ext["roc_auc"]["auc"],
-        "external_auc_ci_low": ext["roc_auc"]["ci_low"],
-        "external_auc_ci_high": ext["roc_auc"]["ci_high"],
-        "external_pr_auc": ext["pr_auc"],
-        "external_brier": ext["brier"],
-        "external_ece": cal["ece"]["value"],
-        "external_calibration_slope": cal["calibration_slope"]["value"],
-        "external_calibration_intercept": cal["calibration_intercept"]["value"],
+    flat = headline(EXTERNAL, evaluated_figures(ext, cal, base["roc_auc"]["auc"])) | {
         "external_mean_predicted": cil["mean_predicted"]["value"],
         "external_observed_rate": cil["observed_rate"]["value"],
         "external_observed_expected": cil["observed_expected"]["value"],
-        "external_sensitivity": ext["sensitivity"],
-        "external_specificity": ext["specificity"],
-        "external_baseline_auc": base["roc_auc"]["auc"],
         "external_auc_difference": base["paired_difference"]["difference"],
         "external_auc_difference_ci_low": base["paired_difference"]["ci_low"],
         "external_auc_difference_ci_high": base["paired_difference"]["ci_high"],

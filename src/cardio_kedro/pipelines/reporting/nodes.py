@@ -15,7 +15,7 @@ from cardio_kedro.config import ModelTrainingParams, ReportingParams, as_params
 from cardio_kedro.datasets import PixelCache
 from cardio_kedro.evaluation import plots
 from cardio_kedro.evaluation.baseline import pixel_baseline_probability
-from cardio_kedro.evaluation.headline import SINGLE_SPLIT, headline
+from cardio_kedro.evaluation.headline import SINGLE_SPLIT, evaluated_figures, headline
 from cardio_kedro.evaluation.localization import POINTING_TOLERANCE, boxes_in_cache_frame, localization_scores
 from cardio_kedro.evaluation.metrics import (
     auc_or_none,
@@ -156,19 +156,7 @@ def headline_metrics(metrics: dict, localization: dict) -> dict[str, dict[str, f
     """The evaluation numbers worth comparing across runs, as MLflow metrics (step 0)."""
     test = metrics["test"]
     calibrated = test["calibration"]["calibrated"]
-    figures = {
-        "auc": test["roc_auc"]["auc"],
-        "auc_ci_low": test["roc_auc"]["ci_low"],
-        "auc_ci_high": test["roc_auc"]["ci_high"],
-        "pr_auc": test["pr_auc"],
-        "brier": test["brier"],
-        "ece": calibrated["ece"]["value"],
-        "calibration_slope": calibrated["calibration_slope"]["value"],
-        "calibration_intercept": calibrated["calibration_intercept"]["value"],
-        "sensitivity": test["sensitivity"],
-        "specificity": test["specificity"],
-        "baseline_auc": metrics["baseline"]["roc_auc"]["auc"],
-    }
+    figures = evaluated_figures(test, calibrated, metrics["baseline"]["roc_auc"]["auc"])
     flat = headline(SINGLE_SPLIT, figures) | {
         "test_ece_raw_score": test["calibration"]["raw_score"]["ece"]["value"],
         "test_brier_raw_score": test["calibration"]["raw_score"]["brier"]["value"],
