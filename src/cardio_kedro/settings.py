@@ -6,15 +6,21 @@ import warnings
 from kedro.config import OmegaConfigLoader
 
 from cardio_kedro.cohort.findings import findings_name
+from cardio_kedro.common.errors import install_excepthook
+from cardio_kedro.common.log_filters import install_resume_advice
 from cardio_kedro.hooks.mlflow_tags import MlflowTagHooks
 from cardio_kedro.hooks.preflight import PreflightHooks
 from cardio_kedro.hooks.run_guard import RunGuardHooks
+from cardio_kedro.hooks.run_lock import RunLockHooks
 from cardio_kedro.hooks.run_summary import RunSummaryHooks
 
 # noise of the installed stack on every command, not actionable by a user of this project
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
 
+
+# TensorFlow's C++ start-up lines (oneDNN, no CUDA driver on a CPU machine) on every command; errors still show
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The environment as the process started. MLflow writes MLFLOW_TRACKING_URI into os.environ when a
 # run sets its store, so a second Kedro session in the same process (a notebook, the tests) would
@@ -36,7 +42,14 @@ def _findings_name(value) -> str:
     return findings_name(OmegaConf.to_container(value) if isinstance(value, ListConfig) else value)
 
 
-HOOKS = (PreflightHooks(), MlflowTagHooks(), RunSummaryHooks(), RunGuardHooks())
+# A user error ends a command with its message, not a traceback: from here, before kedro-mlflow reads its
+# configuration (a misspelled target finding fails inside it), after Kedro's rich traceback is installed.
+install_excepthook()
+install_resume_advice()  # Kedro's --from-nodes advice after a failure would load an older run's inputs
+
+# RunLockHooks last: of the hooks that go first (tryfirst), pluggy calls the last registered first, and the
+# project lock comes before everything (the preflight checks may write the demo cohort)
+HOOKS = (PreflightHooks(), MlflowTagHooks(), RunSummaryHooks(), RunGuardHooks(), RunLockHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

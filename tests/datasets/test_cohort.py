@@ -100,3 +100,66 @@ def test_phantom_cohort_round_trip(phantom_cohort_dir):
     assert set(boxes["image_index"]) == set(
         labels.loc[labels["Finding Labels"].str.contains("Cardiomegaly"), "Image Index"]
     )
+
+
+READ_AND_MEASURE = (
+    "import sys, time\n"
+    "from cardio_kedro.common.errors import UserError\n"
+    "from cardio_kedro.datasets.cohort import read_label_table\n"
+    "start = time.perf_counter()\n"
+    "try:\n"
+    "    read_label_table(sys.argv[1])\n"
+    "    print('read')\n"
+    "except UserError as exc:\n"
+    "    print('refused:', exc)\n"
+    "print(time.perf_counter() - start)\n"
+    "status = open('/proc/self/status').read().split('VmHWM:')[1]\n"  # this process's own peak (ru_maxrss
+    "print(int(status.split()[0]) // 1024)\n"  # starts from the parent's at fork)
+)
+
+
+def _read_in_a_process(path) -> tuple[str, float, int]:
+    """The outcome of reading ``path`` in a fresh process, its seconds and its peak memory (MiB)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", READ_AND_MEASURE, str(path)], capture_output=True, text=True,
+                         check=True, timeout=600).stdout.splitlines()  # fmt: skip
+    return "\n".join(out[:-2]), float(out[-2]), int(out[-1])
+
+
+def _write_junk(fh, n_bytes: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 256, 4 * 2**20, dtype=np.uint8).tobytes()  # random bytes: newlines, commas, NULs
+    for _ in range(n_bytes // len(block)):
+        fh.write(block)
+
+
+@pytest.mark.parametrize("good_rows", [2, 120_000])
+def test_a_label_table_that_goes_on_as_junk_is_refused_early_in_bounded_memory(tmp_path, good_rows):
+    """A valid header, some good rows, then 1.5 GB of junk: refused where the junk starts, in seconds and
+    a few hundred MiB (the whole file read at once took 5.9 GB and 70 s for 2 GB, and ended in a KeyError)."""
+    table = tmp_path / "Data_Entry_2017.csv"
+    with table.open("wb") as fh:
+        fh.write((HEADER_2020 + "\n").encode())
+        for i in range(good_rows):
+            fh.write(f"{i:08d}_000.png,No Finding,0,{i + 1},57,M,PA,2682,2749,0.143,0.143\n".encode())
+        _write_junk(fh, 1536 * 2**20)
+    outcome, seconds, peak_mib = _read_in_a_process(table)
+    print(f"{good_rows} good rows + 1.5 GB of junk: {outcome[:160]!r}; {seconds:.1f} s, peak {peak_mib} MiB")
+    assert outcome.startswith("refused:") and str(table) in outcome
+    assert "label table" in outcome and "KeyError" not in outcome
+    line = int(outcome.split(" line ")[1].split(":")[0].split(" ")[0]) if " line " in outcome else None
+    assert line is not None and line >= good_rows + 2  # where the junk starts, not before
+    assert seconds < 30 and peak_mib < 800
+
+
+def test_a_few_bad_rows_among_many_are_named_by_line(tmp_path):
+    table = tmp_path / "Data_Entry_2017.csv"
+    rows = [f"{i:08d}_000.png,No Finding,0,{i + 1},57,M,PA,2682,2749,0.143,0.143" for i in range(60_000)]
+    rows[55_000] = rows[55_000].replace(",55001,", ",x55001,")
+    table.write_text("\n".join([HEADER_2020, *rows]) + "\n")
+    with pytest.raises(DatasetError, match=r"line 55002 .*column 'Patient ID': 'x55001'.*\(1 row\(s\) like this\)"):
+        read_label_table(table)

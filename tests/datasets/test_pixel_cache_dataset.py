@@ -128,3 +128,56 @@ def test_the_index_is_as_readable_as_the_pixels(tmp_path):
     )
     files = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "cache").rglob("*") if p.is_file()}
     assert len(set(files.values())) == 1 and files[next(iter(files))] & 0o044, files  # one mode, readable by others
+
+
+FULL_DISK = """
+import json, sys
+import numpy as np
+from cardio_kedro.common.errors import UserError
+from cardio_kedro.datasets import DecodedChunk, PixelCacheDataset
+from cardio_kedro.datasets.pixel_cache_dataset import PixelCache
+
+root = sys.argv[1]
+dataset = PixelCacheDataset(path=root, image_size=64)
+
+def chunk(first, n):
+    sources = [f"/src/{i}.png" for i in range(first, first + n)]
+    pixels = np.full((n, 64, 64), 7, np.uint8)
+    return DecodedChunk(64, sources, pixels, np.full((n, 2), 64), np.ones((n, 2), np.int64))
+
+out = {}
+try:
+    dataset.load().check_room_for(1000)  # 4 MiB on a 1 MiB disk
+except UserError as exc:
+    out["preflight"] = str(exc)
+dataset.save(chunk(0, 100))  # 400 KiB: fits
+try:
+    dataset.save(chunk(100, 300))  # 1.2 MiB more: the disk fills during the write
+except UserError as exc:
+    out["full"] = str(exc)
+out["pixel_bytes"] = (dataset.folder / "pixels.u8").stat().st_size
+out["cached"] = len(dataset.load().index)
+print(json.dumps(out))
+"""
+
+
+def test_a_full_disk_keeps_the_cache_as_it_was_and_says_so(tmp_path):
+    """On a real 1 MiB file system (tmpfs in a private mount namespace): the cache refuses to start what it
+    cannot hold, and a write that fills the disk leaves no partial chunk behind (formerly 86 KB stayed)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    assert shutil.which("unshare"), "util-linux's unshare is needed to mount a small file system"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    script = f'mount -t tmpfs -o size=1m tmpfs "{cache}" && exec "{sys.executable}" -c "$0" "{cache}"'
+    command = ["unshare", "-rm", "sh", "-c", script, FULL_DISK]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "needs about 3.9 MiB for 1,000 images at 64 px" in out["preflight"] and "MiB free" in out["preflight"]
+    assert out["full"].startswith("No space left on the disk of the pixel cache")
+    assert "the 100 images cached before are kept" in out["full"]
+    assert out["pixel_bytes"] == 100 * 64 * 64 and out["cached"] == 100

@@ -42,23 +42,30 @@ NO_COHORT_HINT = (
 )
 
 
+LABEL_CHUNK_ROWS = 50_000  # rows of a label table read at a time: memory stays bounded, whatever the file's size
+MOSTLY_JUNK = 0.5  # a chunk with more bad rows than this is not a label table any more: refused at once
+MIN_JUNK_ROWS = 100  # fewer bad rows are each a row to fix, named by line (a small table, a few typos)
+
+
 def read_label_table(path: str | Path, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """Read an NIH ``Data_Entry_2017.csv``: the Kaggle file (trailing empty column) or the 2020 revision.
 
     The header's ``OriginalImage[Width,Height]`` contains a comma, so the header is matched by name
     and the values are read positionally. Every row needs an image name and an integer patient id
-    (the split is by patient): a row without one is refused with its line number.
+    (the split is by patient): a row without one is refused with its line number. The file is read
+    ``LABEL_CHUNK_ROWS`` rows at a time, and a stretch that is mostly not label rows (a file that goes
+    on as something else) is refused as soon as it is met, so neither time nor memory grow with the junk.
     """
     remote = is_remote(str(path))
     path = str(path) if remote else Path(path)
     options = {"storage_options": storage_options or {}} if remote else {}
     if remote:
         with fsspec.open(path, "rt", encoding="utf-8-sig", compression="infer", **(storage_options or {})) as fh:
-            header = fh.readline().strip()
+            header = fh.readline(64 * 1024).strip()
     else:
         opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8-sig") as fh:
-            header = fh.readline().strip()
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as fh:
+            header = fh.readline(64 * 1024).strip()
     names = [n.strip() for n in header.split(",")]
     missing = [c for c in REQUIRED_LABEL_COLUMNS if c not in names]
     if missing:
@@ -66,27 +73,86 @@ def read_label_table(path: str | Path, storage_options: dict[str, Any] | None = 
             f"{path} lacks the required column(s) {missing}; expected the NIH header "
             f"starting with {', '.join(REQUIRED_LABEL_COLUMNS)}"
         )
-    if names[: len(REQUIRED_LABEL_COLUMNS)] == list(REQUIRED_LABEL_COLUMNS):
-        raw = pd.read_csv(path, header=None, skiprows=1, dtype=str, keep_default_na=False, **options)
-        raw = raw.iloc[:, : len(LABEL_TABLE_COLUMNS)]
-        raw.columns = list(LABEL_TABLE_COLUMNS[: raw.shape[1]])
+    read = dict(dtype=str, keep_default_na=False, chunksize=LABEL_CHUNK_ROWS, encoding_errors="replace", **options)
+    positional = names[: len(REQUIRED_LABEL_COLUMNS)] == list(REQUIRED_LABEL_COLUMNS)
+    if positional:  # the NIH order: the values by position (the header's names are split by its commas)
+        reader = pd.read_csv(path, header=None, skiprows=1, names=range(len(names)), **read)
     else:  # the required columns in another order, without the comma-split extras
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, **options)
-        raw = raw[[c for c in raw.columns if not c.startswith("Unnamed")]]
+        reader = pd.read_csv(path, **read)
+    chunks = []
+    try:
+        with reader:
+            for read_rows in reader:
+                if positional:
+                    chunk = read_rows.iloc[:, : len(LABEL_TABLE_COLUMNS)]
+                    chunk.columns = list(LABEL_TABLE_COLUMNS[: chunk.shape[1]])
+                else:
+                    chunk = read_rows[[c for c in read_rows.columns if not str(c).startswith("Unnamed")]]
+                _refuse_junk(chunk, path)
+                chunks.append(chunk)
+    except pd.errors.ParserError as exc:  # a row with more fields than the header: where did the junk start?
+        _refuse_junk_before(path, positional, names, read, str(exc))
+        raise UserDatasetError(
+            f"{path} stops being a label table: {exc} (the header has {len(names)} fields). Is the file cut, "
+            "joined with another file, or not the data set's label table?"
+        ) from None
+    raw = pd.concat(chunks) if chunks else pd.DataFrame(columns=list(LABEL_TABLE_COLUMNS))
     _check_identifiers(raw, path)
     return raw
 
 
+def _bad_identifiers(raw: pd.DataFrame) -> dict[str, pd.Index]:
+    """Rows without an image name, and rows without an integer patient id (by column)."""
+    checks = {
+        "Image Index": raw["Image Index"].str.strip() != "",
+        "Patient ID": raw["Patient ID"].str.strip().str.fullmatch(r"\d+"),
+    }
+    return {column: raw.index[~ok.fillna(False).astype(bool)] for column, ok in checks.items()}
+
+
+def _refuse_junk(chunk: pd.DataFrame, path) -> None:
+    """Refuse a stretch of the file that is mostly not label rows, naming where it starts."""
+    bad = _bad_identifiers(chunk)
+    rows = bad["Image Index"].union(bad["Patient ID"])
+    if len(rows) >= MIN_JUNK_ROWS and len(rows) > MOSTLY_JUNK * len(chunk):
+        first = int(rows[0])
+        sample = " | ".join(str(v) for v in chunk.loc[first].tolist() if isinstance(v, str) and v)[:80]
+        sample = "".join(c if c.isprintable() else "?" for c in sample)  # junk may be binary
+        raise UserDatasetError(
+            f"{path}, from line {first + 2}: {len(rows)} of the {len(chunk)} rows there have no image name or no "
+            f"integer patient id (line {first + 2} reads {sample!r}): the file stops looking like a label table, "
+            "so reading stopped there. Is it cut, joined with another file, or not the data set's label table?"
+        )
+
+
+def _refuse_junk_before(path, positional: bool, names: list[str], read: dict, parser_error: str) -> None:
+    """Where a row with too many fields stopped the parser, the rows before it read again, skipping such rows:
+    a stretch of junk among them is named from its first line (``_refuse_junk``)."""
+    import re
+
+    line = re.search(r"line (\d+)", parser_error)
+    if line is None:
+        return
+    again = {**read, "chunksize": None, "nrows": min(int(line.group(1)), LABEL_CHUNK_ROWS), "on_bad_lines": "skip"}
+    try:
+        if positional:
+            head = pd.read_csv(path, header=None, skiprows=1, names=range(len(names)), **again)
+            head = head.iloc[:, : len(LABEL_TABLE_COLUMNS)]
+            head.columns = list(LABEL_TABLE_COLUMNS[: head.shape[1]])
+        else:
+            head = pd.read_csv(path, **again)
+    except pd.errors.ParserError:
+        return
+    _refuse_junk(head, path)
+
+
 def _check_identifiers(raw: pd.DataFrame, path: Path) -> None:
     """Refuse rows without an image name or an integer patient id, naming the file, line and column."""
-    for column, ok in (
-        ("Image Index", raw["Image Index"].str.strip() != ""),
-        ("Patient ID", raw["Patient ID"].str.strip().str.fullmatch(r"\d+")),
-    ):
-        bad = raw.index[~ok.fillna(False).astype(bool)]
+    for column, bad in _bad_identifiers(raw).items():
         if len(bad):
             first = int(bad[0])
             value = raw.loc[first, column]
+            value = "" if not isinstance(value, str) else value
             raise UserDatasetError(
                 f"{path}, line {first + 2} (image '{raw.loc[first, 'Image Index']}'), column '{column}': "
                 f"{'blank' if not value.strip() else repr(value)}; "

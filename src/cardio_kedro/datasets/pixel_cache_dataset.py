@@ -12,7 +12,9 @@ decodes only what is missing; bytes a dying run wrote past the index are cut off
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
+
+from cardio_kedro.common.errors import UserDatasetError
 
 from ._files import atomic_file
 
@@ -86,6 +90,20 @@ class PixelCache:
         shapes = self.index.set_index("source")[["src_height", "src_width"]]
         return shapes.loc[list(sources)].to_numpy()
 
+    def check_room_for(self, n_images: int) -> None:
+        """Refuse to start decoding ``n_images`` when the cache's disk cannot hold them (5% and 64 MiB to spare)."""
+        folder = self.folder
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        needed = n_images * self.size * self.size
+        free = shutil.disk_usage(folder).free
+        if needed * 1.05 + 64 * 2**20 > free:
+            raise UserDatasetError(
+                f"The pixel cache {self.folder} needs about {needed / 2**20:,.1f} MiB for {n_images:,} images at "
+                f"{self.size} px and its disk has {free / 2**20:,.0f} MiB free. Free space there, or run with a "
+                "smaller image_size; nothing was decoded."
+            )
+
     def is_current(self, sources: pd.Series, nbytes: pd.Series, mtime_ns: pd.Series) -> np.ndarray:
         """Which sources are cached from a file of this size and modification time (no decode needed)."""
         stamps = self.index.set_index("source")[["nbytes", "mtime_ns"]]
@@ -141,11 +159,23 @@ class PixelCacheDataset(AbstractDataset[DecodedChunk, PixelCache]):
             return
         n_rows = int(cache.index["row"].max()) + 1 if len(cache.index) else 0
         target = self.folder / "pixels.u8"
+        kept_bytes = n_rows * self._size * self._size
         with target.open("ab") as fh:
-            fh.truncate(n_rows * self._size * self._size)  # bytes a dying run wrote past the index
-            fh.write(np.ascontiguousarray(chunk.pixels).tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
+            fh.truncate(kept_bytes)  # bytes a dying run wrote past the index
+            try:
+                fh.write(np.ascontiguousarray(chunk.pixels).tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                fh.truncate(kept_bytes)  # no partial chunk left behind to keep the disk full
+                raise UserDatasetError(
+                    f"No space left on the disk of the pixel cache {self.folder} while appending "
+                    f"{chunk.pixels.nbytes / 2**20:.0f} MiB: the {n_rows} images cached before are kept, the "
+                    "partial chunk was removed. Free space there (or give data/04_feature more room) and run "
+                    "again: only the images not cached yet are decoded."
+                ) from None
         new = pd.DataFrame(
             {
                 "source": chunk.sources,

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 MODEL_DATASETS = (
     "classifier",
     "cross_validation.classifier",
-)  # registered as <finding>-classifier(-service) when saved
+)  # registered as <finding>-classifier(-service) when the run that saved them finishes
 RECALIBRATED_DATASET = (
     "external.recalibrated_classifier"  # a site's recalibrated classifier: a new version of the same name
 )
@@ -71,13 +71,47 @@ def create_experiment(tracking_uri: str, name: str, kwargs: Any = None) -> None:
             raise
 
 
+def registry_mismatch(client, name: str, local_versions: list[str]) -> str | None:
+    """What a user should know when ``data/06_models`` holds trained versions (``local_versions``, the runs'
+    save versions) that the registry's ``name`` does not: the registry was deleted or replaced, so its
+    "latest" and the newest local model are different models. ``None`` when they agree."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        versions = []
+    registered = set()
+    for version in versions:
+        try:
+            registered.add(client.get_run(version.run_id).data.tags.get("cardio.save_version"))
+        except MlflowException:  # the version's run was deleted
+            continue
+    unknown = sorted(set(local_versions) - registered)
+    if not unknown:
+        return None
+    return (
+        f"data/06_models holds {len(unknown)} trained model(s) that the MLflow registry ({client.tracking_uri}) "
+        f"does not know (newest {unknown[-1]}), and its {name} has {len(versions)} version(s): was mlflow.db "
+        "deleted or replaced? Inference without a model_uri scores with the newest model in data/06_models; "
+        f"models:/{name}/latest is the registry's newest, another model."
+    )
+
+
+def local_model_versions(folder: Path) -> list[str]:
+    """The versions (run timestamps) of the trained model at ``folder`` (``data/06_models/classifier.keras``)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / folder.name).exists())
+
+
 class MlflowTagHooks:
     """Tags (``git.commit``; ``keras.backend`` and ``device`` when the run trains) and model registration.
 
-    When ``classifier`` (network + calibration + threshold) is saved, it is logged in MLflow's Keras
-    flavour and registered as ``<finding>-classifier``, and the HTTP-serving pyfunc around it as
-    ``<finding>-classifier-service``. An external validation run is tagged with the model it scored
-    (``external.model``, ``external.registered_model``, ``external.model_version``,
+    When a run that saved ``classifier`` (network + calibration + threshold) finishes, the model is logged
+    in MLflow's Keras flavour and registered as ``<finding>-classifier``, and the HTTP-serving pyfunc around
+    it as ``<finding>-classifier-service``; a run that fails registers nothing. An external validation run
+    is tagged with the model it scored (``external.model``, ``external.registered_model``, ``external.model_version``,
     ``external.training_run_id``) and the cohort (``external.cohort``); its recalibrated classifier is
     registered as a new version of the scored model's name, the version tagged ``recalibrated_for``,
     ``recalibration`` and ``recalibrated_from``. A cross-validation run gets one nested run per fold
@@ -89,27 +123,34 @@ class MlflowTagHooks:
         self._service_limits: dict = {}
         self._scored_model: dict | None = None
         self._fold_history = None
+        self._pending: list = []  # registrations of this run's models, done when it finishes
 
     @hook_impl(tryfirst=True)  # before kedro-mlflow's own after_context_created looks the experiment up
     def after_context_created(self, context) -> None:
-        """Create the run's experiment on a tracking server so that runs starting together all find it.
+        """Create the store and the run's experiment before kedro-mlflow looks them up, so that runs starting
+        together all find them; a local store's writes wait for a lock (``mlflow_store``).
 
         kedro-mlflow gets the experiment by name and creates it when it is missing: two runs starting
         at the same moment both miss it and the second create fails. Here the create comes first and
-        an ``already exists`` answer means another run won the race, which is fine.
+        an ``already exists`` answer means another run won the race, which is fine. A new local
+        ``mlflow.db`` is built by one process at a time.
         """
         from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
 
+        from cardio_kedro.hooks.mlflow_store import install_sqlite_busy_timeout, store_initialisation_lock
+
+        install_sqlite_busy_timeout()  # a locked mlflow.db is waited for, not a failed run
         config = KedroMlflowConfig.model_validate(context.config_loader["mlflow"])
         uri = config.server.mlflow_tracking_uri or ""
-        if not uri.startswith(("http://", "https://")):
-            return  # a local store: one user, no race
-        create_experiment(uri, config.tracking.experiment.name, config.tracking.experiment.create_experiment_kwargs)
+        experiment = config.tracking.experiment
+        with store_initialisation_lock(uri):
+            create_experiment(uri, experiment.name, experiment.create_experiment_kwargs)
 
     @hook_impl
     def before_pipeline_run(self, pipeline, catalog) -> None:
         import mlflow
 
+        self._pending = []
         if mlflow.active_run() is None:  # tracking is off for this pipeline
             return
         self._target = findings_name(catalog.load("params:target_findings"))
@@ -123,6 +164,23 @@ class MlflowTagHooks:
             tags["keras.backend"] = keras.backend.backend()
             tags["device"] = device_summary()  # e.g. "backend jax on gpu:0 (NVIDIA H200)"
         mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
+        self._report_registry_mismatch(pipeline, catalog)
+
+    def _report_registry_mismatch(self, pipeline, catalog) -> None:
+        """Warn when training's models in data/06_models and the registry's versions disagree."""
+        import mlflow
+
+        from cardio_kedro.hooks.run_guard import versioned_filepath
+
+        uses = pipeline.all_outputs() | pipeline.inputs()
+        if not uses & {"classifier", "inference_model", "external.model"}:
+            return
+        folder = versioned_filepath(catalog, "classifier")
+        problem = folder and registry_mismatch(
+            mlflow.MlflowClient(), f"{self._target}-classifier", local_model_versions(folder)
+        )
+        if problem:
+            logger.warning(problem)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
@@ -130,9 +188,8 @@ class MlflowTagHooks:
 
         if mlflow.active_run() is None:
             return
-        if dataset_name in MODEL_DATASETS:
-            self._register_model(data)
-            self._register_service(data)
+        if dataset_name in MODEL_DATASETS:  # registered when the run has finished (after_pipeline_run)
+            self._pending.append(lambda model=data: (self._register_model(model), self._register_service(model)))
         elif dataset_name == MODEL_CARD_DATASET:
             self._scored_model = data
             tags = {
@@ -150,7 +207,23 @@ class MlflowTagHooks:
             self._log_fold_runs(data["folds"])
         elif dataset_name == RECALIBRATED_DATASET and data["model"] is not None:
             name = (self._scored_model or {}).get("registered_name") or f"{self._target}-classifier"
-            self._register_model(data["model"], name=name, artifact="recalibrated_model", tags=data["tags"])
+            self._pending.append(
+                lambda: self._register_model(data["model"], name=name, artifact="recalibrated_model", tags=data["tags"])
+            )
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow ends the run
+    def after_pipeline_run(self) -> None:
+        """Register the run's models now that every node has finished: a run that fails after training
+        (in its reporting, say) registers nothing, so "the newest registered" is always a finished run's."""
+        pending, self._pending = self._pending, []
+        for register in pending:
+            register()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        if self._pending:
+            logger.warning("The run failed: its %d model(s) were not registered in MLflow", len(self._pending))
+        self._pending = []
 
     def _log_fold_runs(self, folds: list[dict]) -> None:
         """One nested run per fold under the cross-validation run: the fold model's epochs (step = epoch)

@@ -70,16 +70,28 @@ def mark_dead_runs(client, host: str, own_run_id: str | None) -> list:
     return marked
 
 
-def versioned_filepath(catalog, name: str) -> Path | None:
-    """The ``filepath`` (or ``path``) of the catalog entry ``name`` when it is versioned, else ``None``."""
+def _entry(catalog, name: str) -> tuple[dict, dict]:
+    """The catalog entry ``name`` as configured and its inner dataset's part (a wrapper's ``dataset``)."""
     if name.startswith("params:") or name == "parameters":
-        return None
+        return {}, {}
     config = catalog.config_resolver.resolve_pattern(name)
     inner = config.get("dataset", config)
-    if not isinstance(inner, dict) or not (inner.get("versioned") or config.get("versioned")):
-        return None
+    return config, inner if isinstance(inner, dict) else {}
+
+
+def dataset_filepath(catalog, name: str) -> Path | None:
+    """The ``filepath`` (or ``path``) of the catalog entry ``name``, versioned or not; ``None`` for one in memory."""
+    _, inner = _entry(catalog, name)
     path = inner.get("filepath") or inner.get("path")
     return Path(path) if path else None
+
+
+def versioned_filepath(catalog, name: str) -> Path | None:
+    """The ``filepath`` (or ``path``) of the catalog entry ``name`` when it is versioned, else ``None``."""
+    config, inner = _entry(catalog, name)
+    if not (inner.get("versioned") or config.get("versioned")):
+        return None
+    return dataset_filepath(catalog, name)
 
 
 def set_aside_folder(filepath: Path) -> Path:

@@ -74,6 +74,23 @@ def _bad_request(message: str) -> MlflowException:
     return MlflowException(message, INVALID_PARAMETER_VALUE)
 
 
+ECHO_CHARS = 12  # of an image's base64 that an error answer may show (MLflow's server quotes the request's table)
+
+
+def _no_request_echo() -> None:
+    """MLflow's scoring server answers a refused request with "Failed to predict data '<the request's table>'"
+    (and a schema failure likewise): in this serving process, that table shows at most ``ECHO_CHARS``
+    characters of an image and a few rows, never the images a client sent, and schema errors no data."""
+    import os
+
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", ECHO_CHARS)
+    pd.set_option("display.max_rows", 4)
+    pd.set_option("display.min_rows", 2)
+    os.environ.setdefault("MLFLOW_DISABLE_SCHEMA_DETAILS", "true")
+
+
 class XrayClassifierService(mlflow.pyfunc.PythonModel):
     """Decodes base64 images with the training code path and scores them with the Keras model."""
 
@@ -96,6 +113,7 @@ class XrayClassifierService(mlflow.pyfunc.PythonModel):
                 f"model_config={{{', '.join(f'{k!r}: ...' for k in LIMITS)}}}"
             )
         self.limits = {key: config[key] for key in LIMITS}
+        _no_request_echo()
 
     def _pixels(self, value) -> tuple[np.ndarray, tuple[int, int], str | None]:
         """The image at the model's size, its source ``(height, width)`` and, for a DICOM, its ViewPosition."""

@@ -110,7 +110,24 @@ _LAUNCH = (
 
 
 def _kedro_run(project: Path, env: str | None, params: str, log: Path, extra: list[str], environment: dict) -> None:
-    """A ``kedro run`` of ``project`` that dies with this worker, its output in ``log``."""
+    """A ``kedro run`` of ``project`` that dies with this worker, its output in ``log``.
+
+    The workers of one machine share the project, which takes one run at a time (hooks/run_lock.py): a
+    worker waits here for the others' runs, so that its own run starts (and takes its timestamp, the
+    version of what it saves) only when the project is free.
+    """
+    lock_path = project / "data" / ".sweeps" / "runs.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another worker's run on this machine to end (the project runs one at a time)")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _launch(project, env, params, log, extra, environment)
+
+
+def _launch(project: Path, env: str | None, params: str, log: Path, extra: list[str], environment: dict) -> None:
     kedro = str(Path(sys.executable).parent / "kedro")
     command = [sys.executable, "-c", _LAUNCH, str(os.getpid()), kedro, "run", *extra]
     command += [f"--params={params}"] if params else []

@@ -220,6 +220,7 @@ def test_http_service_answers_like_the_batch_pipeline(trained_project, shared_ni
         _same_answers(pd.DataFrame(answer["predictions"]), batch)
         status, answer = _post(port, [payload[0], base64.b64encode(b"garbage bytes").decode()])
         assert 400 <= status < 500 and "row 1" in answer.get("message", "")
+        assert payload[0][:40] not in answer["message"] and len(answer["message"]) < 400, answer  # no echo
         status, answer = _post(port, ["%%% not base64 %%%"])
         assert 400 <= status < 500 and "base64" in answer.get("message", "")
         status, answer = _post(port, [])

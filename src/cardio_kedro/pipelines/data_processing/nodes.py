@@ -339,6 +339,7 @@ def decode_images(
     if todo.empty:
         yield DecodedChunk.empty(existing.size)
         return
+    existing.check_room_for(len(todo))  # before the first image is decoded, not at a full disk
     yield from _decode_chunks(todo, existing.size, config.workers, storage_options)
 
 
