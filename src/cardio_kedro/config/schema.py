@@ -507,6 +507,25 @@ class InferenceParams(Group):
 RECALIBRATION_METHODS = ("none", "intercept", "logistic")
 
 
+class PromotionGates(Group):
+    """``external.gates``: what an external validation must show before it may promote the scored model."""
+
+    auc_lower_bound: float = Field(ge=0, le=1, description="the external ROC AUC's 95% CI lower bound must reach this")
+    observed_expected: tuple[float, float] = Field(
+        description="calibration-in-the-large: observed / expected (O/E) must lie in [low, high]"
+    )
+    beats_baseline: bool = Field(
+        description="the paired AUC difference against the pixel baseline must have its CI above 0"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PromotionGates:
+        low, high = self.observed_expected
+        if not 0 < low <= 1 <= high:
+            raise ValueError(f"observed_expected {list(self.observed_expected)}: a band [low, high] around 1")
+        return self
+
+
 class ExternalParams(Group):
     """``external``: a second cohort scored by a trained model (``kedro run --pipelines=external_validation``)."""
 
@@ -533,6 +552,11 @@ class ExternalParams(Group):
         description="also score images the model's quality guard flags (deployed, they get no label)"
     )
     seed: Seed
+    promote: bool = Field(
+        description="give the scored registered model the @champion alias when every gate passes (the run "
+        "must finish); inference, the service and external validation then use it"
+    )
+    gates: PromotionGates = Field(description="what promotion requires (external.promote)")
 
 
 # ---- sweep ---------------------------------------------------------------------------------------

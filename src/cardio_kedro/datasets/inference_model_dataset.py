@@ -97,11 +97,13 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
     never scored with another model's threshold; it is ``None`` for a model that has none (an
     uncalibrated network), and the inference node then asks for an explicit ``inference.threshold``.
     With ``model_uri`` (any form in ``MODEL_URI_FORMS``, resolved by ``mlflow.models.get_model_info``)
-    the model comes from MLflow; without, the newest version of the catalog's ``classifier``, or, with
-    ``latest_registered_of`` (the target findings), the newest version of ``<findings>-classifier`` that
-    a training run registered (not one recalibrated for a site). A model from MLflow comes with its
-    registered ``name`` and ``model_version`` (registry URIs), the ``run_id`` that logged it and that run's metrics
-    (``run_metrics``: the internal figures the external validation report sets beside its own).
+    the model comes from MLflow; without, ``<findings>-classifier@champion`` when the registry has one
+    (``champion_of`` or ``latest_registered_of``: the target findings; ``cardio_kedro.registry``), else the
+    newest version of the catalog's ``classifier``, or, with ``latest_registered_of``, the newest version of
+    ``<findings>-classifier`` that a training run registered (not one recalibrated for a site). A model from
+    MLflow comes with its registered ``name`` and ``model_version`` (registry URIs), the ``run_id`` that
+    logged it and that run's metrics (``run_metrics``: the internal figures the external validation report
+    sets beside its own).
     """
 
     def __init__(
@@ -109,12 +111,38 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
         model_path: str,
         model_uri: str | None = None,
         latest_registered_of: str | list[str] | None = None,
+        champion_of: str | list[str] | None = None,
         metadata: dict[str, Any] | None = None,
     ):
         self._model_path = Path(model_path)
         self._model_uri = model_uri or None
         self._registered = None if latest_registered_of is None else f"{findings_name(latest_registered_of)}-classifier"
+        self._champion = None if champion_of is None else f"{findings_name(champion_of)}-classifier"
         self.metadata = metadata
+
+    def _champion_uri(self) -> str | None:
+        """``models:/<name>@champion`` when no ``model_uri`` was given and the registry has a champion."""
+        name = self._champion or self._registered
+        if self._model_uri or name is None:
+            return None
+        from mlflow import MlflowClient
+
+        from cardio_kedro.registry import CHAMPION, alias_version
+
+        try:
+            version = alias_version(MlflowClient(), name, CHAMPION)
+        except Exception:  # noqa: BLE001 - no registry reachable: the other defaults apply
+            return None
+        return f"models:/{name}@{CHAMPION}" if version else None
+
+    def _uri(self) -> str:
+        """The MLflow URI to load: ``model_uri``, the champion, or the newest version a training run registered."""
+        if self._model_uri:
+            return normalise_model_uri(self._model_uri)
+        return self._champion_uri() or _newest_trained_version(self._registered)
+
+    def _from_mlflow(self) -> bool:
+        return bool(self._model_uri or self._registered or self._champion_uri())
 
     def _describe(self) -> dict[str, Any]:
         return {"model_path": str(self._model_path), "model_uri": self._model_uri}
@@ -122,19 +150,19 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
     def check(self) -> str:
         """Which model a load would give, found without loading it (a run checks this before it reads any data);
         a ``UserDatasetError`` that says what to do where there is none."""
-        if self._model_uri or self._registered:
+        if self._from_mlflow():
             import mlflow
             from mlflow.exceptions import MlflowException
 
-            uri = normalise_model_uri(self._model_uri) if self._model_uri else _newest_trained_version(self._registered)
+            uri = self._uri()
             try:
-                mlflow.models.get_model_info(uri)
+                info = mlflow.models.get_model_info(uri)
             except (MlflowException, OSError) as exc:
                 raise UserDatasetError(
-                    f"model_uri '{self._model_uri}' does not resolve: {str(exc).splitlines()[0]}. "
+                    f"model_uri '{self._model_uri or uri}' does not resolve: {str(exc).splitlines()[0]}. "
                     f"{_registry_hint()} Accepted forms: {MODEL_URI_FORMS}"
                 ) from None
-            return uri
+            return f"{uri} (version {_label(uri, info)})" if "@" in uri else uri
         version = _latest_version(self._model_path)
         if version is None:
             raise UserDatasetError(
@@ -147,7 +175,7 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
         from cardio_kedro.modeling import operating_threshold
 
         provenance = {"name": None, "model_version": None, "run_id": None, "run_metrics": {}}
-        if self._model_uri or self._registered:
+        if self._from_mlflow():
             model, version, source, provenance = self._load_mlflow()
         else:
             model, version, source = self._load_latest()
@@ -171,13 +199,13 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
 
         import cardio_kedro.modeling.layers  # noqa: F401 - registers the custom layers for mlflow.keras
 
-        uri = normalise_model_uri(self._model_uri) if self._model_uri else _newest_trained_version(self._registered)
+        uri = self._uri()
         try:
             info = mlflow.models.get_model_info(uri)
         except (MlflowException, OSError) as exc:
             raise UserDatasetError(
-                f"model_uri '{self._model_uri}' does not resolve: {str(exc).splitlines()[0]}. {_registry_hint()} "
-                f"Accepted forms: {MODEL_URI_FORMS}"
+                f"model_uri '{self._model_uri or uri}' does not resolve: {str(exc).splitlines()[0]}. "
+                f"{_registry_hint()} Accepted forms: {MODEL_URI_FORMS}"
             ) from None
         if "keras" not in info.flavors:
             raise UserDatasetError(

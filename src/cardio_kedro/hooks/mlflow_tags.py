@@ -26,6 +26,7 @@ MODEL_DATASETS = (
 RECALIBRATED_DATASET = (
     "external.recalibrated_classifier"  # a site's recalibrated classifier: a new version of the same name
 )
+PROMOTION_DATASET = "external.promotion"  # external.gates passed: @champion to the scored model when the run ends
 MODEL_CARD_DATASET = "external.model_card"  # the scored model and cohort of an external validation run: run tags
 FOLD_HISTORY_DATASET = (
     "cross_validation.fold_training_history"  # each fold model's epochs: the fold's nested run logs them
@@ -189,7 +190,7 @@ class MlflowTagHooks:
         if mlflow.active_run() is None:
             return
         if dataset_name in MODEL_DATASETS:  # registered when the run has finished (after_pipeline_run)
-            self._pending.append(lambda model=data: (self._register_model(model), self._register_service(model)))
+            self._pending.append(lambda model=data: self._register_trained(model))
         elif dataset_name == MODEL_CARD_DATASET:
             self._scored_model = data
             tags = {
@@ -201,6 +202,8 @@ class MlflowTagHooks:
                 "external.training_run_id": data["training_run_id"],
             }
             mlflow.set_tags({k: v for k, v in tags.items() if v is not None})
+        elif dataset_name == PROMOTION_DATASET and data["promote"]:
+            self._pending.append(lambda: self._promote(data))
         elif dataset_name == FOLD_HISTORY_DATASET:
             self._fold_history = data
         elif dataset_name == CV_METRICS_DATASET:
@@ -257,7 +260,7 @@ class MlflowTagHooks:
 
     def _register_model(
         self, model, name: str | None = None, artifact: str = "model", tags: dict[str, str] | None = None
-    ) -> None:
+    ) -> str:
         import keras
         import mlflow
         import numpy as np
@@ -281,6 +284,31 @@ class MlflowTagHooks:
         mlflow.set_tag(f"registered_{artifact}", f"{name}/{version}")
         logger.info("%s logged to MLflow and registered as %s (version %s)", artifact.replace("_", " ").capitalize(),
                     name, version)  # fmt: skip
+        return str(version)
+
+    def _register_trained(self, model) -> None:
+        """A training run's classifier and its serving model, both versions given ``@candidate``."""
+        from mlflow import MlflowClient
+
+        from cardio_kedro.registry import CANDIDATE, set_candidate
+
+        version = self._register_model(model)
+        self._register_service(model)
+        set_candidate(MlflowClient(), f"{self._target}-classifier", version)
+        logger.info("%s-classifier/%s is @%s (python -m cardio_kedro.registry promote makes it @champion)",
+                    self._target, version, CANDIDATE)  # fmt: skip
+
+    def _promote(self, decision: dict) -> None:
+        """``@champion`` to the version an external validation scored, when its gates passed and it asked to."""
+        import mlflow
+
+        from cardio_kedro.registry import promote
+
+        run = mlflow.active_run()
+        reason = f"external validation run {run.info.run_id if run else '?'}: {decision['reason']}"
+        version = promote(mlflow.MlflowClient(), decision["registered_model"], decision["version"], reason)
+        mlflow.set_tag("promoted", f"{decision['registered_model']}/{version}")
+        logger.info("%s/%s promoted to @champion (every external gate passed)", decision["registered_model"], version)
 
     def _register_service(self, model) -> None:
         """Log and register the HTTP-serving pyfunc (base64 images in, probability and label out)."""

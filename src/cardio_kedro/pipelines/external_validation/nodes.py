@@ -307,6 +307,43 @@ def external_headline_metrics(metrics: dict) -> dict[str, dict[str, float]]:
     return {k: {"value": float(v), "step": 0} for k, v in flat.items() if v is not None}
 
 
+def promotion_decision(metrics: dict, external: dict[str, Any]) -> dict:
+    """Whether the scored model passes ``external.gates``, gate by gate, and whether this run promotes it.
+
+    With ``external.promote`` and every gate passed, the scored registered version gets the ``@champion``
+    alias when the run finishes (the MLflow hooks read this decision; nodes do not touch the registry).
+    """
+    config = as_params(ExternalParams, external)
+    gates, figures, baseline = config.gates, metrics["external"], metrics["baseline"]
+    ci_low = figures["roc_auc"]["ci_low"]
+    oe = figures["calibration"]["in_the_large"]["observed_expected"]["value"]
+    low, high = gates.observed_expected
+    checks = [
+        {"gate": "auc_lower_bound", "required": f"ROC AUC 95% CI lower bound >= {gates.auc_lower_bound}",
+         "value": ci_low, "passed": ci_low is not None and ci_low >= gates.auc_lower_bound},
+        {"gate": "observed_expected", "required": f"observed / expected in [{low}, {high}]",
+         "value": oe, "passed": oe is not None and low <= oe <= high},
+        {"gate": "beats_baseline", "required": "paired AUC difference vs the pixel baseline, CI above 0"
+         if gates.beats_baseline else "not required", "value": baseline["paired_difference"]["ci_low"],
+         "passed": baseline["model_beats_baseline"] or not gates.beats_baseline},
+    ]  # fmt: skip
+    name, version = metrics["model"].get("registered_name"), metrics["model"].get("registered_version")
+    passed = all(check["passed"] for check in checks)
+    if not config.promote:
+        reason = "external.promote is false"
+    elif not (name and version):
+        reason = "the scored model is no registered version (a runs:/ or models:/m- URI): register it first"
+    elif not passed:
+        reason = "failed: " + ", ".join(c["gate"] for c in checks if not c["passed"])
+    else:
+        reason = f"every gate passed: {name}/{version} becomes @champion when the run finishes"
+    promote = bool(config.promote and passed and name and version)
+    logger.info("Promotion gates: %s; %s", ", ".join(f"{c['gate']} {'passed' if c['passed'] else 'FAILED'}"
+                                                      for c in checks), reason)  # fmt: skip
+    return {"registered_model": name, "version": version, "gates_passed": passed, "promote": promote,
+            "reason": reason, "checks": checks}  # fmt: skip
+
+
 def external_decision_curve(predictions: pd.DataFrame, external: dict[str, Any]) -> pd.DataFrame:
     """Net benefit of the model on the external images it scores, of treating all and of treating none."""
     return net_benefit_table(_scored(predictions, as_params(ExternalParams, external).include_flagged))

@@ -14,6 +14,7 @@ from .nodes import (
     external_validation_metrics,
     external_validation_plots,
     fit_site_recalibration,
+    promotion_decision,
     score_external_cohort,
 )
 
@@ -121,6 +122,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 },
                 outputs=[f"{name}_plot" for name in FIGURES],
                 name="external_validation_plots",
+            ),
+            Node(
+                promotion_decision,
+                inputs={"metrics": "metrics", "external": "params:external"},
+                outputs="promotion",
+                name="promotion_decision",
             ),
             Node(
                 build_external_validation_report,
