@@ -254,3 +254,31 @@ def test_vindr_cxr_is_a_second_site(phantom_project, tmp_path):
         decoded = np.asarray(cache.images([dicom])[0], float).ravel()
         expected = cv2.resize(png, (32, 32), interpolation=cv2.INTER_AREA).astype(float).ravel()
         assert np.corrcoef(decoded, expected)[0, 1] > 0.98, k
+
+
+def test_promotion_to_champion_needs_every_gate_and_the_run_to_finish(phantom_project, tmp_path):
+    from cardio_kedro import registry
+
+    site = make_phantom_cohort(tmp_path / "site_c", n_patients=120, prevalence=0.3, seed=13)
+    client = _client(phantom_project)
+    before = registry.alias_version(client, "Cardiomegaly-classifier", registry.CHAMPION)
+    strict = {"auc_lower_bound": 0.999, "observed_expected": [0.8, 1.25], "beats_baseline": True}
+    metrics = _validate(phantom_project, cohort_dir=str(site), promote=True, gates=strict)
+    decision = json.loads(_newest(phantom_project, "08_reporting/external_promotion.json").read_text())
+    assert decision["promote"] is False and decision["reason"].startswith("failed: auc_lower_bound")
+    assert registry.alias_version(client, "Cardiomegaly-classifier", registry.CHAMPION) == before
+
+    lenient = {"auc_lower_bound": 0.0, "observed_expected": [0.01, 100.0], "beats_baseline": False}
+    metrics = _validate(phantom_project, cohort_dir=str(site), promote=True, gates=lenient)
+    decision = json.loads(_newest(phantom_project, "08_reporting/external_promotion.json").read_text())
+    scored = metrics["model"]["registered_version"]
+    assert decision["promote"] is True and decision["version"] == scored
+    assert registry.alias_version(client, "Cardiomegaly-classifier", registry.CHAMPION) == scored
+    service = registry.service_version_of(client, "Cardiomegaly-classifier", scored)
+    assert registry.alias_version(client, "Cardiomegaly-classifier-service", registry.CHAMPION) == service
+    assert "external validation run" in client.get_model_version("Cardiomegaly-classifier", scored).tags[
+        registry.PROMOTED_TAG
+    ]
+    # the next run without model_uri scores the champion and says so
+    again = _validate(phantom_project, cohort_dir=str(site))
+    assert again["model"]["registered_version"] == scored
