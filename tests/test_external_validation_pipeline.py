@@ -276,9 +276,10 @@ def test_promotion_to_champion_needs_every_gate_and_the_run_to_finish(phantom_pr
     assert registry.alias_version(client, "Cardiomegaly-classifier", registry.CHAMPION) == scored
     service = registry.service_version_of(client, "Cardiomegaly-classifier", scored)
     assert registry.alias_version(client, "Cardiomegaly-classifier-service", registry.CHAMPION) == service
-    assert "external validation run" in client.get_model_version("Cardiomegaly-classifier", scored).tags[
-        registry.PROMOTED_TAG
-    ]
+    assert (
+        "external validation run"
+        in client.get_model_version("Cardiomegaly-classifier", scored).tags[registry.PROMOTED_TAG]
+    )
     # the next run without model_uri scores the champion and says so
     again = _validate(phantom_project, cohort_dir=str(site))
     assert again["model"]["registered_version"] == scored
