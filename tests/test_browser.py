@@ -195,6 +195,13 @@ def test_mlflow_ui_compares_two_runs(tmp_path, browser, monkeypatch):
         page.goto(f"{base}/experiments/{experiment}/runs/{run_ids[0]}", wait_until="load")
         page.get_by_text("Registered models").first.wait_for(timeout=60_000)
         assert "Cardiomegaly-classifier" in page.inner_text("body")
+        page.get_by_text("model_input_table (").first.wait_for(timeout=60_000)  # dataset inputs (hooks/mlflow_live)
+        assert "+3" in page.inner_text("body")  # the cohort shown with its digest, the three splits behind "+3"
+        page.get_by_text("+3", exact=True).first.click()
+        page.get_by_text("test_split").first.wait_for(timeout=60_000)
+        datasets = page.inner_text("body")
+        for name in ("train_split", "validation_split", "test_split"):
+            assert name in datasets, name
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "mlflow-run.png"), full_page=True)
         page.close()

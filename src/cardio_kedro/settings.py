@@ -8,6 +8,7 @@ from kedro.config import OmegaConfigLoader
 from cardio_kedro.cohort.findings import findings_name
 from cardio_kedro.common.errors import install_excepthook
 from cardio_kedro.common.log_filters import install_resume_advice
+from cardio_kedro.hooks.mlflow_live import MlflowLiveHooks
 from cardio_kedro.hooks.mlflow_tags import MlflowTagHooks
 from cardio_kedro.hooks.preflight import PreflightHooks
 from cardio_kedro.hooks.run_guard import RunGuardHooks
@@ -49,7 +50,7 @@ install_resume_advice()  # Kedro's --from-nodes advice after a failure would loa
 
 # RunLockHooks last: of the hooks that go first (tryfirst), pluggy calls the last registered first, and the
 # project lock comes before everything (the preflight checks may write the demo cohort)
-HOOKS = (PreflightHooks(), MlflowTagHooks(), RunSummaryHooks(), RunGuardHooks(), RunLockHooks())
+HOOKS = (PreflightHooks(), MlflowTagHooks(), MlflowLiveHooks(), RunSummaryHooks(), RunGuardHooks(), RunLockHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -274,7 +274,7 @@ class MlflowTagHooks:
         info = mlflow.keras.log_model(
             model,
             name=artifact,
-            signature=signature,
+            signature=signature,  # no input_example: MLflow 3.17's Keras flavour fails with one (mlflow#16183)
             registered_model_name=name,
             pip_requirements=serving_requirements(keras.backend.backend()),
         )

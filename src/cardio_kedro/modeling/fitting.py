@@ -47,6 +47,7 @@ from .training import (
     averaged_weights,
     compile_model,
     distribution_scope,
+    extra_callbacks,
     initialize_multi_host,
     keras_state,
     monitored,
@@ -205,7 +206,7 @@ def _run_phases(
             **fit,
             epochs=config.head.epochs,
             # the averaging callback first: the monitor then keeps the averaged weights; a new one per phase
-            callbacks=[*averaged_weights(config.weight_averaging), monitor, stop, plateau],
+            callbacks=[*averaged_weights(config.weight_averaging), monitor, stop, plateau, *extra_callbacks()],
             verbose=config.verbose,
         )
     fine = config.fine_tune
@@ -213,7 +214,7 @@ def _run_phases(
         return
     monitor.phase = "fine_tune"
     logger.info("Fine-tuning the top %d backbone layer(s)", set_trainable(model, fine.unfreeze_layers))
-    callbacks = [*averaged_weights(config.weight_averaging), monitor, stop]
+    callbacks = [*averaged_weights(config.weight_averaging), monitor, stop, *extra_callbacks()]
     if fine.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(fine.learning_rate, fine.epochs * steps_per_epoch, 0.01)
     else:

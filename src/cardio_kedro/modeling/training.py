@@ -28,6 +28,36 @@ def _scored(name: str) -> str:
     return name.replace("val_", "val_score_") if name.startswith("val_") else f"score_{name}"
 
 
+def epoch_figures(logs: dict[str, Any]) -> dict[str, float]:
+    """The finding's figures of one epoch from Keras' logs, by the names the training history uses (``loss``,
+    ``auc``, ``val_loss``, ``val_auc``, the view head's accuracy, ``val_auc.<finding>`` of a multi-label model)."""
+    return {
+        # with the auxiliary view output, Keras names the finding's figures score_*: those are recorded
+        **{k: float(logs.get(_scored(k), logs.get(k, np.nan))) for k in ("loss", "auc", "val_loss", "val_auc")},
+        **{k: float(logs[k]) for k in ("view_accuracy", "val_view_accuracy") if k in logs},
+        **{k: float(v) for k, v in logs.items() if k.startswith("val_auc.")},  # per finding (multi-label)
+    }
+
+
+_EXTRA_CALLBACKS: list[keras.callbacks.Callback] = []  # added to every fit: what hooks set up (live MLflow metrics)
+
+
+def add_callback(callback: keras.callbacks.Callback) -> None:
+    """Add ``callback`` to every ``fit`` of the classifiers trained from now on, until ``remove_callback``."""
+    _EXTRA_CALLBACKS.append(callback)
+
+
+def remove_callback(callback: keras.callbacks.Callback) -> None:
+    """Stop adding ``callback`` (no error if it was not added)."""
+    if callback in _EXTRA_CALLBACKS:
+        _EXTRA_CALLBACKS.remove(callback)
+
+
+def extra_callbacks() -> list[keras.callbacks.Callback]:
+    """The callbacks added from outside the training code (``add_callback``)."""
+    return list(_EXTRA_CALLBACKS)
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -59,10 +89,7 @@ class EpochMonitor(keras.callbacks.Callback):
         record = {
             "epoch": epoch + 1,
             "phase": self.phase,
-            # with the auxiliary view output, Keras names the finding's figures score_*: those are recorded
-            **{k: float(logs.get(_scored(k), logs.get(k, np.nan))) for k in ("loss", "auc", "val_loss", "val_auc")},
-            **{k: float(logs[k]) for k in ("view_accuracy", "val_view_accuracy") if k in logs},
-            **{k: float(v) for k, v in logs.items() if k.startswith("val_auc.")},  # per finding (multi-label)
+            **epoch_figures(logs),
             "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             "epoch_seconds": seconds,
             "images_per_second": self.n_train / seconds,
