@@ -6,7 +6,7 @@ PYTHON ?= python3
 export KEDRO_DISABLE_TELEMETRY := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install install-gpu run run-multilabel run-gpu test test-fast lint viz mlflow-ui mlflow-server sweep clean-data lock weights phantom-backbone small-real
+.PHONY: install install-gpu run run-multilabel run-gpu test test-fast lint viz mlflow-ui mlflow-server sweep clean-data lock weights phantom-backbone small-real package
 
 # the exact, hash-checked versions of requirements.lock, then the package itself (editable, no deps)
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -45,9 +45,15 @@ run-gpu: install-gpu
 	KERAS_BACKEND=jax $(BIN)/kedro run --pipelines=training --env=$(ENV) \
 		--params=model_training.require_accelerator=true$(if $(COHORT),$(comma)cohort_dir=$(COHORT))$(if $(PARAMS),$(comma)$(PARAMS))
 
+# the wheel and the packaged conf the Dockerfile installs (dist/)
+package: install
+	rm -rf dist
+	KEDRO_DISABLE_TELEMETRY=true $(BIN)/kedro package
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
 
 # two workers (pytest-xdist), each taking whole test files: module fixtures are built once
 PYTEST_WORKERS ?= 2

@@ -294,3 +294,8 @@ def data_processing_catalog(folder: Path, cache, image_size: int, **cohort):
     catalog["params:target_findings"] = "Cardiomegaly"
     catalog["params:image_size"] = image_size
     return catalog
+
+
+def data_written(project: Path) -> list[Path]:
+    """The files a run wrote under the project's ``data/``, but for the project's run lock (taken first of all)."""
+    return [p for p in (project / "data").rglob("*") if p.is_file() and p.name != ".run.lock"]

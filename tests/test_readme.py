@@ -287,6 +287,21 @@ def test_the_service_answers_the_readmes_request(project, folders):
     assert prediction["quality"] == "ok" and 0.0 <= prediction["probability"] <= 1.0 and prediction["label"] in (0, 1)
 
 
+@_readme(".venv/bin/python -m cardio_kedro.registry promote")
+@_readme(".venv/bin/python -m cardio_kedro.registry status")
+def test_the_candidate_becomes_the_champion(project):
+    def registry(*args: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        done = subprocess.run([".venv/bin/python", "-m", "cardio_kedro.registry", *args], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    promoted = registry("promote")
+    version = re.search(r"Cardiomegaly-classifier/(\d+) is @champion", promoted).group(1)
+    assert f"@champion: version {version}" in registry("status")
+
+
 def test_every_readme_command_is_run_by_a_test():
     tests_here = {name for name in globals() if name.startswith("test_")}
     missing, dangling = [], []

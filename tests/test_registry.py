@@ -68,9 +68,12 @@ def test_the_command_line_promotes_and_rolls_back(client, tmp_path, capsys):
 
 def test_scoring_uses_the_champion_where_there_is_one(client, tmp_path, monkeypatch):
     """Inference and external validation take @champion over the newest model (and say which version)."""
+    import mlflow
+
     from cardio_kedro.datasets import InferenceModelDataset
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri_for_tests)
+    mlflow.set_tracking_uri(client.tracking_uri_for_tests)  # another test of this process may have set one
     scoring = InferenceModelDataset(model_path=str(tmp_path / "classifier.keras"), champion_of="Cardiomegaly")
     external = InferenceModelDataset(model_path=str(tmp_path / "none.keras"), latest_registered_of="Cardiomegaly")
     assert scoring._champion_uri() is None  # no champion yet: the newest local classifier, as before

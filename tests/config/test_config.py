@@ -12,7 +12,7 @@ from cardio_kedro.config import (
     validate_parameters,
 )
 from cardio_kedro.config.docs import parameters_markdown
-from tests.helpers import PROJECT_ROOT, run_pipeline
+from tests.helpers import PROJECT_ROOT, data_written, run_pipeline
 
 
 def _validate(conf: Path, env: str = "local", runtime_params: dict | None = None):
@@ -164,8 +164,7 @@ def test_parameters_doc_is_generated_from_the_typed_config():
 def test_a_bad_parameter_stops_a_run_before_any_data_or_mlflow_run(tiny_project):
     with pytest.raises(ParameterError, match="model_training.model.backbone"):
         run_pipeline(tiny_project, "training", runtime_params={"model_training": {"model": {"backbone": "resnet50"}}})
-    written = [p for p in (tiny_project / "data").rglob("*") if p.is_file() and p.name != ".run.lock"]
-    assert not written  # not even the demo cohort (the project's run lock aside: it came first)
+    assert not data_written(tiny_project)  # not even the demo cohort
     assert not (tiny_project / "mlflow.db").exists() or _runs(tiny_project) == []
 
 

@@ -26,7 +26,7 @@ def test_this_cpu_machine_sees_no_accelerator_and_says_which_backend():
 def test_require_accelerator_stops_before_any_data_and_logs_the_device(tiny_project, monkeypatch):
     from cardio_kedro.config import ParameterError
     from cardio_kedro.hooks import preflight
-    from tests.helpers import run_pipeline
+    from tests.helpers import data_written, run_pipeline
 
     lines = []
     monkeypatch.setattr(preflight.logger, "info", lambda msg, *args: lines.append(msg % args))
@@ -34,4 +34,4 @@ def test_require_accelerator_stops_before_any_data_and_logs_the_device(tiny_proj
         run_pipeline(tiny_project, "training", runtime_params={"model_training": {"require_accelerator": True}})
     assert "--params=model_training.require_accelerator=false" in str(err.value)
     assert any(line.startswith("Training on backend") and "cpu:0" in line for line in lines), lines
-    assert not [p for p in (tiny_project / "data").rglob("*") if p.is_file()]  # nothing was decoded
+    assert not data_written(tiny_project)  # nothing was decoded

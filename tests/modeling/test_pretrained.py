@@ -51,14 +51,14 @@ def test_the_cached_file_is_the_one_printed(silent_vgg16_url, tmp_path):
 @pytest.mark.server
 def test_imagenet_weights_are_checked_before_any_data(tiny_project, silent_vgg16_url, monkeypatch):
     from cardio_kedro.config import ParameterError
-    from tests.helpers import run_pipeline
+    from tests.helpers import data_written, run_pipeline
 
     monkeypatch.setattr(pretrained, "TIMEOUT_S", 0.5)
     monkeypatch.setattr(pretrained, "RETRIES", 2)
     model = {"backbone_weights": "imagenet", "backbone_width": 1.0, "backbone_batchnorm": False}
     with pytest.raises(ParameterError, match="'model_training.model.backbone_weights' = 'imagenet'"):
         run_pipeline(tiny_project, "training", runtime_params={"model_training": {"model": model}})
-    assert not [p for p in (tiny_project / "data").rglob("*") if p.is_file()]  # nothing was decoded
+    assert not data_written(tiny_project)  # nothing was decoded
 
 
 def test_a_trained_backbone_exports_and_loads_into_a_new_model(tmp_path):
