@@ -75,21 +75,16 @@ def read_label_table(path: str | Path, storage_options: dict[str, Any] | None = 
         )
     read = dict(dtype=str, keep_default_na=False, chunksize=LABEL_CHUNK_ROWS, encoding_errors="replace", **options)
     positional = names[: len(REQUIRED_LABEL_COLUMNS)] == list(REQUIRED_LABEL_COLUMNS)
-    if positional:  # the NIH order: the values by position (the header's names are split by its commas)
-        reader = pd.read_csv(path, header=None, skiprows=1, names=range(len(names)), **read)
-    else:  # the required columns in another order, without the comma-split extras
-        reader = pd.read_csv(path, **read)
-    chunks = []
+    chunks, bad = [], {column: [] for column in IDENTIFIERS}
     try:
-        with reader:
-            for read_rows in reader:
-                if positional:
-                    chunk = read_rows.iloc[:, : len(LABEL_TABLE_COLUMNS)]
-                    chunk.columns = list(LABEL_TABLE_COLUMNS[: chunk.shape[1]])
-                else:
-                    chunk = read_rows[[c for c in read_rows.columns if not str(c).startswith("Unnamed")]]
-                _refuse_junk(chunk, path)
+        with _read_rows(path, names, positional, read) as reader:
+            for rows in reader:
+                chunk = _label_columns(rows, positional)
+                found = _bad_identifiers(chunk)
+                _refuse_junk(chunk, found, path)
                 chunks.append(chunk)
+                for column, index in found.items():
+                    bad[column].append(index)
     except pd.errors.ParserError as exc:  # a row with more fields than the header: where did the junk start?
         _refuse_junk_before(path, positional, names, read, str(exc))
         raise UserDatasetError(
@@ -97,8 +92,28 @@ def read_label_table(path: str | Path, storage_options: dict[str, Any] | None = 
             "joined with another file, or not the data set's label table?"
         ) from None
     raw = pd.concat(chunks) if chunks else pd.DataFrame(columns=list(LABEL_TABLE_COLUMNS))
-    _check_identifiers(raw, path)
+    _name_bad_rows(raw, {column: pd.Index([], dtype=int).append(found) for column, found in bad.items()}, path)
     return raw
+
+
+IDENTIFIERS = ("Image Index", "Patient ID")  # every row needs both: an image name and an integer patient id
+
+
+def _read_rows(path, names: list[str], positional: bool, read: dict):
+    """``pd.read_csv`` of the table's rows: by position in the NIH order (the header's names are split by its
+    commas), else by name (the required columns in another order, without the comma-split extras)."""
+    if positional:
+        return pd.read_csv(path, header=None, skiprows=1, names=range(len(names)), **read)
+    return pd.read_csv(path, **read)
+
+
+def _label_columns(rows: pd.DataFrame, positional: bool) -> pd.DataFrame:
+    """Rows as read, in the label table's columns."""
+    if positional:
+        table = rows.iloc[:, : len(LABEL_TABLE_COLUMNS)]
+        table.columns = list(LABEL_TABLE_COLUMNS[: table.shape[1]])
+        return table
+    return rows[[c for c in rows.columns if not str(c).startswith("Unnamed")]]
 
 
 def _bad_identifiers(raw: pd.DataFrame) -> dict[str, pd.Index]:
@@ -110,9 +125,9 @@ def _bad_identifiers(raw: pd.DataFrame) -> dict[str, pd.Index]:
     return {column: raw.index[~ok.fillna(False).astype(bool)] for column, ok in checks.items()}
 
 
-def _refuse_junk(chunk: pd.DataFrame, path) -> None:
-    """Refuse a stretch of the file that is mostly not label rows, naming where it starts."""
-    bad = _bad_identifiers(chunk)
+def _refuse_junk(chunk: pd.DataFrame, bad: dict[str, pd.Index], path) -> None:
+    """Refuse a stretch of the file that is mostly not label rows (``bad``: its rows by missing identifier),
+    naming where it starts."""
     rows = bad["Image Index"].union(bad["Patient ID"])
     if len(rows) >= MIN_JUNK_ROWS and len(rows) > MOSTLY_JUNK * len(chunk):
         first = int(rows[0])
@@ -135,29 +150,25 @@ def _refuse_junk_before(path, positional: bool, names: list[str], read: dict, pa
         return
     again = {**read, "chunksize": None, "nrows": min(int(line.group(1)), LABEL_CHUNK_ROWS), "on_bad_lines": "skip"}
     try:
-        if positional:
-            head = pd.read_csv(path, header=None, skiprows=1, names=range(len(names)), **again)
-            head = head.iloc[:, : len(LABEL_TABLE_COLUMNS)]
-            head.columns = list(LABEL_TABLE_COLUMNS[: head.shape[1]])
-        else:
-            head = pd.read_csv(path, **again)
+        head = _label_columns(_read_rows(path, names, positional, again), positional)
     except pd.errors.ParserError:
         return
-    _refuse_junk(head, path)
+    _refuse_junk(head, _bad_identifiers(head), path)
 
 
-def _check_identifiers(raw: pd.DataFrame, path: Path) -> None:
-    """Refuse rows without an image name or an integer patient id, naming the file, line and column."""
-    for column, bad in _bad_identifiers(raw).items():
-        if len(bad):
-            first = int(bad[0])
+def _name_bad_rows(raw: pd.DataFrame, bad: dict[str, pd.Index], path: Path) -> None:
+    """Refuse rows without an image name or an integer patient id (``bad``, by column), naming the file, line
+    and column."""
+    for column, rows in bad.items():
+        if len(rows):
+            first = int(rows[0])
             value = raw.loc[first, column]
             value = "" if not isinstance(value, str) else value
             raise UserDatasetError(
                 f"{path}, line {first + 2} (image '{raw.loc[first, 'Image Index']}'), column '{column}': "
                 f"{'blank' if not value.strip() else repr(value)}; "
                 f"{'an image name' if column == 'Image Index' else 'an integer patient id'} is required "
-                f"({len(bad)} row(s) like this). Fix or remove the row(s)."
+                f"({len(rows)} row(s) like this). Fix or remove the row(s)."
             )
 
 

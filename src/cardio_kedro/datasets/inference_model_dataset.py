@@ -14,9 +14,14 @@ from cardio_kedro.common.errors import UserDatasetError
 logger = logging.getLogger(__name__)
 
 
+def model_versions(folder: Path) -> list[Path]:
+    """The versions of the saved model at ``folder`` (``data/06_models/classifier.keras``), oldest first: a version
+    holds the model file; the folders of runs that did not complete (see run_guard.py) are not beside them."""
+    return sorted(p for p in folder.iterdir() if (p / folder.name).exists()) if folder.is_dir() else []
+
+
 def _latest_version(folder: Path) -> Path | None:
-    # a version holds the model file; incomplete/ (runs that did not complete, see run_guard.py) does not
-    versions = sorted(p for p in folder.glob("*") if (p / folder.name).exists()) if folder.is_dir() else []
+    versions = model_versions(folder)
     return versions[-1] if versions else None
 
 
@@ -135,14 +140,25 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
             return None
         return f"models:/{name}@{CHAMPION}" if version else None
 
-    def _uri(self) -> str:
-        """The MLflow URI to load: ``model_uri``, the champion, or the newest version a training run registered."""
+    def _uri(self) -> str | None:
+        """The MLflow URI to load (``model_uri``, the champion, or the newest version a training run registered),
+        or ``None``: the newest version of the catalog's classifier."""
         if self._model_uri:
             return normalise_model_uri(self._model_uri)
-        return self._champion_uri() or _newest_trained_version(self._registered)
+        champion = self._champion_uri()
+        if champion or self._registered is None:
+            return champion
+        return _newest_trained_version(self._registered)
 
-    def _from_mlflow(self) -> bool:
-        return bool(self._model_uri or self._registered or self._champion_uri())
+    def _local_version(self) -> Path:
+        """The newest saved version of the catalog's classifier; a ``UserDatasetError`` saying what to do if none."""
+        version = _latest_version(self._model_path)
+        if version is None:
+            raise UserDatasetError(
+                f"No trained model in {self._model_path}: run 'kedro run --pipelines=training' first "
+                "or pass --params=model_uri=models:/<finding>-classifier/<version>"
+            )
+        return version
 
     def _describe(self) -> dict[str, Any]:
         return {"model_path": str(self._model_path), "model_uri": self._model_uri}
@@ -150,11 +166,11 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
     def check(self) -> str:
         """Which model a load would give, found without loading it (a run checks this before it reads any data);
         a ``UserDatasetError`` that says what to do where there is none."""
-        if self._from_mlflow():
+        uri = self._uri()
+        if uri is not None:
             import mlflow
             from mlflow.exceptions import MlflowException
 
-            uri = self._uri()
             try:
                 info = mlflow.models.get_model_info(uri)
             except (MlflowException, OSError) as exc:
@@ -163,43 +179,32 @@ class InferenceModelDataset(AbstractDataset[None, dict]):
                     f"{_registry_hint()} Accepted forms: {MODEL_URI_FORMS}"
                 ) from None
             return f"{uri} (version {_label(uri, info)})" if "@" in uri else uri
-        version = _latest_version(self._model_path)
-        if version is None:
-            raise UserDatasetError(
-                f"No trained model in {self._model_path}: run 'kedro run --pipelines=training' first "
-                "or pass --params=model_uri=models:/<finding>-classifier/<version>"
-            )
-        return str(version)
+        return str(self._local_version())
 
     def _load(self) -> dict:
         from cardio_kedro.modeling import operating_threshold
 
         provenance = {"name": None, "model_version": None, "run_id": None, "run_metrics": {}}
-        if self._from_mlflow():
-            model, version, source, provenance = self._load_mlflow()
+        uri = self._uri()
+        if uri is not None:
+            model, version, source, provenance = self._load_mlflow(uri)
         else:
             model, version, source = self._load_latest()
         return {"model": model, "threshold": operating_threshold(model), "version": version, "source": source,
                 **provenance}  # fmt: skip
 
     def _load_latest(self):
-        version = _latest_version(self._model_path)
-        if version is None:
-            raise UserDatasetError(
-                f"No trained model in {self._model_path}: run 'kedro run --pipelines=training' first "
-                "or pass --params=model_uri=models:/<finding>-classifier/<version>"
-            )
+        version = self._local_version()
         from cardio_kedro.modeling import load_model
 
         return load_model(version / self._model_path.name), version.name, str(version)
 
-    def _load_mlflow(self):
+    def _load_mlflow(self, uri: str):
         import mlflow
         from mlflow.exceptions import MlflowException
 
         import cardio_kedro.modeling.layers  # noqa: F401 - registers the custom layers for mlflow.keras
 
-        uri = self._uri()
         try:
             info = mlflow.models.get_model_info(uri)
         except (MlflowException, OSError) as exc:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
 from cardio_kedro.hooks.mlflow_tags import TRAINING_PARAMS
-from cardio_kedro.hooks.run_guard import versioned_filepath
+from cardio_kedro.hooks.run_guard import saved_file
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +124,10 @@ class MlflowLiveHooks:
 
         if dataset_name not in INPUT_DATASETS or mlflow.active_run() is None:
             return
-        folder = versioned_filepath(self._catalog, dataset_name)
-        source = str(folder / self._save_version / folder.name) if folder else dataset_name
+        path = saved_file(self._catalog, dataset_name, self._save_version)
+        source = dataset_name if path is None else str(path if "://" in str(path) else path.resolve())
         try:
-            dataset = mlflow.data.from_pandas(data, source=_absolute(source), name=dataset_name)
+            dataset = mlflow.data.from_pandas(data, source=source, name=dataset_name)
             mlflow.log_input(dataset, context=INPUT_DATASETS[dataset_name])
         except Exception as exc:  # noqa: BLE001 - the run's outputs do not depend on this record
             logger.warning("MLflow dataset input %s not logged: %s", dataset_name, exc)
-
-
-def _absolute(source: str) -> str:
-    return source if "://" in source else str(Path(source).resolve())

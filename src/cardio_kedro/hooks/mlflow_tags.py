@@ -101,9 +101,9 @@ def registry_mismatch(client, name: str, local_versions: list[str]) -> str | Non
 
 def local_model_versions(folder: Path) -> list[str]:
     """The versions (run timestamps) of the trained model at ``folder`` (``data/06_models/classifier.keras``)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if (p / folder.name).exists())
+    from cardio_kedro.datasets.inference_model_dataset import model_versions
+
+    return [version.name for version in model_versions(folder)]
 
 
 class MlflowTagHooks:

@@ -94,6 +94,13 @@ def versioned_filepath(catalog, name: str) -> Path | None:
     return dataset_filepath(catalog, name)
 
 
+def saved_file(catalog, name: str, save_version: str) -> Path | None:
+    """The file a run with ``save_version`` saves for the versioned catalog entry ``name``
+    (``<filepath>/<save_version>/<file name>``); ``None`` for an entry that is not versioned."""
+    path = versioned_filepath(catalog, name)
+    return path / save_version / path.name if path is not None else None
+
+
 def set_aside_folder(filepath: Path) -> Path:
     """Where the unfinished versions of the dataset at ``filepath`` go: ``<filepath>.incomplete``."""
     return filepath.with_name(filepath.name + INCOMPLETE)

@@ -21,6 +21,7 @@ from pathlib import Path
 from kedro.framework.hooks import hook_impl
 
 from cardio_kedro.common.errors import UserError
+from cardio_kedro.hooks.run_guard import dataset_filepath
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class RunLockHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        names = ",".join(run_params.get("pipeline_names") or ["__default__"])
+        names = ",".join(run_params["pipeline_names"] or ["__default__"])  # Kedro: None when none was named
         self._lock.acquire(f"kedro run --pipelines={names}")
         try:
             check_outputs_writable(pipeline, catalog)
@@ -159,11 +160,8 @@ class RunLockHooks:
 
 def check_outputs_writable(pipeline, catalog) -> None:
     """Stop before any data is read when a folder the run's files go to cannot be written."""
-    from cardio_kedro.hooks.run_guard import dataset_filepath
-
-    paths = [p for p in map(lambda n: dataset_filepath(catalog, n), sorted(pipeline.all_outputs())) if p]
-    local = [p for p in paths if "://" not in str(p)]
-    bad = unwritable_folders(local)
+    paths = (dataset_filepath(catalog, name) for name in sorted(pipeline.all_outputs()))
+    bad = unwritable_folders([p for p in paths if p is not None and "://" not in str(p)])
     if bad:
         listed = ", ".join(str(p) for p in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise DataNotWritable(

@@ -10,7 +10,7 @@ from kedro.framework.hooks import hook_impl
 
 from cardio_kedro.common.formatting import fmt, fmt_auc
 from cardio_kedro.hooks.mlflow_tags import MODEL_DATASETS
-from cardio_kedro.hooks.run_guard import versioned_filepath
+from cardio_kedro.hooks.run_guard import saved_file
 
 # the saved files the end-of-run summary names, where the run wrote them (catalog entries)
 SUMMARY_FILES = {
@@ -53,11 +53,8 @@ class RunSummaryHooks:
 
     def _saved_file(self, name: str) -> Path | None:
         """The file this run saved for a versioned dataset, if it did."""
-        path = versioned_filepath(self._catalog, name)
-        if path is None:
-            return None
-        path = path / self._save_version / path.name
-        return path if path.exists() else None
+        path = saved_file(self._catalog, name, self._save_version)
+        return path if path is not None and path.exists() else None
 
     @hook_impl
     def after_pipeline_run(self, pipeline) -> None:
